@@ -1,0 +1,124 @@
+"""What every command shares: the common options, error handling, output and progress."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from migmcut.errors import UserError
+
+console = Console(stderr=True)
+
+RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Built-in recipe name or a YAML path.")]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a recipe field, e.g. --set sampler.steps=8 (repeatable)."),
+]
+DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
+DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")]
+SeedOpt = Annotated[int, typer.Option(help="Run seed; every trajectory's seed derives from it.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("MIGMCUT_DEBUG", "") not in ("", "0")
+
+
+def handle_errors(fn):
+    """User errors -> one line on stderr and exit 2; anything else -> exit 1 (traceback with MIGMCUT_DEBUG=1)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except UserError as err:
+            console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as err:  # noqa: BLE001 - the last line of defence
+            if debug_enabled():
+                traceback.print_exc()
+            console.print(
+                f"[red]internal error:[/red] {type(err).__name__}: {err} "
+                "(set MIGMCUT_DEBUG=1 for the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def resolve_device(device: str | None):
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return dev
+
+
+def resolve_dtype(dtype: str, device):
+    import torch
+
+    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in table:
+        raise UserError(f"--dtype {dtype!r}: choose auto, fp32, bf16 or fp16")
+    return table[dtype]
+
+
+def load(recipe: str, overrides: list[str] | None):
+    from migmcut.recipe import load_recipe
+
+    return load_recipe(recipe, overrides or [])
+
+
+def writable_dir(path: Path, flag: str) -> Path:
+    """Create `path` if needed and make sure files can be written there (checked before any work)."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".migmcut-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"{flag} {path}: cannot write there ({err.strerror or err}); choose another directory") from None
+    return path
+
+
+def emit(as_json: bool, payload: dict) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(payload) + "\n")
+        sys.stdout.flush()
+
+
+def progress(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled or not console.is_terminal,
+        transient=True,
+    )

@@ -1,0 +1,171 @@
+"""Recipes: YAML files naming a base model and its sampler settings, validated strictly.
+
+A recipe is resolved by built-in name (`tiny-shapes`, `debug`, ... shipped in
+`migmcut.recipes`) or by path. Every key is checked against the dataclasses below: an unknown
+key or a value of the wrong type is a `RecipeError` naming the key and the file. `--set a.b=v`
+overrides are applied to the parsed YAML before validation, so they are checked the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from migmcut.base import BASE_CONFIGS
+from migmcut.errors import RecipeError
+from migmcut.sampler import SamplerConfig
+
+
+@dataclass
+class GenerateConfig:
+    batch_size: int = 16
+    prompts: list[str] = field(default_factory=list)  # default prompts (bench, examples)
+
+
+@dataclass
+class ShortcutConfig:
+    checkpoint: str | None = None  # path, or `builtin` for the shipped one
+    budget: int | None = None  # full base steps per image at generation time
+
+
+@dataclass
+class Recipe:
+    name: str
+    base: typing.Any  # one of BASE_CONFIGS, picked by `base.kind`
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
+    description: str = ""
+    source: str = ""  # where it was read from (not a YAML key)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("source")
+        return d
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("migmcut.recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise RecipeError(f"recipe file {path} does not exist")
+        text, source = path.read_text(), str(path)
+    else:
+        res = resources.files("migmcut.recipes") / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise RecipeError(
+                f"unknown recipe {name_or_path!r}: give a YAML path or one of {', '.join(builtin_names())}"
+            )
+        text, source = res.read_text(), f"recipe {name_or_path}"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"{source}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe is a YAML mapping, got {type(data).__name__}")
+    for item in overrides:
+        _apply_override(data, item)
+    recipe = parse_recipe(data, source)
+    return recipe
+
+
+def parse_recipe(data: dict, source: str) -> Recipe:
+    base = data.get("base")
+    if not isinstance(base, dict) or "kind" not in base:
+        raise RecipeError(f"{source}: 'base' must be a mapping with a 'kind' ({', '.join(BASE_CONFIGS)})")
+    if base["kind"] not in BASE_CONFIGS:
+        raise RecipeError(f"{source}: unknown base.kind {base['kind']!r} (choose from {', '.join(BASE_CONFIGS)})")
+    data = dict(data)
+    data["base"] = _build(BASE_CONFIGS[base["kind"]], base, "base", source)
+    recipe = _build(Recipe, data, "", source, skip={"base", "source"})
+    recipe.source = source
+    try:
+        recipe.sampler.validate()
+    except ValueError as err:
+        raise RecipeError(f"{source}: sampler: {err}") from None
+    return recipe
+
+
+def _apply_override(data: dict, item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set sampler.steps=8")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"--set {key}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls, data, prefix: str, source: str, skip: set = frozenset()):
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: {prefix or 'recipe'} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields or key == "source":
+            known = ", ".join(f for f in fields if f != "source")
+            raise RecipeError(f"{source}: unknown key {name!r} (known here: {known})")
+        if key in skip:
+            kwargs[key] = value
+            continue
+        kwargs[key] = _check(hints[key], value, name, source)
+    missing = [
+        n for n, f in fields.items()
+        if n not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise RecipeError(f"{source}: missing required key {', '.join((prefix + '.' if prefix else '') + m for m in missing)}")
+    return cls(**kwargs)
+
+
+def _check(tp, value, name: str, source: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, name, source)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(arg, value, name, source)
+            except RecipeError as err:
+                errors.append(err)
+        raise errors[0]
+    if origin in (list, tuple):
+        (item,) = typing.get_args(tp)[:1]
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{source}: {name} must be a list, got {value!r}")
+        items = [_check(item, v, f"{name}[{i}]", source) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is typing.Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float) and isinstance(value, bool) or not isinstance(value, tp):
+        raise RecipeError(f"{source}: {name} must be {tp.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,161 @@
+"""Confidence-based parallel decoding (MaskGIT / Lumina-DiMOO) with per-step policies.
+
+At step t the policy supplies logits and features for the current token state (a full base
+call, or later a shortcut / cache prediction), the sampler draws a candidate for every masked
+position from softmax(logits / temperature), scores confidence as log p(candidate) plus Gumbel
+noise of scale `r_temp * (1 - t / N)`, and fixes the k_t most confident masked positions.
+With classifier-free guidance both branches run in one batch and
+logits = (1 + w_t) l_cond - w_t l_uncond.
+
+Every random draw of trajectory i comes from its own generator seeded with `seeds[i]`, so a
+trajectory does not depend on the batch it ran in.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from migmcut.base.interface import BaseModel
+from migmcut.schedule import SCHEDULES, tokens_per_step
+
+
+@dataclass
+class SamplerConfig:
+    steps: int = 16
+    schedule: str = "cosine"
+    temperature: float = 1.0
+    r_temp: float = 4.5  # Gumbel confidence noise at step 0, decaying linearly to 0
+    cfg: float | None = 3.0  # None: no unconditional branch at all
+    cfg_schedule: str = "linear"  # linear: w_t = cfg * (t + 1) / N; constant: w_t = cfg
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.temperature < 0 or self.r_temp < 0:
+            raise ValueError("temperature and r_temp must be >= 0")
+        if self.cfg_schedule not in ("linear", "constant"):
+            raise ValueError(f"cfg_schedule must be linear or constant, got {self.cfg_schedule!r}")
+
+    @property
+    def branches(self) -> int:
+        return 1 if self.cfg is None else 2
+
+    def cfg_weight(self, t: int) -> float:
+        if self.cfg is None:
+            return 0.0
+        return self.cfg * (t + 1) / self.steps if self.cfg_schedule == "linear" else self.cfg
+
+
+@dataclass
+class StepState:
+    """What a policy and the observers see at step t (before its tokens are fixed)."""
+
+    t: int
+    tokens: torch.Tensor  # (B, L) current state, mask_id where masked
+    cond: torch.Tensor  # (B * branches, ...) conditions, conditional branch first
+    new_tokens: torch.Tensor | None  # (B, L) bool: positions fixed at step t-1 (None at t=0)
+    mask_ratio: float  # fraction of positions masked at this step's input
+
+
+@dataclass
+class StepEvent:
+    """Handed to observers after step t: features used, and what got fixed."""
+
+    t: int
+    kind: str  # "full" | "shortcut" | "cache"
+    features: torch.Tensor  # (B, branches, L, D)
+    tokens: torch.Tensor  # (B, L) state after the step
+    fixed: torch.Tensor  # (B, L) bool: positions fixed at this step
+    mask_ratio: float
+
+
+class FullPolicy:
+    """Every step is a full base call."""
+
+    def step(self, base: BaseModel, state: StepState) -> tuple[str, torch.Tensor, torch.Tensor]:
+        branches = state.cond.shape[0] // state.tokens.shape[0]
+        logits, features = base(state.tokens.repeat(branches, 1), state.cond)
+        return "full", logits, features
+
+
+@dataclass
+class SampleResult:
+    tokens: torch.Tensor  # (B, L) final image tokens
+    order: torch.Tensor  # (B, L) step at which each position was fixed
+    counts: dict = field(default_factory=dict)  # policy kind -> number of steps
+    seconds: float = 0.0
+
+
+def _split_branches(x: torch.Tensor, branches: int) -> torch.Tensor:
+    """(branches * B, ...) -> (B, branches, ...)."""
+    return x.view(branches, -1, *x.shape[1:]).transpose(0, 1)
+
+
+@torch.no_grad()
+def sample(
+    base: BaseModel,
+    conditions: list,
+    seeds: list[int],
+    config: SamplerConfig,
+    policy=None,
+    observers: tuple = (),
+) -> SampleResult:
+    config.validate()
+    policy = policy or FullPolicy()
+    B, L, K, device = len(conditions), base.num_tokens, base.codebook_size, base.device
+    if len(seeds) != B:
+        raise ValueError("one seed per condition")
+    counts_per_step = tokens_per_step(L, config.steps, config.schedule)
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    cond = base.encode_conditions(conditions)
+    if config.branches == 2:
+        cond = torch.cat([cond, base.null_conditions(B)])
+    tokens = torch.full((B, L), base.mask_id, dtype=torch.long, device=device)
+    order = torch.full((B, L), -1, dtype=torch.long, device=device)
+    new_tokens = None
+    counts: dict[str, int] = {}
+    start = time.perf_counter()
+    for t, k in enumerate(counts_per_step):
+        masked = tokens == base.mask_id
+        state = StepState(t, tokens, cond, new_tokens, masked[0].float().mean().item())
+        kind, logits, features = policy.step(base, state)
+        counts[kind] = counts.get(kind, 0) + 1
+        logits = _split_branches(logits.float(), config.branches)
+        if config.branches == 2:
+            w = config.cfg_weight(t)
+            logits = (1 + w) * logits[:, 0] - w * logits[:, 1]
+        else:
+            logits = logits[:, 0]
+        # per-trajectory noise: uniform draws for the candidate (Gumbel-max) and confidence
+        u_tok = torch.stack([torch.rand(L, K, generator=g) for g in gens]).to(device)
+        u_conf = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device)
+        logp = torch.log_softmax(logits / max(config.temperature, 1e-6), dim=-1)
+        if config.temperature > 0:
+            candidate = (logp - torch.log(-torch.log(u_tok.clamp_min(1e-20)))).argmax(-1)
+        else:
+            candidate = logp.argmax(-1)
+        conf = logp.gather(-1, candidate[..., None]).squeeze(-1)
+        noise = -torch.log(-torch.log(u_conf.clamp_min(1e-20)))
+        conf = conf + config.r_temp * (1 - t / config.steps) * noise
+        conf = conf.masked_fill(~masked, float("-inf"))
+        pick = conf.topk(k, dim=-1).indices
+        fixed = torch.zeros_like(masked).scatter_(1, pick, True)
+        tokens = torch.where(fixed, candidate, tokens)
+        order = torch.where(fixed, t, order)
+        new_tokens = fixed
+        event = StepEvent(t, kind, _split_branches(features, config.branches), tokens, fixed, state.mask_ratio)
+        for obs in observers:
+            obs(event)
+    return SampleResult(tokens, order, counts, time.perf_counter() - start)
+
+
+def trajectory_seed(run_seed: int, index: int) -> int:
+    """The seed of trajectory `index` of a run: independent of batch size and process count."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(run_seed), int(index)]).generate_state(1, np.uint32)[0])

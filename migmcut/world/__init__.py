@@ -1,0 +1,1 @@
+"""The tiny-shapes world: a procedural renderer, its caption grammar, a checker and a classifier."""

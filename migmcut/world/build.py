@@ -1,0 +1,220 @@
+"""Rebuild the shipped tiny-shapes weights, seeded and resumable.
+
+    python -m migmcut.world.build tokenizer    # VQ tokenizer      (~10 CPU-minutes)
+    python -m migmcut.world.build base         # masked transformer (hours; resumable)
+    python -m migmcut.world.build classifier   # fd feature net     (minutes)
+
+Each stage checkpoints to `--work` (default `runs/build/`) every few hundred steps and resumes
+from there when run again; the final weights are written to `migmcut/weights/tiny-shapes/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from migmcut.world import shapes
+from migmcut.world import tokenizer as tok
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "tiny-shapes"
+
+
+def render_batch(rng: np.random.Generator, specs: list, n: int) -> tuple[list[str], np.ndarray]:
+    captions, images = zip(*(shapes.sample_scene(rng, specs) for _ in range(n)))
+    return list(captions), np.stack(images)
+
+
+def _lr(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def build_tokenizer(args) -> None:
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    specs = shapes.all_specs()
+    vq = tok.new_tokenizer()
+    opt = torch.optim.AdamW(vq.parameters(), lr=args.lr, weight_decay=0.0)
+    ckpt = args.work / "tokenizer.pt"
+    step = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        vq.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, rng = state["step"], state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed tokenizer at step {step}", flush=True)
+    codebook = vq.quantize.embedding.weight
+    usage = torch.zeros(codebook.shape[0])
+    t0 = time.time()
+    while step < args.steps:
+        _, images = render_batch(rng, specs, args.batch_size)
+        x = tok.to_tensor(images)
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, args.steps, args.lr, 100)
+        z = vq.encode(x).latents
+        zq, commit, (_, _, idx) = vq.quantize(z)
+        out = vq.decoder(vq.post_quant_conv(zq))
+        rec = (out - x).pow(2).mean()
+        loss = rec + commit.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        usage += torch.bincount(idx.flatten(), minlength=usage.numel())
+        step += 1
+        if step % 50 == 0:  # re-seed codes unused in the last window with live encoder outputs
+            dead = (usage == 0).nonzero().flatten()
+            if len(dead) and step < 0.8 * args.steps:
+                flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+                pick = torch.randint(len(flat), (len(dead),))
+                with torch.no_grad():
+                    codebook[dead] = flat[pick] + 0.01 * torch.randn_like(flat[pick])
+            print(
+                f"tokenizer step {step} rec {rec.item():.5f} used {(usage > 0).sum().item()} "
+                f"reset {len(dead)} {time.time() - t0:.0f}s",
+                flush=True,
+            )
+            usage.zero_()
+        if step % 200 == 0 or step == args.steps:
+            _save_state(
+                ckpt,
+                dict(model=vq.state_dict(), opt=opt.state_dict(), step=step, rng=rng,
+                     torch_rng=torch.get_rng_state()),
+            )
+    vq.save_pretrained(WEIGHTS / "tokenizer")
+    print(f"saved {WEIGHTS / 'tokenizer'}", flush=True)
+
+
+def build_base(args) -> None:
+    """Masked-token training of the tiny-shapes transformer on freshly rendered, tokenized scenes.
+
+    Half the batch are one-shape captions, half two-shape, all from the training split of the
+    grammar; 10% of prompts are replaced by [NULL] (CFG); the mask ratio of each sample is
+    cos(pi/2 u), u ~ U(0, 1) (MaskGIT). Constant lr after warm-up with an EMA of the weights
+    (the EMA is what ships), so a run can stop at any checkpoint and resume later.
+    """
+    from migmcut.base import tiny_shapes as ts
+
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    singles, pairs = shapes.split_specs(False, 1), shapes.split_specs(False, 2)
+    vq = tok.VQModel.from_pretrained(WEIGHTS / "tokenizer").eval().requires_grad_(False)
+    codebook = vq.config.num_vq_embeddings
+    cfg = ts.bert_config(args.hidden, args.layers, args.heads, args.prompt_length, codebook)
+    model = ts.BertForMaskedLM(cfg)
+    ema = ts.BertForMaskedLM(cfg).requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(0.9, 0.98),
+    )
+    ckpt = args.work / "base.pt"
+    step = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, rng = state["step"], state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed base at step {step}", flush=True)
+    print(f"base parameters {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", flush=True)
+    P, L, B = args.prompt_length, 256, args.batch_size
+    t0, seen = time.time(), 0
+    while step < args.steps:
+        half = B // 2
+        caps1, im1 = render_batch(rng, singles, half)
+        caps2, im2 = render_batch(rng, pairs, B - half)
+        image_tokens = tok.encode(vq, tok.to_tensor(np.concatenate([im1, im2])))
+        prompts = ts.tokenize_prompts(caps1 + caps2, P)
+        drop = torch.from_numpy(rng.random(B) < 0.1)
+        prompts[drop] = ts.NULL
+        ratio = torch.cos(0.5 * math.pi * torch.from_numpy(rng.random(B))).float()
+        n_mask = (ratio * L).ceil().clamp(min=1).long()
+        rank = torch.from_numpy(rng.random((B, L))).argsort(dim=1).argsort(dim=1)
+        masked = rank < n_mask[:, None]
+        inputs = torch.cat([prompts, torch.where(masked, ts.MASK, image_tokens + ts.IMAGE_OFFSET)], 1)
+        hidden = model.bert(input_ids=inputs).last_hidden_state[:, P:]
+        pred = model.cls.predictions
+        logits = torch.nn.functional.linear(
+            pred.transform(hidden[masked]),
+            pred.decoder.weight[ts.IMAGE_OFFSET:],
+            pred.decoder.bias[ts.IMAGE_OFFSET:],
+        )
+        loss = torch.nn.functional.cross_entropy(logits, image_tokens[masked])
+        for g in opt.param_groups:
+            g["lr"] = args.lr * min(1.0, (step + 1) / 300)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            d = min(0.999, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - d)
+        step += 1
+        seen += B
+        if step % 25 == 0:
+            acc = (logits.argmax(-1) == image_tokens[masked]).float().mean().item()
+            print(
+                f"base step {step} loss {loss.item():.4f} acc {acc:.3f} gnorm {gnorm:.2f} "
+                f"{seen / (time.time() - t0):.1f} samples/s {time.time() - t0:.0f}s",
+                flush=True,
+            )
+        if step % 250 == 0 or step == args.steps:
+            _save_state(
+                ckpt,
+                dict(model=model.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(),
+                     step=step, rng=rng, torch_rng=torch.get_rng_state()),
+            )
+            ema.save_pretrained(WEIGHTS / "base")
+            (WEIGHTS / "base" / "training.json").write_text(
+                f'{{"step": {step}, "batch_size": {B}, "seed": {args.seed}}}\n'
+            )
+    print(f"saved {WEIGHTS / 'base'}", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["tokenizer", "base", "classifier"])
+    p.add_argument("--work", type=Path, default=Path("runs/build"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--prompt-length", type=int, default=12)
+    args = p.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "tokenizer": dict(steps=400, batch_size=32, lr=1e-3),
+        "base": dict(steps=20000, batch_size=64, lr=1e-3),
+        "classifier": dict(steps=1500, batch_size=64, lr=2e-3),
+    }[args.stage]
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    {"tokenizer": build_tokenizer, "base": build_base}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()

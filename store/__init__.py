@@ -1,0 +1,1 @@
+"""The Zarr trajectory store (see DESIGN.md section 6)."""

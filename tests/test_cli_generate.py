@@ -1,0 +1,82 @@
+import json
+import os
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from migmcut.cli.main import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, ["generate", "--recipe", "debug", "--device", "cpu", *args])
+
+
+def test_generate_writes_pngs_and_reports_json(tmp_path):
+    out = tmp_path / "imgs"
+    res = invoke("--prompt", "a large red circle", "--prompt", "a small blue square", "-n", "2",
+                 "--out", str(out), "--json")
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert len(payload["images"]) == 4
+    assert payload["method"] == "vanilla" and payload["steps"] == 8
+    assert payload["base_calls"] == 8 and payload["shortcut_calls"] == 0
+    for path in payload["images"]:
+        assert Image.open(path).size == (64, 64)
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in payload["images"])
+
+
+def test_steps_and_seed_change_the_images(tmp_path):
+    a = invoke("--prompt", "a large red circle", "--out", str(tmp_path / "a"), "--json", "--seed", "1")
+    b = invoke("--prompt", "a large red circle", "--out", str(tmp_path / "b"), "--json", "--seed", "1")
+    c = invoke("--prompt", "a large red circle", "--out", str(tmp_path / "c"), "--json", "--seed", "2",
+               "--steps", "4")
+    pa, pb, pc = (json.loads(r.stdout)["images"][0] for r in (a, b, c))
+    assert Image.open(pa).tobytes() == Image.open(pb).tobytes()
+    assert Image.open(pa).tobytes() != Image.open(pc).tobytes()
+    assert json.loads(c.stdout)["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", ""], "empty prompt"),
+        (["--prompt", "a red circle", "--steps", "0"], "--steps must be >= 1"),
+        (["--prompt", "a red circle", "--budget", "99"], "--budget 99"),
+        (["--prompt", "a red circle", "--budget", "0"], "--budget 0"),
+        (["--prompt", "a red circle", "--method", "shortcut"], "need a trained shortcut"),
+        (["--prompt", "a red circle", "--method", "magic"], "--method 'magic'"),
+        (["--prompt", "a red circle", "--recipe", "nope"], "unknown recipe"),
+        (["--prompt", "a red circle", "--set", "sampler.stepz=3"], "unknown key 'sampler.stepz'"),
+        (["--prompt", "a tiny red circle"], "does not know: tiny"),
+        ([], "nothing to generate"),
+        (["--class", "3"], "text-conditioned"),
+        (["--prompt", "a red circle", "-n", "0"], "--num-images"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "out"
+    res = invoke("--out", str(out), *args)
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert "Traceback" not in res.output
+    assert res.stdout == ""
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unwritable_out_is_refused(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    res = invoke("--prompt", "a large red circle", "--out", str(blocker / "sub"))
+    assert res.exit_code == 2
+    assert "--out" in res.stderr and "cannot write" in res.stderr
+
+
+def test_malformed_recipe_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nbase: {kind: tiny-shapes\n")
+    res = invoke("--prompt", "a red circle", "--recipe", str(bad))
+    assert res.exit_code == 2 and "malformed YAML" in res.stderr
