@@ -213,6 +213,12 @@ def main() -> None:
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.stage == "classifier":
+        from migmcut.world.classifier import train_classifier
+
+        torch.set_num_threads(1)  # the shipped weights were made on one thread
+        train_classifier(args.work, args.seed, args.steps, args.batch_size, args.lr, WEIGHTS / "classifier")
+        return
     {"tokenizer": build_tokenizer, "base": build_base}[args.stage](args)
 
 
