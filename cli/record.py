@@ -1,0 +1,112 @@
+"""`migmcut record`: teacher rollouts of the recipe's base model into a trajectory store."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+import typer
+
+from migmcut.cli.common import (
+    DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, console, emit, handle_errors, load, progress,
+    resolve_device, resolve_dtype,
+)
+from migmcut.errors import UserError
+
+
+@handle_errors
+def record(
+    out: Annotated[str, typer.Option("--out", "-o", help="Store directory or fsspec URL (memory://, s3://, file://...).")],
+    num: Annotated[int, typer.Option("--num", "-n", help="Number of trajectories in the store (under torchrun write -n: torchrun mistakes --num for its --numa-binding).")] = 1000,
+    batch_size: Annotated[Optional[int], typer.Option(help="Trajectories per sampler batch (default: the recipe's); does not change the store.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Sampling steps N (default: the recipe's).")] = None,
+    codec: Annotated[str, typer.Option(help="Feature codec: bf16 (lossless bfloat16), fp16, or int8 (per-token absmax).")] = "bf16",
+    block_size: Annotated[int, typer.Option(help="Trajectories per block: the unit of resume and of work per rank.")] = 16,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store recorded with other settings.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the arrays, shapes and estimated bytes; record nothing.")] = False,
+    recipe: RecipeOpt = "tiny-shapes",
+    set_: SetOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = "auto",
+    seed: SeedOpt = 0,
+    json_: JsonOpt = False,
+):
+    """Record base-model feature trajectories (resumable; under torchrun every rank writes its share)."""
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 speaks
+    try:
+        _record(out, num, batch_size, steps, codec, block_size, overwrite, dry_run, recipe, set_, device, dtype,
+                seed, json_, rank)
+    except UserError:
+        if rank != 0:
+            raise typer.Exit(2) from None  # rank 0 says it, once
+        raise
+
+
+def _record(out, num, batch_size, steps, codec, block_size, overwrite, dry_run, recipe, set_, device, dtype, seed,
+            json_, rank):
+    from migmcut import record as job
+
+    rec = load(recipe, set_)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if dry_run:
+        plan = job.dry_run(rec, out, num=num, steps=steps, codec=codec, seed=seed, overwrite=overwrite, device=dev,
+                           dtype=dt, block_size=block_size)
+        if rank == 0 and json_:
+            emit(True, plan)
+        elif rank == 0:
+            _print_plan(plan)
+        return
+    with progress(not json_ and rank == 0) as bar:
+        state = {}
+
+        def on_start(k, dist):
+            if dist.rank == 0:
+                what = "recording" if dist.world == 1 else f"recording (rank 0 of {dist.world})"
+                state["task"] = bar.add_task(what, total=k)
+
+        def on_progress(n):
+            if "task" in state:
+                bar.advance(state["task"], n)
+
+        result = job.record(
+            rec, out, num=num, batch_size=batch_size, steps=steps, codec=codec, seed=seed, overwrite=overwrite,
+            device=dev, dtype=dt, block_size=block_size, on_start=on_start, on_progress=on_progress,
+        )
+    if rank != 0:
+        return
+    if not json_:
+        if result.written == 0:
+            console.print(f"{result.store}: all {result.trajectories} trajectories already recorded; nothing to do")
+        else:
+            console.print(
+                f"recorded {result.written} trajectories into {result.store} "
+                f"({result.trajectories} in the store, {result.bytes / 1e6:.1f} MB, {result.seconds:.1f} s)"
+            )
+    emit(json_, result.to_json())
+
+
+def _print_plan(plan: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{plan['store']} ({plan['action']}): {plan['trajectories']} trajectories, codec {plan['codec']}")
+    for col in ("array", "shape", "dtype", "chunks", "shards", "raw bytes"):
+        table.add_column(col)
+    for a in plan["arrays"]:
+        table.add_row(a["name"], str(tuple(a["shape"])), a["dtype"], str(tuple(a["chunks"])),
+                      str(tuple(a["shards"])) if a["shards"] else "-", _human(a["raw_bytes"]))
+    console.print(table)
+    console.print(
+        f"estimated store size {_human(plan['bytes_estimated'])} "
+        f"({_human(plan['bytes_per_trajectory_estimated'])} per trajectory; raw {_human(plan['bytes_raw'])}, "
+        f"fp32 features {_human(plan['fp32_bytes_per_trajectory'])} per trajectory)"
+    )
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+

@@ -1,0 +1,366 @@
+"""The record job: teacher rollouts of the base model written into a trajectory store.
+
+    result = record(load_recipe("tiny-shapes"), "runs/store", num=1000, codec="bf16")
+
+Trajectory i has seed `trajectory_seed(seed, i)` and a condition drawn from a generator keyed
+by (seed, i) alone, so what gets recorded does not depend on batch size, process count or
+interruptions. Work is split into blocks of `block_size` consecutive trajectories (see
+`migmcut.store.writer`); under `torchrun` rank 0 creates (or checks) the store, then every rank
+records its share of the blocks still to do, each into its own chunk and shard files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from migmcut.base import load_base
+from migmcut.errors import StoreError, UserError
+from migmcut.recipe import Recipe
+from migmcut.sampler import StepEvent, sample, trajectory_seed
+from migmcut.store import location
+from migmcut.store.codecs import CODECS, encode, get_codec
+from migmcut.store.schema import DEFAULT_BLOCK_SIZE, StoreSpec
+from migmcut.store.writer import StoreWriter, check_target, prepare_store
+
+# -- conditions --------------------------------------------------------------------------------
+_CONDITION_STREAM = 0x636F6E64  # keeps condition draws apart from the sampler's streams
+
+
+def _condition_rng(run_seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(run_seed), int(index), _CONDITION_STREAM]))
+
+
+def _tiny_shapes_prompts(recipe: Recipe, run_seed: int, indices) -> list[str]:
+    """Captions of the training split, half one-shape and half two-shape (as the base was trained)."""
+    from migmcut.world import shapes
+
+    singles, pairs = _split_cache("singles", lambda: shapes.split_specs(False, 1)), _split_cache(
+        "pairs", lambda: shapes.split_specs(False, 2)
+    )
+    out = []
+    for i in indices:
+        rng = _condition_rng(run_seed, i)
+        specs = singles if rng.random() < 0.5 else pairs
+        out.append(shapes.caption(specs[rng.integers(len(specs))]))
+    return out
+
+
+_SPLITS: dict = {}
+
+
+def _split_cache(name, make):
+    if name not in _SPLITS:
+        _SPLITS[name] = make()
+    return _SPLITS[name]
+
+
+@dataclass(frozen=True)
+class ConditionSource:
+    kind: str  # "prompts" or "labels": the store array that holds them
+    name: str  # recorded in the store: a different draw is a different store
+    draw: Callable  # (recipe, run_seed, indices) -> list of conditions
+
+
+# Keyed by the recipe's base kind. A class-conditional base (MaskGIT) would add e.g.
+# ConditionSource("labels", "imagenet/uniform-1000/v1", lambda r, s, idx: [int(_condition_rng(s, i).integers(1000)) for i in idx])
+CONDITION_SOURCES = {
+    "tiny-shapes": ConditionSource("prompts", "tiny-shapes/train-split/half-single-half-pair/v1", _tiny_shapes_prompts),
+}
+
+
+def condition_source(recipe: Recipe) -> ConditionSource:
+    kind = recipe.base.kind
+    if kind not in CONDITION_SOURCES:
+        raise UserError(f"recording is not supported for base kind {kind!r} yet (no condition source)")
+    return CONDITION_SOURCES[kind]
+
+
+def conditions_for(recipe: Recipe, run_seed: int, indices) -> list:
+    """The conditions of trajectories `indices` of a run: a function of (run seed, index) only."""
+    return condition_source(recipe).draw(recipe, run_seed, list(indices))
+
+
+# -- distributed -------------------------------------------------------------------------------
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    created: bool = False
+
+    def broadcast(self, obj):
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj) -> list:
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.created and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def dist_context() -> Dist:
+    """Rank and world size: from an initialized process group, else from torchrun's env (gloo)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    dist.init_process_group("gloo")  # only small objects travel: gloo is enough on any device
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), created=True)
+
+
+# -- the job -----------------------------------------------------------------------------------
+@dataclass
+class RecordResult:
+    store: str
+    trajectories: int
+    written: int
+    seconds: float
+    bytes: int
+    action: str = "resume"  # create | overwrite | resume
+
+    def to_json(self) -> dict:
+        return {"store": self.store, "trajectories": self.trajectories, "written": self.written,
+                "seconds": round(self.seconds, 4), "bytes": self.bytes}
+
+
+class RankError(UserError):
+    """A user error found by rank 0 and re-raised on the other ranks (which stay quiet about it)."""
+
+
+def _validate(num: int, steps: int | None, codec: str, batch_size: int | None, block_size: int) -> None:
+    if num < 1:
+        raise UserError(f"--num must be >= 1, got {num}")
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps must be >= 1, got {steps}")
+    if codec not in CODECS:
+        raise UserError(f"--codec {codec!r}: choose one of {', '.join(CODECS)}")
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    if block_size < 1:
+        raise UserError(f"block size must be >= 1, got {block_size}")
+
+
+def build_spec(recipe: Recipe, base, *, num: int, steps: int | None, codec: str, seed: int,
+               dtype: torch.dtype = torch.float32, block_size: int = DEFAULT_BLOCK_SIZE,
+               chunk_steps: int = 0) -> StoreSpec:
+    """The store a run would write (validated: steps within the image size, a known codec ...)."""
+    config = dataclasses.replace(recipe.sampler, steps=steps if steps is not None else recipe.sampler.steps)
+    try:
+        config.validate()
+    except ValueError as err:
+        raise UserError(f"sampler: {err}") from None
+    if config.steps > base.num_tokens:
+        raise UserError(f"--steps {config.steps} exceeds the number of image tokens ({base.num_tokens})")
+    source = condition_source(recipe)
+    resolved = recipe.to_dict()
+    resolved["sampler"] = dataclasses.asdict(config)
+    return StoreSpec(
+        num=num, steps=config.steps, branches=config.branches, num_tokens=base.num_tokens,
+        feature_dim=base.feature_dim, codec=codec, seed=int(seed), fingerprint=base.fingerprint,
+        recipe=resolved, condition=source.kind, condition_source=source.name,
+        codebook_size=base.codebook_size, compute_dtype=str(dtype).removeprefix("torch."),
+        block_size=block_size, chunk_steps=chunk_steps,
+    )
+
+
+def dry_run(recipe: Recipe, out: str, *, num: int = 1000, steps: int | None = None, codec: str = "bf16",
+            seed: int = 0, overwrite: bool = False, device="cpu", dtype: torch.dtype = torch.float32,
+            block_size: int = DEFAULT_BLOCK_SIZE, base=None) -> dict:
+    """What `record` would write: arrays, shapes, estimated bytes. Loads (never runs) the base."""
+    _validate(num, steps, codec, None, block_size)
+    base = base if base is not None else load_base(recipe.base, device)
+    spec = build_spec(recipe, base, num=num, steps=steps, codec=codec, seed=seed, dtype=dtype, block_size=block_size)
+    loc = location.resolve(out)
+    action = check_target(loc, spec, overwrite)
+    est = spec.estimate_bytes()
+    arrays = []
+    for a in spec.arrays():
+        raw = int(np.prod(a.shape)) * (np.dtype(a.dtype).itemsize if a.dtype != "string" else 48)
+        arrays.append(dict(a.describe(), raw_bytes=raw))
+    return {
+        "store": str(loc), "dry_run": True, "action": action, "trajectories": num, "codec": codec,
+        "steps": spec.steps, "branches": spec.branches, "num_tokens": spec.num_tokens,
+        "feature_dim": spec.feature_dim, "block_size": spec.block_size, "chunk_steps": spec.chunk_steps,
+        "arrays": arrays, "bytes_raw": est["raw_total"], "bytes_estimated": est["estimated_total"],
+        "bytes_per_trajectory_estimated": est["estimated_per_trajectory"],
+        "fp32_bytes_per_trajectory": est["fp32_per_trajectory"],
+    }
+
+
+class _FeatureRecorder:
+    """Sampler observer: encodes each step's features into a (B, branches, steps, L, D) buffer."""
+
+    def __init__(self, batch: int, spec: StoreSpec):
+        c = get_codec(spec.codec)
+        shape = (batch, spec.branches, spec.steps, spec.num_tokens, spec.feature_dim)
+        self.codec = c.name
+        self.values = np.empty(shape, dtype=c.dtype)
+        self.scale = np.empty(shape[:-1], dtype=np.float32) if c.has_scale else None
+
+    def __call__(self, event: StepEvent) -> None:
+        values, scale = encode(event.features, self.codec)
+        self.values[:, :, event.t] = values
+        if self.scale is not None:
+            self.scale[:, :, event.t] = scale
+
+
+def record(
+    recipe: Recipe,
+    out: str,
+    *,
+    num: int = 1000,
+    batch_size: int | None = None,
+    steps: int | None = None,
+    codec: str = "bf16",
+    seed: int = 0,
+    overwrite: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+    chunk_steps: int = 0,
+    base=None,
+    on_start: Callable[[int, Dist], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> RecordResult:
+    """Record `num` trajectories into the store at `out` (a path or fsspec URL), resuming if possible.
+
+    `on_start(k, dist)` is told how many trajectories this process will record, `on_progress(n)`
+    after each batch. Under torchrun every rank calls this; the result is the same on all ranks.
+    """
+    _validate(num, steps, codec, batch_size, block_size)
+    dist = dist_context()
+    try:
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None and dist.world > 1:
+            device = torch.device("cuda", dist.local_rank)
+        base = base if base is not None else load_base(recipe.base, device)
+        base = base.to(device=device, dtype=dtype)
+        spec = build_spec(recipe, base, num=num, steps=steps, codec=codec, seed=seed, dtype=dtype,
+                          block_size=block_size, chunk_steps=chunk_steps)
+        loc = location.resolve(out)
+        status = None
+        if dist.rank == 0:
+            try:
+                todo, action, spec = prepare_store(loc, spec, overwrite)
+                status = ("ok", todo, action, spec)
+            except UserError as err:
+                status = ("user", str(err))
+            except Exception as err:  # noqa: BLE001 - other ranks must not wait forever
+                status = ("internal", f"{type(err).__name__}: {err}")
+                if dist.world == 1:
+                    raise
+        status = dist.broadcast(status)
+        if status[0] != "ok":
+            if status[0] == "user":
+                raise (StoreError if dist.rank == 0 else RankError)(status[1])
+            raise RuntimeError(f"rank 0 could not prepare the store: {status[1]}")
+        _, todo, action, spec = status
+        start = time.perf_counter()
+        written = _record_blocks(
+            base, recipe, spec, loc, todo[dist.rank :: dist.world], batch_size or recipe.generate.batch_size,
+            clear=action == "resume", on_start=(lambda k: on_start(k, dist)) if on_start else None,
+            on_progress=on_progress,
+        )
+        total = sum(dist.gather(written))
+        seconds = max(dist.gather(time.perf_counter() - start))
+        size = location.size_bytes(loc) if dist.rank == 0 else 0
+        size = dist.broadcast(size)
+        return RecordResult(str(loc), spec.num, total, seconds, size, action)
+    finally:
+        dist.close()
+
+
+def _record_blocks(base, recipe: Recipe, spec: StoreSpec, loc, blocks: list[int], batch_size: int,
+                   clear: bool = False, on_start=None, on_progress=None) -> int:
+    config = dataclasses.replace(recipe.sampler, steps=spec.steps)
+    indices = [i for b in blocks for i in spec.block_range(b)]
+    if on_start:
+        on_start(len(indices))
+    if not indices:
+        return 0
+    writer = StoreWriter(loc, spec)
+    if clear:  # leftovers of an interrupted run are rewritten from scratch, never merged
+        for b in blocks:
+            writer.clear_block(b)
+    L = spec.num_tokens
+    pending = {}  # per unfinished block: its small arrays, filled as its trajectories are sampled
+    for b in blocks:
+        k = len(spec.block_range(b))
+        pending[b] = {"tokens": np.empty((k, L), np.int32), "order": np.empty((k, L), np.int16),
+                      "seeds": np.empty(k, np.uint32), "conditions": [None] * k, "left": k}
+    # writes run on one background thread, in submission order (features before a block's
+    # `complete`); at most two batches wait, which bounds memory
+    futures: list[Future] = []
+    failed = []  # once a write fails, no later write may run (a block must never be marked
+    # complete after an earlier write of it failed)
+
+    def write(*args):
+        if failed:
+            raise RuntimeError("an earlier store write failed")
+        try:
+            _write_batch(writer, *args)
+        except BaseException:
+            failed.append(True)
+            raise
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="migmcut-store-writer") as pool:
+        for lo in range(0, len(indices), batch_size):
+            for f in futures:  # stop at the first failed write, not two batches later
+                if f.done() and f.exception() is not None:
+                    f.result()
+            batch = indices[lo : lo + batch_size]
+            conditions = conditions_for(recipe, spec.seed, batch)
+            seeds = [trajectory_seed(spec.seed, i) for i in batch]
+            rec = _FeatureRecorder(len(batch), spec)
+            result = sample(base, conditions, seeds, config, observers=(rec,))
+            tokens = result.tokens.cpu().numpy()
+            order = result.order.cpu().numpy()
+            finished = []
+            for j, i in enumerate(batch):
+                b = i // spec.block_size
+                k = i - spec.block_range(b).start
+                p = pending[b]
+                p["tokens"][k], p["order"][k] = tokens[j], order[j]
+                p["seeds"][k], p["conditions"][k] = seeds[j], conditions[j]
+                p["left"] -= 1
+                if p["left"] == 0:
+                    finished.append((b, pending.pop(b)))
+            while len(futures) >= 2:
+                futures.pop(0).result()
+            futures.append(pool.submit(write, batch, rec, finished))
+            if on_progress:
+                on_progress(len(batch))
+        for f in futures:
+            f.result()
+    return len(indices)
+
+
+def _write_batch(writer: StoreWriter, batch: list[int], rec: _FeatureRecorder, finished: list) -> None:
+    j = 0
+    while j < len(batch):  # contiguous runs of trajectory indices: one zarr call each
+        k = j + 1
+        while k < len(batch) and batch[k] == batch[k - 1] + 1:
+            k += 1
+        writer.write_features(batch[j], rec.values[j:k], None if rec.scale is None else rec.scale[j:k])
+        j = k
+    for b, p in finished:
+        writer.finish_block(b, p["tokens"], p["order"], p["seeds"], p["conditions"])

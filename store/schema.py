@@ -1,0 +1,272 @@
+"""The store schema: attrs, arrays, chunking and codecs (see store/README.md for the prose).
+
+A `StoreSpec` is everything that defines a store: it is written once, as the group attribute
+`migmcut`, by whoever creates the store, and read back by writers that resume, by the reader
+and by `store info/verify`. `identity()` is the part that must match for a run to resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from migmcut.errors import StoreError
+from migmcut.store.codecs import CODECS, get_codec
+from migmcut.store.location import Location, zarr_store
+
+FORMAT = "migmcut-trajectories"
+SCHEMA_VERSION = 1
+ATTR = "migmcut"
+DEFAULT_BLOCK_SIZE = 16
+CHUNK_TARGET_BYTES = 16 << 20  # a feature chunk holds as many steps as fit (raw) in this
+FEATURE_ZSTD_LEVEL = 1  # measured: level 3 saves ~2-4 % more at 60 % of the speed
+SMALL_ZSTD_LEVEL = 3
+# Compressed/raw size of the feature payload, measured on tiny-shapes (random weights) with the
+# codecs below; used only by `record --dry-run` to estimate a store's size.
+ESTIMATED_RATIO = {"bf16": 0.40, "fp16": 0.66, "int8": 0.36}
+
+CONDITION_ARRAYS = {"prompts": "string", "labels": "int32"}
+
+
+@dataclass
+class StoreSpec:
+    num: int  # trajectories
+    steps: int
+    branches: int  # 2 with CFG (0 conditional, 1 unconditional), else 1
+    num_tokens: int  # L
+    feature_dim: int  # D
+    codec: str
+    seed: int  # run seed: trajectory i has seed trajectory_seed(seed, i)
+    fingerprint: str  # of the base model
+    recipe: dict  # resolved recipe (sampler.steps is the recorded step count)
+    condition: str = "prompts"  # "prompts" (strings) or "labels" (ints)
+    condition_source: str = ""  # which deterministic draw made the conditions
+    codebook_size: int = 0
+    compute_dtype: str = "float32"
+    block_size: int = DEFAULT_BLOCK_SIZE
+    chunk_steps: int = 0  # 0: choose automatically
+    schema_version: int = SCHEMA_VERSION
+    format: str = FORMAT
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        get_codec(self.codec)
+        if self.condition not in CONDITION_ARRAYS:
+            raise StoreError(f"unknown condition kind {self.condition!r}")
+        if self.chunk_steps <= 0:
+            self.chunk_steps = auto_chunk_steps(self.steps, self.num_tokens * self.feature_dim * CODECS[self.codec].itemsize)
+        if self.steps % self.chunk_steps:
+            raise StoreError(f"chunk_steps {self.chunk_steps} must divide the step count {self.steps}")
+
+    # -- attrs -----------------------------------------------------------------------------
+    @property
+    def sampler(self) -> dict:
+        return dict(self.recipe.get("sampler", {}))
+
+    def attrs(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["sampler"] = self.sampler
+        d["num_blocks"] = self.num_blocks
+        return json.loads(json.dumps(d))  # plain JSON types, as zarr will store them
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> "StoreSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in attrs.items() if k in names})
+
+    def identity(self) -> dict:
+        """What must match for a run to add to (resume) an existing store."""
+        recipe = {k: v for k, v in self.recipe.items() if k in ("name", "base", "sampler")}
+        return {
+            "schema_version": self.schema_version,
+            "fingerprint": self.fingerprint,
+            "recipe": json.loads(json.dumps(recipe)),
+            "codec": self.codec,
+            "steps": self.steps,
+            "num": self.num,
+            "seed": self.seed,
+            "compute_dtype": self.compute_dtype,
+            "condition_source": self.condition_source,
+        }
+
+    def differences(self, other: "StoreSpec") -> list[str]:
+        mine, theirs = self.identity(), other.identity()
+        out = []
+        for key in mine:
+            if mine[key] != theirs[key]:
+                if key == "recipe":
+                    out.append(f"recipe {_recipe_diff(mine[key], theirs[key])}")
+                else:
+                    out.append(f"{key} {theirs[key]!r} (this run: {mine[key]!r})")
+        return out
+
+    # -- layout ----------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        return -(-self.num // self.block_size)
+
+    def block_range(self, block: int) -> range:
+        return range(block * self.block_size, min(self.num, (block + 1) * self.block_size))
+
+    def arrays(self) -> list["ArrayDef"]:
+        from zarr.codecs import BloscCodec, Crc32cCodec, TransposeCodec, ZstdCodec
+
+        n, B, N, L, D, S = self.num, self.branches, self.steps, self.num_tokens, self.feature_dim, self.block_size
+        c = get_codec(self.codec)
+        k = self.chunk_steps
+        small = dict(compressors=[ZstdCodec(level=SMALL_ZSTD_LEVEL), Crc32cCodec()])
+        if c.name == "fp16":  # float deltas would be lossy: byte-shuffle instead
+            feat_filters = [TransposeCodec(order=(0, 1, 3, 4, 2))]
+            feat_comp = [BloscCodec(cname="zstd", clevel=FEATURE_ZSTD_LEVEL + 2, shuffle="shuffle", typesize=2), Crc32cCodec()]
+        else:
+            feat_filters = [TransposeCodec(order=(0, 1, 3, 4, 2)), _delta(c.dtype)]
+            feat_comp = [ZstdCodec(level=FEATURE_ZSTD_LEVEL), Crc32cCodec()]
+        defs = [
+            ArrayDef(
+                "features", (n, B, N, L, D), c.dtype, (1, 1, k, L, D), (1, B, N, L, D), c.fill,
+                feat_filters, feat_comp, ("trajectory", "branch", "step", "position", "channel"),
+                {"logical_dtype": c.logical_dtype, "codec": c.name},
+            )
+        ]
+        if c.has_scale:
+            defs.append(ArrayDef(
+                "feature_scale", (n, B, N, L), "float32", (1, 1, k, L), (1, B, N, L), float("nan"),
+                [TransposeCodec(order=(0, 1, 3, 2))],
+                [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=4), Crc32cCodec()],
+                ("trajectory", "branch", "step", "position"),
+                {"meaning": "per-token absmax: value = features * feature_scale / 127"},
+            ))
+        cond_dtype = CONDITION_ARRAYS[self.condition]
+        defs += [
+            ArrayDef("tokens", (n, L), "int32", (S, L), None, -1, [], small["compressors"], ("trajectory", "position")),
+            ArrayDef("order", (n, L), "int16", (S, L), None, -1, [], small["compressors"], ("trajectory", "position"),
+                     {"meaning": "step at which each position was fixed"}),
+            ArrayDef(self.condition, (n,), cond_dtype, (S,), None, "" if cond_dtype == "string" else -1, [],
+                     small["compressors"], ("trajectory",)),
+            ArrayDef("seeds", (n,), "uint32", (S,), None, 0, [], small["compressors"], ("trajectory",)),
+            ArrayDef("complete", (n,), "bool", (S,), None, False, [], small["compressors"], ("trajectory",),
+                     {"meaning": "true once every array of the trajectory is durably written"}),
+        ]
+        return defs
+
+    # -- sizes -----------------------------------------------------------------------------
+    def raw_feature_bytes(self, codec: str | None = None) -> int:
+        """Uncompressed bytes of one trajectory's features in a codec (fp32 with codec='fp32')."""
+        per = self.branches * self.steps * self.num_tokens
+        if codec == "fp32":
+            return per * self.feature_dim * 4
+        c = get_codec(codec or self.codec)
+        return per * self.feature_dim * c.itemsize + (per * 4 if c.has_scale else 0)
+
+    def estimate_bytes(self) -> dict:
+        per_traj = self.raw_feature_bytes()
+        small = self.num_tokens * (4 + 2) + 4 + 1 + (48 if self.condition == "prompts" else 4)
+        est = int(per_traj * ESTIMATED_RATIO[self.codec]) + small // 2
+        return {
+            "raw_per_trajectory": per_traj + small,
+            "estimated_per_trajectory": est,
+            "raw_total": (per_traj + small) * self.num,
+            "estimated_total": est * self.num,
+            "fp32_per_trajectory": self.raw_feature_bytes("fp32"),
+        }
+
+
+@dataclass
+class ArrayDef:
+    name: str
+    shape: tuple
+    dtype: str
+    chunks: tuple
+    shards: tuple | None
+    fill: object
+    filters: list
+    compressors: list
+    dims: tuple
+    attrs: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype, "chunks": list(self.chunks),
+                "shards": list(self.shards) if self.shards else None}
+
+
+def auto_chunk_steps(steps: int, step_bytes: int) -> int:
+    """Largest divisor of `steps` whose chunk stays under CHUNK_TARGET_BYTES (at least 1)."""
+    best = 1
+    for k in range(1, steps + 1):
+        if steps % k == 0 and k * step_bytes <= CHUNK_TARGET_BYTES:
+            best = k
+    return best
+
+
+def _delta(dtype: str):
+    try:
+        from zarr.codecs import Delta  # zarr >= 3.1.x ships numcodecs' zarr3 wrappers
+    except ImportError:  # older zarr 3: numcodecs' own
+        from numcodecs.zarr3 import Delta
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "numcodecs codecs are not in the Zarr v3 spec"
+        return Delta(dtype=np.dtype(dtype).str)
+
+
+def _recipe_diff(a: dict, b: dict, prefix: str = "") -> str:
+    """First differing key between two nested dicts: 'base.hidden_size 32 (this run: 64)'."""
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if va != vb:
+            name = f"{prefix}{key}"
+            if isinstance(va, dict) and isinstance(vb, dict):
+                return _recipe_diff(va, vb, name + ".")
+            return f"{name} {vb!r} (this run: {va!r})"
+    return "(same)"
+
+
+# -- opening ------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def quiet():
+    """zarr warns that numcodecs codecs (our delta filter) and string arrays are outside the v3 spec."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr(\..*)?")
+        warnings.filterwarnings("ignore", message=r".*(umcodecs|Zarr V3|zarr v3).*")
+        yield
+
+
+def open_group(loc: Location, mode: str = "r"):
+    import zarr
+
+    with quiet():
+        return zarr.open_group(zarr_store(loc, read_only=mode == "r"), mode=mode)
+
+
+def read_spec(loc: Location, group=None) -> tuple[object, StoreSpec]:
+    """Open an existing store: (group, spec). StoreError when it is missing or not a migmcut store."""
+    from zarr.errors import GroupNotFoundError
+
+    from migmcut.store import location
+
+    if not location.exists(loc):
+        raise StoreError(f"{loc}: no such store (record one with `migmcut record --out {loc}`)")
+    try:
+        group = group if group is not None else open_group(loc, "r")
+    except (GroupNotFoundError, FileNotFoundError, NotADirectoryError):
+        raise StoreError(f"{loc}: not a migmcut trajectory store (no zarr group there)") from None
+    except (ValueError, KeyError, OSError) as err:
+        raise StoreError(f"{loc}: not a readable zarr group ({type(err).__name__}: {err})") from None
+    attrs = group.attrs.asdict().get(ATTR)
+    if not isinstance(attrs, dict) or attrs.get("format") != FORMAT:
+        raise StoreError(f"{loc}: a zarr group, but not a migmcut trajectory store (no '{ATTR}' attributes)")
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{loc}: store schema version {attrs.get('schema_version')} is not supported "
+            f"(this migmcut reads version {SCHEMA_VERSION}); re-record it"
+        )
+    try:
+        spec = StoreSpec.from_attrs(attrs)
+    except (TypeError, StoreError) as err:
+        raise StoreError(f"{loc}: damaged '{ATTR}' attributes ({err})") from None
+    return group, spec

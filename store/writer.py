@@ -1,0 +1,209 @@
+"""Creating, resuming and writing a store.
+
+The unit of work is a *block* of `block_size` consecutive trajectories: the small per-trajectory
+arrays are chunked by block, so exactly one writer owns a block's chunk files and the shard
+files of its trajectories. A block is written as: every trajectory's feature shard (one file
+each), then the block's `tokens`/`order`/condition/`seeds` chunks, then (local stores) an fsync
+of all of them, and only then its `complete` chunk. A block whose `complete` chunk is missing,
+unreadable or not all true is recomputed from scratch on the next run; recording is
+deterministic, so the result is bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from migmcut.errors import StoreError
+from migmcut.store import location
+from migmcut.store.location import Location
+from migmcut.store.schema import ATTR, FORMAT, StoreSpec, open_group, quiet, read_spec
+
+
+def check_target(loc: Location, spec: StoreSpec, overwrite: bool = False) -> str:
+    """What recording `spec` into `loc` would do, touching nothing: 'create', 'overwrite' or 'resume'.
+
+    Raises StoreError for a location that is not a migmcut store (even with `overwrite`: we never
+    delete what we did not write), or one recorded with other settings (unless `overwrite`).
+    """
+    if loc.local and loc.path.exists() and not loc.path.is_dir():
+        raise StoreError(f"{loc}: exists and is not a directory; choose another --out")
+    if not location.exists(loc) or location.is_empty_dir(loc):
+        return "create"
+    existing = _existing_spec(loc, overwrite)
+    if overwrite:
+        return "overwrite"
+    diffs = spec.differences(existing)
+    if diffs:
+        raise StoreError(
+            f"{loc} holds a store recorded with different settings: {'; '.join(diffs)}. "
+            "Pass --overwrite to replace it, or choose another --out"
+        )
+    return "resume"
+
+
+def prepare_store(loc: Location, spec: StoreSpec, overwrite: bool = False) -> tuple[list[int], str, StoreSpec]:
+    """Create, replace or reopen the store for recording: (blocks still to record, action, spec).
+
+    On resume the returned spec is the store's own (its block size and chunking win over the
+    ones asked for; everything that changes the data has been checked equal).
+    """
+    action = check_target(loc, spec, overwrite)
+    if action != "resume":
+        create_store(loc, spec)  # mode "w" clears an old store first
+        return list(range(spec.num_blocks)), action, spec
+    group, existing = read_spec(loc)
+    location.remove_partials(loc)
+    group = open_group(loc, "r+")
+    _ensure_arrays(group, existing)
+    complete, _ = read_complete(group, existing)
+    return incomplete_blocks(complete, existing), action, existing
+
+
+def _existing_spec(loc: Location, overwrite: bool) -> StoreSpec | None:
+    """The spec of the migmcut store at `loc`; None for a damaged one we may overwrite."""
+    try:
+        group = open_group(loc, "r")
+        attrs = group.attrs.asdict().get(ATTR)
+    except Exception:  # noqa: BLE001 - anything unreadable is "not a store"
+        attrs = None
+    if not isinstance(attrs, dict) or attrs.get("format") != FORMAT:
+        raise StoreError(
+            f"{loc} exists and is not a migmcut trajectory store; refusing to touch it "
+            "(choose another --out, or an empty directory)"
+        )
+    try:
+        return read_spec(loc)[1]
+    except StoreError:
+        if overwrite:
+            return None
+        raise
+
+
+def create_store(loc: Location, spec: StoreSpec):
+    import zarr
+
+    if loc.local:
+        try:
+            loc.path.mkdir(parents=True, exist_ok=True)
+            probe = loc.path / ".migmcut-write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise StoreError(f"--out {loc}: cannot write there ({err.strerror or err}); choose another location") from None
+    try:
+        with quiet():
+            group = zarr.open_group(location.zarr_store(loc, read_only=False), mode="w",
+                                    attributes={ATTR: spec.attrs()})
+    except (OSError, PermissionError, NotImplementedError) as err:
+        raise StoreError(f"--out {loc}: cannot write there ({err}); choose another location") from None
+    _ensure_arrays(group, spec)
+    return group
+
+
+def _ensure_arrays(group, spec: StoreSpec) -> None:
+    """Create the arrays a store lacks (a creator killed half-way); check the others' shapes."""
+    existing = set(group.array_keys())
+    for a in spec.arrays():
+        if a.name in existing:
+            arr = group[a.name]
+            if tuple(arr.shape) != tuple(a.shape):
+                raise StoreError(f"store array {a.name} has shape {arr.shape}, its attrs say {a.shape}: damaged store")
+            continue
+        with quiet():
+            group.create_array(
+                a.name, shape=a.shape, dtype=a.dtype, chunks=a.chunks, shards=a.shards, fill_value=a.fill,
+                filters=a.filters or None, compressors=a.compressors, dimension_names=a.dims,
+                attributes=a.attrs, overwrite=True,
+            )
+
+
+def read_complete(group, spec: StoreSpec) -> tuple[np.ndarray, list[int]]:
+    """(complete flags (n,) bool, blocks whose `complete` chunk could not be read)."""
+    arr = group["complete"]
+    try:
+        with quiet():
+            return np.asarray(arr[:], dtype=bool), []
+    except Exception:  # noqa: BLE001 - a damaged chunk: find which, count its block incomplete
+        pass
+    flags = np.zeros(spec.num, dtype=bool)
+    bad = []
+    for b in range(spec.num_blocks):
+        r = spec.block_range(b)
+        try:
+            with quiet():
+                flags[r.start : r.stop] = arr[r.start : r.stop]
+        except Exception:  # noqa: BLE001
+            bad.append(b)
+    return flags, bad
+
+
+def incomplete_blocks(complete: np.ndarray, spec: StoreSpec) -> list[int]:
+    return [b for b in range(spec.num_blocks) if not complete[spec.block_range(b).start : spec.block_range(b).stop].all()]
+
+
+class StoreWriter:
+    """Writes whole trajectories' features and whole blocks into an existing store."""
+
+    def __init__(self, loc: Location, spec: StoreSpec):
+        self.loc, self.spec = loc, spec
+        group = open_group(loc, "r+")
+        with quiet():
+            self.group = {name: group[name] for name in group.array_keys()}  # array handles, opened once
+        self.store = group.store
+        self.features = self.group["features"]
+        self.scale = self.group.get("feature_scale")
+
+    def _keys(self, block: int) -> list[str]:
+        """Every chunk/shard key a block owns, its `complete` chunk first."""
+        spec, g = self.spec, self.group
+        r = spec.block_range(block)
+        keys = [f"complete/{g['complete'].metadata.encode_chunk_key((block,))}"]
+        for name in ("features", "feature_scale"):
+            if name in g:
+                arr = g[name]
+                keys += [f"{name}/{arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))}" for i in r]
+        for name in ("tokens", "order", spec.condition, "seeds"):
+            arr = g[name]
+            keys.append(f"{name}/{arr.metadata.encode_chunk_key((block,) + (0,) * (arr.ndim - 1))}")
+        return keys
+
+    def clear_block(self, block: int) -> None:
+        """Delete whatever an interrupted or damaged earlier write of the block left (complete flags first).
+
+        A rewrite must not read old shards: zarr merges partial shard writes with what is stored,
+        and a torn or corrupted shard would make that fail.
+        """
+        from zarr.core.sync import sync
+
+        for key in self._keys(block):
+            sync(self.store.delete(key))
+
+    def write_features(self, start: int, values: np.ndarray, scale: np.ndarray | None = None) -> None:
+        """Features of trajectories start, start+1, ...: values (k, branches, steps, L, D)."""
+        stop = start + len(values)
+        with quiet():
+            self.features[start:stop] = values
+            if self.scale is not None:
+                self.scale[start:stop] = scale
+
+    def finish_block(self, block: int, tokens: np.ndarray, order: np.ndarray, seeds: np.ndarray, conditions: list) -> None:
+        """The block's small arrays, then (local) fsync, then its `complete` flags."""
+        spec, g = self.spec, self.group
+        r = spec.block_range(block)
+        if len(tokens) != len(r):
+            raise ValueError(f"block {block} has {len(r)} trajectories, got {len(tokens)}")
+        with quiet():
+            g["tokens"][r.start : r.stop] = np.asarray(tokens, dtype=np.int32)
+            g["order"][r.start : r.stop] = np.asarray(order, dtype=np.int16)
+            g["seeds"][r.start : r.stop] = np.asarray(seeds, dtype=np.uint32)
+            if spec.condition == "prompts":
+                g["prompts"][r.start : r.stop] = np.array(list(conditions), dtype=str)
+            else:
+                g["labels"][r.start : r.stop] = np.asarray(conditions, dtype=np.int32)
+        keys = self._keys(block)
+        if self.loc.local:
+            location.fsync_tree([self.loc.path / k for k in keys[1:]])
+        with quiet():
+            g["complete"][r.start : r.stop] = np.ones(len(r), dtype=bool)
+        if self.loc.local:
+            location.fsync_tree([self.loc.path / keys[0]])

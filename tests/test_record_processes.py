@@ -1,0 +1,80 @@
+"""`migmcut record` as real processes: SIGKILL mid-run then resume, and two torchrun ranks.
+
+Each starts fresh Python processes (torch + transformers imports dominate), so they are marked
+slow; both compare against a store recorded in-process with the same options.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from test_store_helpers import assert_same_store, one_thread
+from typer.testing import CliRunner
+
+from migmcut.cli.main import app
+from migmcut.store import TrajectoryStore
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+N, BLOCK = 24, 4
+ARGS = ["record", "--recipe", "debug", "--device", "cpu", "--block-size", str(BLOCK)]
+
+
+def env():
+    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ref") / "store"
+    with one_thread():
+        res = runner.invoke(app, [*ARGS, "--out", str(path), "--num", str(N), "--batch-size", "3"])
+    assert res.exit_code == 0, res.output
+    return path
+
+
+def test_sigkill_mid_run_then_the_same_command_gives_the_same_store(reference, tmp_path):
+    path = tmp_path / "store"
+    cmd = [*ARGS, "--out", str(path), "--num", str(N), "--batch-size", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "migmcut.cli.main", *cmd], env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    try:
+        # kill -9 once two blocks are complete: the third is then being computed or written
+        while not (path / "complete" / "c" / "1").exists():
+            assert proc.poll() is None, f"record exited early: {proc.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "record did not get going in time"
+            time.sleep(0.01)
+        assert proc.poll() is None, "record finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    done = len(TrajectoryStore(path).complete_indices())
+    assert BLOCK * 2 <= done < N
+    with one_thread():
+        res = runner.invoke(app, [*cmd, "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["written"] == N - done
+    assert_same_store(path, reference)
+
+
+def test_two_torchrun_ranks_write_the_same_store_as_one_process(reference, tmp_path):
+    path = tmp_path / "store"
+    # `-n`: torchrun's own parser would take `--num` for an abbreviation of --numa-binding
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "migmcut.cli.main", *ARGS, "--out", str(path), "-n", str(N), "--batch-size", "2", "--json"]
+    res = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    payloads = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    assert len(payloads) == 1, res.stdout  # only rank 0 reports
+    assert payloads[0]["written"] == N and payloads[0]["trajectories"] == N
+    assert_same_store(path, reference)
