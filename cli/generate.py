@@ -42,6 +42,7 @@ def generate(
     from PIL import Image
 
     from migmcut.generate import generate as run_generate
+    from migmcut.shortcut import resolve_checkpoint
 
     if prompt and class_id:
         raise UserError("give --prompt or --class, not both")
@@ -50,17 +51,18 @@ def generate(
         raise UserError("nothing to generate: give --prompt TEXT (or --class ID for class-conditional bases)")
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    if shortcut is not None and not shortcut.exists():
-        raise UserError(f"--shortcut {shortcut}: no such checkpoint")
     rec = load(recipe, set_)
+    checkpoint = shortcut or resolve_checkpoint(rec.shortcut.checkpoint)
+    method = method or ("shortcut" if checkpoint else "vanilla")
+    budget = budget if budget is not None or method == "vanilla" else rec.shortcut.budget
     dev = resolve_device(device)
     out_dir = writable_dir(out, "--out")
     total = len(conditions) * max(num_images, 1)
     with progress(not json_) as bar:
         task = bar.add_task("generating", total=total)
         result = run_generate(
-            rec, conditions, num_images=num_images, seed=seed, steps=steps, method=method or "vanilla",
-            budget=budget, device=dev, dtype=resolve_dtype(dtype, dev), batch_size=batch_size,
+            rec, conditions, num_images=num_images, seed=seed, steps=steps, method=method,
+            budget=budget, shortcut=checkpoint, device=dev, dtype=resolve_dtype(dtype, dev), batch_size=batch_size,
             on_batch=lambda n: bar.advance(task, n),
         )
     paths = []

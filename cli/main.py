@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from migmcut.cli import generate
+from migmcut.cli import generate, record, store, train
 
 app = typer.Typer(
     name="migmcut",
@@ -21,6 +21,9 @@ def main() -> None:
 
 
 app.command("generate")(generate.generate)
+app.command("record")(record.record)
+app.command("train")(train.train)
+app.add_typer(store.app, name="store")
 
 
 def run() -> None:

@@ -11,8 +11,10 @@ import torch
 
 from migmcut.base import load_base
 from migmcut.errors import UserError
+from migmcut.policies import BudgetPolicy, FullPolicy, budget_schedule
 from migmcut.recipe import Recipe
 from migmcut.sampler import sample, trajectory_seed
+from migmcut.shortcut import load_shortcut
 
 METHODS = ("vanilla", "cache", "shortcut")
 
@@ -30,6 +32,25 @@ class Generated:
     seconds: float
 
 
+def make_policy(method: str, steps: int, budget: int | None, shortcut, base):
+    """-> (a factory of fresh per-batch policies, the number of full steps)."""
+    if method == "vanilla":
+        if budget is not None and budget != steps:
+            raise UserError(f"--budget {budget} needs --method cache or shortcut (vanilla runs every step)")
+        return FullPolicy, steps
+    if budget is None:
+        raise UserError(f"--method {method} needs --budget B (full base steps out of {steps})")
+    full = budget_schedule(steps, budget)
+    if method == "cache":
+        return (lambda: BudgetPolicy(full)), budget
+    if shortcut is None:
+        raise UserError("--method shortcut needs a shortcut checkpoint: pass --shortcut DIR (made by migmcut train)")
+    if not isinstance(shortcut, torch.nn.Module):
+        shortcut, _ = load_shortcut(shortcut, base)
+    net = shortcut.to(device=base.device, dtype=next(base.parameters()).dtype)
+    return (lambda: BudgetPolicy(full, net)), budget
+
+
 def generate(
     recipe: Recipe,
     conditions: list,
@@ -39,13 +60,17 @@ def generate(
     steps: int | None = None,
     method: str = "vanilla",
     budget: int | None = None,
+    shortcut=None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     batch_size: int | None = None,
     base=None,
     on_batch=None,
 ) -> Generated:
-    """Generate `num_images` images per condition; image j of condition i uses seed index i*num_images+j."""
+    """Generate `num_images` images per condition; image j of condition i uses seed index i*num_images+j.
+
+    `shortcut` is a checkpoint directory or a loaded `Shortcut` module, for method `shortcut`; `budget` is the number of full base steps for `cache` and `shortcut`.
+    """
     if not conditions:
         raise UserError("nothing to generate: give at least one --prompt (or --class)")
     if num_images < 1:
@@ -60,15 +85,11 @@ def generate(
         raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if budget is not None and not 1 <= budget <= config.steps:
         raise UserError(f"--budget {budget} must be between 1 and the step count ({config.steps})")
-    if method != "vanilla" or (budget is not None and budget != config.steps):
-        raise UserError(
-            f"--method {method} / --budget need a trained shortcut, which this version does not have yet; "
-            "use --method vanilla"
-        )
     base = base if base is not None else load_base(recipe.base, device)
     if config.steps > base.num_tokens:
         raise UserError(f"--steps {config.steps} exceeds the number of image tokens ({base.num_tokens})")
     base = base.to(device=device, dtype=dtype)
+    policy_factory, budget = make_policy(method, config.steps, budget, shortcut, base)
     jobs = [(c, trajectory_seed(seed, i * num_images + j)) for i, c in enumerate(conditions) for j in range(num_images)]
     base.encode_conditions(conditions)  # validate every condition before any work
     bs = batch_size or recipe.generate.batch_size
@@ -76,7 +97,7 @@ def generate(
     start = time.perf_counter()
     for lo in range(0, len(jobs), bs):
         chunk = jobs[lo : lo + bs]
-        result = sample(base, [c for c, _ in chunk], [s for _, s in chunk], config)
+        result = sample(base, [c for c, _ in chunk], [s for _, s in chunk], config, policy=policy_factory())
         images.append(base.decode(result.tokens))
         counts = result.counts
         if on_batch:
@@ -88,7 +109,7 @@ def generate(
         seeds=[s for _, s in jobs],
         method=method,
         steps=config.steps,
-        budget=counts.get("full", 0),
+        budget=budget,
         base_calls=counts.get("full", 0),
         shortcut_calls=counts.get("shortcut", 0),
         seconds=seconds,

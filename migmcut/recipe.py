@@ -20,6 +20,7 @@ import yaml
 from migmcut.base import BASE_CONFIGS
 from migmcut.errors import RecipeError
 from migmcut.sampler import SamplerConfig
+from migmcut.train import TrainConfig
 
 
 @dataclass
@@ -29,9 +30,17 @@ class GenerateConfig:
 
 
 @dataclass
-class ShortcutConfig:
-    checkpoint: str | None = None  # path, or `builtin` for the shipped one
+class ShortcutSection:
+    """Recipe section `shortcut`: the checkpoint to generate with, and the architecture to train."""
+
+    checkpoint: str | None = None  # a directory, or `builtin:NAME` for a shipped one
     budget: int | None = None  # full base steps per image at generation time
+    ratio: int = 2  # bottleneck: D -> D / ratio
+    n_block: int = 1
+    heads: int = 4
+    ffn_mult: int = 2
+    cross_attention: bool = True
+    mask_ratio_embedding: bool = True
 
 
 @dataclass
@@ -40,7 +49,8 @@ class Recipe:
     base: typing.Any  # one of BASE_CONFIGS, picked by `base.kind`
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
-    shortcut: ShortcutConfig = field(default_factory=ShortcutConfig)
+    shortcut: ShortcutSection = field(default_factory=ShortcutSection)
+    train: TrainConfig = field(default_factory=TrainConfig)
     description: str = ""
     source: str = ""  # where it was read from (not a YAML key)
 

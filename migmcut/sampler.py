@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from migmcut.base.interface import BaseModel
+from migmcut.policies import FullPolicy
 from migmcut.schedule import SCHEDULES, tokens_per_step
 
 
@@ -72,15 +73,6 @@ class StepEvent:
     tokens: torch.Tensor  # (B, L) state after the step
     fixed: torch.Tensor  # (B, L) bool: positions fixed at this step
     mask_ratio: float
-
-
-class FullPolicy:
-    """Every step is a full base call."""
-
-    def step(self, base: BaseModel, state: StepState) -> tuple[str, torch.Tensor, torch.Tensor]:
-        branches = state.cond.shape[0] // state.tokens.shape[0]
-        logits, features = base(state.tokens.repeat(branches, 1), state.cond)
-        return "full", logits, features
 
 
 @dataclass

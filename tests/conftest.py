@@ -4,7 +4,7 @@ import torch
 from migmcut.base import load_base
 from migmcut.recipe import load_recipe
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # the test models are tiny: one thread is as fast and never oversubscribes
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,9 @@ def test_steps_and_seed_change_the_images(tmp_path):
         (["--prompt", "a red circle", "--steps", "0"], "--steps must be >= 1"),
         (["--prompt", "a red circle", "--budget", "99"], "--budget 99"),
         (["--prompt", "a red circle", "--budget", "0"], "--budget 0"),
-        (["--prompt", "a red circle", "--method", "shortcut"], "need a trained shortcut"),
+        (["--prompt", "a red circle", "--method", "shortcut", "--budget", "2"], "needs a shortcut checkpoint"),
+        (["--prompt", "a red circle", "--method", "cache"], "needs --budget"),
+        (["--prompt", "a red circle", "--shortcut", "/nonexistent", "--budget", "2"], "not a shortcut checkpoint"),
         (["--prompt", "a red circle", "--method", "magic"], "--method 'magic'"),
         (["--prompt", "a red circle", "--recipe", "nope"], "unknown recipe"),
         (["--prompt", "a red circle", "--set", "sampler.stepz=3"], "unknown key 'sampler.stepz'"),
@@ -80,3 +82,21 @@ def test_malformed_recipe_file(tmp_path):
     bad.write_text("name: x\nbase: {kind: tiny-shapes\n")
     res = invoke("--prompt", "a red circle", "--recipe", str(bad))
     assert res.exit_code == 2 and "malformed YAML" in res.stderr
+
+
+def test_cache_method_reports_its_base_calls(tmp_path):
+    res = invoke("--prompt", "a large red circle", "--method", "cache", "--budget", "3",
+                 "--out", str(tmp_path), "--json")
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert payload["method"] == "cache" and payload["budget"] == 3
+    assert payload["base_calls"] == 3 and payload["shortcut_calls"] == 0
+
+
+def test_shortcut_for_another_base_is_refused(tmp_path):
+    from migmcut.shortcut import Shortcut, ShortcutConfig
+
+    Shortcut(ShortcutConfig(feature_dim=32, heads=2)).save(tmp_path / "ck", {"base_fingerprint": "someone-else"})
+    res = invoke("--prompt", "a large red circle", "--shortcut", str(tmp_path / "ck"), "--budget", "3",
+                 "--out", str(tmp_path / "o"))
+    assert res.exit_code == 2 and "trained for base someone-else" in res.stderr

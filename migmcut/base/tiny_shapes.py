@@ -57,6 +57,7 @@ class TinyShapesConfig:
     codebook_size: int = 256
     vq_channels: tuple[int, ...] = (16, 32, 64)
     init_seed: int = 0
+    init_std: float = 0.02  # random weights only: larger values give a livelier debug model
 
 
 def bert_config(hidden: int, layers: int, heads: int, prompt_length: int, codebook: int, grid: int = 16):
@@ -112,9 +113,9 @@ class TinyShapesBase(BaseModel):
         if cfg.weights == "random":
             gen_state = torch.random.get_rng_state()
             torch.manual_seed(cfg.init_seed)
-            mlm = BertForMaskedLM(
-                bert_config(cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.prompt_length, cfg.codebook_size)
-            )
+            config = bert_config(cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.prompt_length, cfg.codebook_size)
+            config.initializer_range = cfg.init_std
+            mlm = BertForMaskedLM(config)
             vq = VQModel(
                 **dict(
                     tok.VQ_CONFIG,

@@ -1,0 +1,187 @@
+"""The shortcut network S: h_{t+1} = h_t + S(h_t, tokens fixed at step t, mask ratio r_t).
+
+Layout (MIGM-Shortcut, DESIGN.md section 1):
+  features h_t (B, L, D) --in_proj--> x (B, L, d)            d = D / ratio
+  new tokens: base's frozen token embedding + position embedding --kv_proj--> (B, M, d)
+            (+ the prompt's token embeddings for text-conditioned bases)
+  n_block x [ x += CrossAttn(LN x, new tokens); x += FFN(LN x);
+              x += SelfAttn(LN x);              x += FFN(LN x) ]
+  LN -> Linear -> GELU -> LN, scale/shift from an MLP of sinusoid(1000 r_t), Linear d -> D,
+  and the residual: h_{t+1} = h_t + out.
+The output projection starts at zero, so an untrained shortcut is the identity (the cache).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ShortcutConfig:
+    feature_dim: int
+    ratio: int = 2
+    n_block: int = 1
+    heads: int = 4
+    ffn_mult: int = 2
+    cross_attention: bool = True  # ablation switch: False drops the new-token cross-attention
+    mask_ratio_embedding: bool = True  # ablation switch: False drops the r_t modulation
+    attend_condition: bool = True  # also attend over the prompt tokens (text-conditioned bases)
+
+    @property
+    def width(self) -> int:
+        return self.feature_dim // self.ratio
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def sinusoid(x: torch.Tensor, dim: int) -> torch.Tensor:
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = x.float()[:, None] * freqs[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, L, W = x.shape
+        q = self.q(x).view(B, L, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(ctx).view(B, ctx.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        mask = None if ctx_mask is None else ctx_mask[:, None, None, :]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(B, L, W))
+
+
+def ffn(width: int, mult: int) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, mult * width), nn.GELU(), nn.Linear(mult * width, width))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ShortcutConfig):
+        super().__init__()
+        w = cfg.width
+        self.cross = cfg.cross_attention
+        if self.cross:
+            self.norm_q = nn.LayerNorm(w)
+            self.norm_kv = nn.LayerNorm(w)
+            self.cross_attn = Attention(w, cfg.heads)
+            self.cross_ffn = ffn(w, cfg.ffn_mult)
+        self.norm_self = nn.LayerNorm(w)
+        self.self_attn = Attention(w, cfg.heads)
+        self.self_ffn = ffn(w, cfg.ffn_mult)
+
+    def forward(self, x, ctx, ctx_mask):
+        if self.cross:
+            x = x + self.cross_attn(self.norm_q(x), self.norm_kv(ctx), ctx_mask)
+            x = x + self.cross_ffn(x)
+        h = self.norm_self(x)
+        x = x + self.self_attn(h, h)
+        return x + self.self_ffn(x)
+
+
+class Shortcut(nn.Module):
+    def __init__(self, cfg: ShortcutConfig):
+        super().__init__()
+        self.config = cfg
+        D, w = cfg.feature_dim, cfg.width
+        self.in_proj = nn.Linear(D, w)
+        self.kv_proj = nn.Linear(D, w)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_block))
+        self.out = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, w), nn.GELU(), nn.LayerNorm(w))
+        if cfg.mask_ratio_embedding:
+            self.ratio_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, 2 * w))
+            nn.init.zeros_(self.ratio_mlp[-1].weight)
+            nn.init.zeros_(self.ratio_mlp[-1].bias)
+        self.out_proj = nn.Linear(w, D)
+        nn.init.zeros_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self,
+        h: torch.Tensor,  # (B, L, D) current features
+        new_emb: torch.Tensor,  # (B, M, D) embeddings (token + position) of the tokens just fixed
+        new_mask: torch.Tensor,  # (B, M) bool, True where new_emb is a real token (not padding)
+        mask_ratio: torch.Tensor,  # (B,) fraction of positions still masked after those tokens
+        cond_emb: torch.Tensor | None = None,  # (B, P, D) prompt token embeddings
+        cond_mask: torch.Tensor | None = None,  # (B, P) bool
+    ) -> torch.Tensor:
+        x = self.in_proj(h)
+        ctx, ctx_mask = new_emb, new_mask
+        if cond_emb is not None and self.config.attend_condition:
+            ctx = torch.cat([ctx, cond_emb.to(ctx.dtype)], 1)
+            ctx_mask = torch.cat([ctx_mask, cond_mask], 1)
+        ctx = self.kv_proj(ctx)
+        for block in self.blocks:
+            x = block(x, ctx, ctx_mask)
+        x = self.out(x)
+        if self.config.mask_ratio_embedding:
+            emb = sinusoid(mask_ratio * 1000.0, x.shape[-1]).to(x.dtype)
+            scale, shift = self.ratio_mlp(emb).chunk(2, dim=-1)
+            x = x * (1 + scale[:, None]) + shift[:, None]
+        return h + self.out_proj(x)
+
+    # -- weights -------------------------------------------------------------------------
+    def save(self, directory: Path, extra: dict | None = None) -> None:
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, directory / "shortcut.safetensors")
+        meta = {"shortcut": asdict(self.config), **(extra or {})}
+        (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+BUILTIN = Path(__file__).resolve().parent / "weights"
+
+
+def resolve_checkpoint(value: str | None) -> Path | None:
+    """A recipe's `shortcut.checkpoint`: None, `builtin:NAME` (shipped with migmcut) or a path."""
+    if not value:
+        return None
+    if value.startswith("builtin:"):
+        path = BUILTIN / value.split(":", 1)[1] / "shortcut"
+        return path if (path / "shortcut.safetensors").is_file() else None
+    return Path(value).expanduser()
+
+
+def load_shortcut(directory: str | Path, base=None) -> tuple[Shortcut, dict]:
+    """Load `shortcut.safetensors` + `config.json`; refuse a checkpoint made for another base."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from migmcut.errors import CheckpointError
+
+    directory = Path(directory).expanduser()
+    weights, config = directory / "shortcut.safetensors", directory / "config.json"
+    if not weights.is_file() or not config.is_file():
+        raise CheckpointError(f"{directory} is not a shortcut checkpoint (needs shortcut.safetensors and config.json)")
+    try:
+        meta = json.loads(config.read_text())
+        model = Shortcut(ShortcutConfig(**meta["shortcut"]))
+        model.load_state_dict(load_file(weights))
+    except (ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
+        raise CheckpointError(f"{directory}: unreadable shortcut checkpoint ({type(err).__name__}: {err})") from None
+    if base is not None:
+        want = meta.get("base_fingerprint")
+        if want != base.fingerprint:
+            raise CheckpointError(
+                f"{directory} was trained for base {want}, but this recipe's base is {base.fingerprint}: "
+                "train a shortcut for this base (migmcut train) or use its recipe"
+            )
+        if model.config.feature_dim != base.feature_dim:
+            raise CheckpointError(f"{directory}: feature dim {model.config.feature_dim} != base's {base.feature_dim}")
+    return model.eval().requires_grad_(False), meta

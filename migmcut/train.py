@@ -1,0 +1,305 @@
+"""Training the shortcut from a trajectory store.
+
+    result = train(recipe, store_url, out_dir, TrainConfig(max_steps=2000))
+
+Loss: MSE between predicted and recorded h_{t+1} over the positions still masked after step t
+(what the next step's logits are read from), plus an optional KL between the base head's
+softmax of the true and the predicted features at temperature T. AdamW, linear warm-up then
+cosine decay to `min_lr_ratio`, gradient clipping, an EMA of the weights (the EMA is what is
+exported). Validation compares against copying h_t forward (the cache): `val_mse_identity`.
+
+Under torchrun (WORLD_SIZE > 1) the shortcut is wrapped in DDP: every rank reads its own
+trajectories of the same train split, rank 0 alone logs, validates and writes checkpoints.
+Checkpoint directory: `shortcut.safetensors` (EMA weights) + `config.json` (architecture, base
+fingerprint, training summary) + `trainer.pt` (weights-only torch state for `--resume`), each
+written to a temporary file and renamed into place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from migmcut.errors import CheckpointError, StoreError, UserError
+from migmcut.shortcut import Shortcut, ShortcutConfig
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.01
+    ema: float = 0.999
+    grad_clip: float = 1.0
+    kl_weight: float = 0.0
+    kl_temperature: float = 1.0
+    val_fraction: float = 0.05
+    val_every: int = 500
+    val_pairs: int = 4096
+    checkpoint_every: int = 250
+    num_workers: int = 0
+    buffer: int = 32
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("max_steps", "batch_size", "val_every", "checkpoint_every", "buffer"):
+            if getattr(self, name) < 1:
+                raise UserError(f"train.{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"train.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class ShortcutInputs:
+    """Turns a batch of pairs into the shortcut's inputs using the base's frozen embeddings."""
+
+    def __init__(self, base, device):
+        self.base, self.device = base, device
+        self._cond: dict = {}
+
+    def conditions(self, conditions: list, branch: torch.Tensor) -> torch.Tensor:
+        cond = self.base.encode_conditions(list(conditions))
+        null = self.base.null_conditions(len(conditions))
+        uncond = (branch == 1).to(cond.device).view(-1, *([1] * (cond.dim() - 1)))
+        return torch.where(uncond, null, cond)
+
+    def __call__(self, batch: dict) -> dict:
+        dev, base = self.device, self.base
+        ids, pos = batch["new_ids"].to(dev), batch["new_pos"].to(dev)
+        with torch.no_grad():
+            new_emb = base.embed_tokens(ids) + base.embed_positions(pos)
+            cond_emb = base.embed_conditions(self.conditions(batch["condition"], batch["branch"]))
+        return dict(
+            h=batch["h"].to(dev),
+            new_emb=new_emb,
+            new_mask=batch["new_mask"].to(dev),
+            mask_ratio=batch["mask_ratio"].to(dev),
+            cond_emb=cond_emb,
+            cond_mask=torch.ones(cond_emb.shape[:2], dtype=torch.bool, device=dev),
+        )
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    per_pos = (pred - target).pow(2).mean(-1)
+    return (per_pos * mask).sum() / mask.sum().clamp_min(1)
+
+
+def head_kl(base, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, temperature: float):
+    """KL(softmax(head(target)/T) || softmax(head(pred)/T)) over masked positions, and top-1 agreement."""
+    lp = F.log_softmax(base.head(pred[mask]) / temperature, -1)
+    lt = F.log_softmax(base.head(target[mask]) / temperature, -1)
+    kl = (lt.exp() * (lt - lp)).sum(-1).mean()
+    agree = (lp.argmax(-1) == lt.argmax(-1)).float().mean()
+    return kl, agree
+
+
+@torch.no_grad()
+def evaluate(model, base, loader, inputs: ShortcutInputs, max_pairs: int, temperature: float = 1.0) -> dict:
+    """Held-out figures of the shortcut and of copying h_t forward (the cache)."""
+    sums: dict[str, float] = {}
+    seen = 0
+    for batch in loader:
+        x = inputs(batch)
+        target = batch["h_next"].to(inputs.device)
+        mask = batch["loss_mask"].to(inputs.device)
+        pred = model(**x)
+        for name, p in (("", pred), ("_identity", x["h"])):
+            cos = F.cosine_similarity(p, target, dim=-1)
+            kl, agree = head_kl(base, p, target, mask, temperature)
+            n = len(p)
+            sums[f"val_mse{name}"] = sums.get(f"val_mse{name}", 0.0) + masked_mse(p, target, mask).item() * n
+            sums[f"val_cos{name}"] = sums.get(f"val_cos{name}", 0.0) + ((cos * mask).sum() / mask.sum()).item() * n
+            sums[f"val_kl{name}"] = sums.get(f"val_kl{name}", 0.0) + kl.item() * n
+            sums[f"val_top1{name}"] = sums.get(f"val_top1{name}", 0.0) + agree.item() * n
+        seen += len(pred)
+        if seen >= max_pairs:
+            break
+    if not seen:
+        raise StoreError("the validation split has no pairs: record more trajectories or raise train.val_fraction")
+    return {k: v / seen for k, v in sums.items()}
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(out: Path, model: Shortcut, ema: Shortcut, opt, step: int, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "opt": opt.state_dict(),
+        "step": step,
+        "torch_rng": torch.get_rng_state(),
+    }
+    _atomic_write(out / "trainer.pt", lambda p: torch.save(state, p))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
+    _atomic_write(out / "shortcut.safetensors", lambda p: save_file(tensors, p))
+    config = {"shortcut": dataclasses.asdict(ema.config), **meta, "step": step}
+    _atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+
+
+def load_trainer_state(out: Path) -> dict:
+    path = out / "trainer.pt"
+    if not path.is_file():
+        raise CheckpointError(f"--resume: {out} holds no trainer state (trainer.pt); start without --resume")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user-facing problem
+        raise CheckpointError(f"--resume: {path} is unreadable ({type(err).__name__}); start without --resume") from None
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("MIGMCUT_BACKEND") != "gloo" else "gloo"
+        torch.distributed.init_process_group(backend)
+    if world > 1:
+        return torch.distributed.get_rank(), world
+    return 0, 1
+
+
+def train(
+    recipe,
+    store_url: str,
+    out: Path,
+    cfg: TrainConfig,
+    *,
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+    base=None,
+    log=None,
+) -> dict:
+    """Train a shortcut for `recipe`'s base from the store at `store_url`; returns the summary."""
+    from migmcut.base import load_base
+    from migmcut.store.reader import PairDataset, TrajectoryStore, pair_loader
+
+    cfg.validate()
+    out = Path(out).expanduser()
+    store = TrajectoryStore(store_url)
+    complete = store.complete_indices()
+    if len(complete) == 0:
+        raise StoreError(f"{store_url} has no complete trajectories: run migmcut record first")
+    if len(complete) < 2:
+        raise StoreError(f"{store_url} has {len(complete)} complete trajectory; training needs at least 2 (train + val)")
+    base = base if base is not None else load_base(recipe.base, device)
+    fingerprint = store.attrs.get("fingerprint")
+    if fingerprint != base.fingerprint:
+        raise StoreError(
+            f"{store_url} was recorded with base {fingerprint}, but recipe {recipe.name} has base "
+            f"{base.fingerprint}: use the recipe the store was recorded with"
+        )
+    rank, world = _distributed()
+    torch.manual_seed(cfg.seed + rank)
+    arch = ShortcutConfig(
+        feature_dim=base.feature_dim,
+        ratio=recipe.shortcut.ratio,
+        n_block=recipe.shortcut.n_block,
+        heads=recipe.shortcut.heads,
+        ffn_mult=recipe.shortcut.ffn_mult,
+        cross_attention=recipe.shortcut.cross_attention,
+        mask_ratio_embedding=recipe.shortcut.mask_ratio_embedding,
+    )
+    model = Shortcut(arch).to(device)
+    ema = Shortcut(arch).to(device).requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    step = 0
+    if resume:
+        state = load_trainer_state(out)
+        meta = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+        if meta.get("base_fingerprint") not in (None, base.fingerprint):
+            raise CheckpointError(f"--resume: {out} belongs to base {meta['base_fingerprint']}, not {base.fingerprint}")
+        try:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise CheckpointError(f"--resume: {out} does not match this shortcut architecture ({err})") from None
+        step = int(state["step"])
+        torch.set_rng_state(state["torch_rng"])
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    train_idx, val_idx = store.split(cfg.val_fraction, seed=cfg.seed)
+    if len(val_idx) == 0 or len(train_idx) == 0:
+        raise StoreError(f"{store_url}: too few trajectories for a train/val split at val_fraction {cfg.val_fraction}")
+    data = PairDataset(store, train_idx, seed=cfg.seed + step, epochs=None, buffer=cfg.buffer, rank=rank, world=world)
+    loader = iter(pair_loader(data, cfg.batch_size, cfg.num_workers))
+    val_data = PairDataset(store, val_idx, seed=cfg.seed, shuffle=True, buffer=cfg.buffer, rank=0, world=1)
+    inputs = ShortcutInputs(base, device)
+    meta = {
+        "base_fingerprint": base.fingerprint,
+        "recipe": recipe.name,
+        "store": str(store_url),
+        "train": dataclasses.asdict(cfg),
+        "train_trajectories": int(len(train_idx)),
+        "val_trajectories": int(len(val_idx)),
+    }
+    summary: dict = {}
+    t0, pairs_seen, start_step = time.perf_counter(), 0, step
+    while step < cfg.max_steps:
+        batch = next(loader)
+        x = inputs(batch)
+        target = batch["h_next"].to(device)
+        mask = batch["loss_mask"].to(device)
+        pred = ddp(**x)
+        loss = masked_mse(pred, target, mask)
+        if cfg.kl_weight > 0:
+            kl, _ = head_kl(base, pred, target, mask, cfg.kl_temperature)
+            loss = loss + cfg.kl_weight * kl
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            d = min(cfg.ema, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - d)
+        step += 1
+        pairs_seen += len(pred) * world
+        if log is not None and rank == 0:
+            log(step, {"loss": loss.item(), "pairs_per_s": pairs_seen / (time.perf_counter() - t0)})
+        last = step == cfg.max_steps
+        if rank == 0 and (step % cfg.val_every == 0 or last):
+            val_loader = pair_loader(val_data, cfg.batch_size, 0)
+            summary = evaluate(ema, base, val_loader, inputs, cfg.val_pairs, cfg.kl_temperature)
+        if rank == 0 and (step % cfg.checkpoint_every == 0 or last):
+            meta["summary"] = {**summary, "steps": step}
+            save_checkpoint(out, model, ema, opt, step, meta)
+    if world > 1:
+        torch.distributed.barrier()
+    seconds = time.perf_counter() - t0
+    return {
+        "steps": step,
+        **{k: round(v, 6) for k, v in summary.items()},
+        "pairs_per_s": round(pairs_seen / seconds, 1) if step > start_step else 0.0,
+        "seconds": round(seconds, 3),
+    }

@@ -1,0 +1,124 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from migmcut.cli.main import app
+from migmcut.shortcut import load_shortcut
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "s"
+    res = runner.invoke(app, ["record", "--recipe", "debug", "--out", str(path), "--num", "12", "--json"])
+    assert res.exit_code == 0, res.output
+    return path
+
+
+def train(*args):
+    return runner.invoke(app, ["train", "--recipe", "debug", "--device", "cpu", *args])
+
+
+def test_train_beats_the_cache_and_writes_a_loadable_checkpoint(store, tmp_path, debug_base):
+    res = train("--store", str(store), "--out", str(tmp_path / "ck"), "--max-steps", "60", "--json")
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert result["steps"] == 60
+    assert result["val_mse"] < result["val_mse_identity"]
+    assert result["val_cos"] > result["val_cos_identity"]
+    model, meta = load_shortcut(tmp_path / "ck", debug_base)
+    assert meta["base_fingerprint"] == debug_base.fingerprint and meta["step"] == 60
+    assert meta["summary"]["val_mse"] == pytest.approx(result["val_mse"], rel=1e-3)
+
+
+def test_resume_continues_from_the_saved_step(store, tmp_path):
+    out = str(tmp_path / "ck")
+    first = train("--store", str(store), "--out", out, "--max-steps", "10", "--json")
+    assert first.exit_code == 0, first.output
+    again = train("--store", str(store), "--out", out, "--max-steps", "20", "--resume", "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["steps"] == 20
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["step"] == 20
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda s, t: ["--store", str(t / "absent"), "--out", str(t / "o")], "absent"),
+        (lambda s, t: ["--store", str(s), "--out", str(t / "o"), "--resume"], "no trainer state"),
+        (lambda s, t: ["--store", str(s), "--out", str(t / "o"), "--set", "base.init_seed=7"], "recorded with base"),
+        (lambda s, t: ["--store", str(s), "--out", str(t / "o"), "--max-steps", "0"], "max-steps must be >= 1"),
+        (lambda s, t: ["--store", str(s), "--out", str(t / "o"), "--lr", "-1"], "--lr must be > 0"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(store, tmp_path, make_args, message):
+    res = train(*make_args(store, tmp_path))
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert not (tmp_path / "o" / "shortcut.safetensors").exists()
+
+
+def test_a_store_without_complete_trajectories_is_refused(tmp_path):
+    empty = tmp_path / "empty"
+    res = runner.invoke(app, ["record", "--recipe", "debug", "--out", str(empty), "--num", "4", "--dry-run"])
+    assert res.exit_code == 0
+    res = train("--store", str(empty), "--out", str(tmp_path / "o"))
+    assert res.exit_code == 2
+
+
+def test_a_checkpoint_for_another_base_is_refused_on_resume(store, tmp_path):
+    out = tmp_path / "ck"
+    assert train("--store", str(store), "--out", str(out), "--max-steps", "2").exit_code == 0
+    config = json.loads((out / "config.json").read_text())
+    config["base_fingerprint"] = "0123456789abcdef"
+    (out / "config.json").write_text(json.dumps(config))
+    res = train("--store", str(store), "--out", str(out), "--max-steps", "4", "--resume")
+    assert res.exit_code == 2 and "belongs to base 0123456789abcdef" in res.stderr
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "migmcut.cli.main", *args]
+
+
+def test_kill_9_during_train_leaves_a_loadable_checkpoint_and_resume_finishes(store, tmp_path, debug_base):
+    out = tmp_path / "ck"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = ["train", "--recipe", "debug", "--device", "cpu", "--store", str(store), "--out", str(out),
+            "--max-steps", "400", "--set", "train.checkpoint_every=2", "--set", "train.val_every=1000"]
+    proc = subprocess.Popen(_cli(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "trainer.pt").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert (out / "trainer.pt").exists(), "no checkpoint was written before the deadline"
+    model, meta = load_shortcut(out, debug_base)  # never half-written
+    killed_at = meta["step"]
+    assert 0 < killed_at < 400
+    done = subprocess.run(_cli(*args[:-6], "--max-steps", str(killed_at + 4), "--resume", "--json"),
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["steps"] == killed_at + 4
+
+
+def test_ddp_under_torchrun_with_two_processes(store, tmp_path, debug_base):
+    out = tmp_path / "ck"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MIGMCUT_BACKEND="gloo")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "migmcut.cli.main", "train", "--recipe", "debug", "--device", "cpu", "--store", str(store),
+           "--out", str(out), "--max-steps", "6", "--json"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1, done.stdout  # rank 0 alone reports
+    assert json.loads(lines[0])["steps"] == 6
+    load_shortcut(out, debug_base)
