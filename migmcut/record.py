@@ -71,8 +71,24 @@ class ConditionSource:
 
 # Keyed by the recipe's base kind. A class-conditional base (MaskGIT) would add e.g.
 # ConditionSource("labels", "imagenet/uniform-1000/v1", lambda r, s, idx: [int(_condition_rng(s, i).integers(1000)) for i in idx])
+def _uniform_labels(recipe: Recipe, run_seed: int, indices) -> list[int]:
+    """Class-conditional bases: one label per trajectory, uniform over the recipe's classes."""
+    n = recipe.base.num_classes
+    return [int(_condition_rng(run_seed, i).integers(n)) for i in indices]
+
+
+def _recipe_prompts(recipe: Recipe, run_seed: int, indices) -> list[str]:
+    """Text bases without a world of their own: the recipe's prompt list, one drawn per trajectory."""
+    prompts = recipe.generate.prompts
+    if not prompts:
+        raise UserError("recording needs prompts: list them under generate.prompts in the recipe")
+    return [prompts[int(_condition_rng(run_seed, i).integers(len(prompts)))] for i in indices]
+
+
 CONDITION_SOURCES = {
     "tiny-shapes": ConditionSource("prompts", "tiny-shapes/train-split/half-single-half-pair/v1", _tiny_shapes_prompts),
+    "maskgit": ConditionSource("labels", "classes/uniform/v1", _uniform_labels),
+    "dimoo": ConditionSource("prompts", "recipe-prompts/uniform/v1", _recipe_prompts),
 }
 
 

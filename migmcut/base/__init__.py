@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 
 from migmcut.base.interface import BaseModel
+from migmcut.base.dimoo import DiMOOBase, DiMOOConfig
+from migmcut.base.maskgit import MaskGITBase, MaskGITConfig
 from migmcut.base.tiny_shapes import TinyShapesBase, TinyShapesConfig
 
-BASE_CONFIGS = {"tiny-shapes": TinyShapesConfig}
-BASE_CLASSES = {"tiny-shapes": TinyShapesBase}
+BASE_CONFIGS = {"tiny-shapes": TinyShapesConfig, "maskgit": MaskGITConfig, "dimoo": DiMOOConfig}
+BASE_CLASSES = {"tiny-shapes": TinyShapesBase, "maskgit": MaskGITBase, "dimoo": DiMOOBase}
 
 
 def load_base(config, device: str | torch.device = "cpu") -> BaseModel:

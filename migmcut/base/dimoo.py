@@ -1,0 +1,368 @@
+"""Lumina-DiMOO (Alpha-VLLM): a LLaDA-8B masked diffusion LM over text + 8192 VQ image codes.
+
+The official checkpoint directory (config.json with LLaDA keys `d_model`, `n_layers`, ...,
+safetensors shards with names `model.transformer.blocks.N.q_proj.weight` ..., the tokenizer files,
+and `vqvae/` for diffusers' `VQModel`) loads unchanged. The network is built from transformers'
+Llama modules (`LlamaDecoderLayer`, `LlamaRMSNorm`, `LlamaRotaryEmbedding`) run bidirectionally,
+and `KEYMAP` renames the official keys to ours: a LLaDA "llama" block is a Llama decoder layer
+(attn_norm/ff_norm = RMSNorm, q/k/v/attn_out, SwiGLU with ff_proj = gate, up_proj = up,
+ff_out = down), ln_f the final norm and transformer.ff_out the output projection.
+
+Sequence of one branch (as the reference text-to-image inference builds it):
+
+    tokenizer("<system>SYS</system><user>PROMPT</user>")  [BOA] [BOI]
+    (grid_w image tokens [NEWLINE]) x grid_h  [EOI] [EOA]
+
+The unconditional branch replaces PROMPT by "<uncondition>". Prompts of a batch are left-padded
+to `max_prompt_tokens` with key padding masked out of attention and positions counted from the
+first real token, so a padded row computes what the unpadded sequence would. Image code c is
+vocabulary id `image_offset + c` with image_offset = vocabulary size - codebook size (as the
+reference computes it); features are the final-norm output at the image positions (newlines
+excluded); the head is the image rows of the output projection.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from migmcut.base.interface import BaseModel, fingerprint_of
+from migmcut.base.statedict import KeyMap, check_state, load_into, require_path
+from migmcut.errors import CheckpointError, UserError
+
+PAD = -1  # prompt padding inside condition tensors (never a vocabulary id)
+
+KEYMAP = KeyMap((
+    ("model.transformer.wte.weight", "embed_tokens.weight"),
+    ("model.transformer.ln_f.weight", "norm.weight"),
+    ("model.transformer.ff_out.weight", "lm_head.weight"),
+    ("model.transformer.blocks.{i}.attn_norm.weight", "layers.{i}.input_layernorm.weight"),
+    ("model.transformer.blocks.{i}.ff_norm.weight", "layers.{i}.post_attention_layernorm.weight"),
+    ("model.transformer.blocks.{i}.q_proj.weight", "layers.{i}.self_attn.q_proj.weight"),
+    ("model.transformer.blocks.{i}.k_proj.weight", "layers.{i}.self_attn.k_proj.weight"),
+    ("model.transformer.blocks.{i}.v_proj.weight", "layers.{i}.self_attn.v_proj.weight"),
+    ("model.transformer.blocks.{i}.attn_out.weight", "layers.{i}.self_attn.o_proj.weight"),
+    ("model.transformer.blocks.{i}.ff_proj.weight", "layers.{i}.mlp.gate_proj.weight"),
+    ("model.transformer.blocks.{i}.up_proj.weight", "layers.{i}.mlp.up_proj.weight"),
+    ("model.transformer.blocks.{i}.ff_out.weight", "layers.{i}.mlp.down_proj.weight"),
+))
+
+# the LLaDA config.json values this adapter implements (anything else is refused by name)
+SUPPORTED = {"block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "rope": True,
+             "alibi": False, "include_bias": False, "scale_logits": False, "input_emb_norm": False,
+             "attention_layer_norm": False}
+
+
+@dataclass(kw_only=True)
+class DiMOOConfig:
+    """Recipe section `base` for `kind: dimoo`.
+
+    `model`: the local Lumina-DiMOO directory (config.json, *.safetensors, tokenizer files and
+    `vqvae/`). Required in every recipe; `null` means "not set yet". `vqvae`: another directory
+    holding `vqvae/` (default: `model`). The special token ids default to Lumina-DiMOO's.
+    """
+
+    kind: str = "dimoo"
+    model: str | None
+    vqvae: str | None = None
+    height: int = 1024
+    width: int = 1024
+    vae_scale: int = 16  # pixels per token side
+    codebook_size: int = 8192
+    max_prompt_tokens: int = 256
+    system_prompt: str = "Generate an image according to the text prompt."
+    mask_token_id: int = 126336
+    newline_token_id: int = 126084
+    boa_token_id: int = 126354
+    eoa_token_id: int = 126355
+    boi_token_id: int = 126349
+    eoi_token_id: int = 126350
+
+
+def llama_config(c: dict):
+    """A transformers LlamaConfig equivalent to a LLaDA config.json."""
+    from transformers import LlamaConfig
+
+    d, heads = int(c["d_model"]), int(c["n_heads"])
+    return LlamaConfig(
+        vocab_size=int(c.get("embedding_size") or c["vocab_size"]),
+        hidden_size=d,
+        intermediate_size=int(c.get("mlp_hidden_size") or c.get("mlp_ratio", 4) * d),
+        num_hidden_layers=int(c["n_layers"]),
+        num_attention_heads=heads,
+        num_key_value_heads=int(c.get("n_kv_heads") or heads),
+        hidden_act="silu",
+        max_position_embeddings=int(c.get("max_sequence_length", 4096)),
+        rms_norm_eps=float(c.get("rms_norm_eps", 1e-5)),
+        rope_theta=float(c.get("rope_theta", 10000.0)),
+        attention_bias=False,
+        mlp_bias=False,
+        tie_word_embeddings=bool(c.get("weight_tying", False)),
+        attn_implementation="sdpa",
+    )
+
+
+class BidirectionalLlama(nn.Module):
+    """Llama decoder layers without the causal mask; names as in transformers' LlamaForCausalLM minus `model.`."""
+
+    def __init__(self, config):
+        super().__init__()
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        for layer in self.layers:
+            layer.self_attn.is_causal = False
+        self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.rotary_emb = LlamaRotaryEmbedding(config)
+        self.tied = bool(config.tie_word_embeddings)
+        if not self.tied:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight if self.tied else self.lm_head.weight
+
+    def forward(self, ids: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """ids (B, T) -> final-norm hidden states (B, T, D); `keep` (B, T) bool marks real tokens."""
+        x = self.embed_tokens(ids)
+        if keep is None:
+            pos = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+            mask = None
+        else:
+            pos = (keep.long().cumsum(1) - 1).clamp_min(0)
+            mask = keep[:, None, None, :]  # (B, 1, 1, T): keys to attend to
+        rope = self.rotary_emb(x, pos)
+        for layer in self.layers:
+            x = layer(x, attention_mask=mask, position_ids=pos, position_embeddings=rope)
+            if isinstance(x, tuple):
+                x = x[0]
+        return self.norm(x)
+
+
+def _sinusoids(n: int, d: int) -> torch.Tensor:
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, d, 2, dtype=torch.float64) / d)
+    table = torch.zeros(n, d, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
+    return table.float()
+
+
+def read_llada_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise UserError(f"base.model: {folder} has no config.json (set base.model to the Lumina-DiMOO directory)")
+    c = json.loads(path.read_text())
+    missing = [k for k in ("d_model", "n_heads", "n_layers", "vocab_size") if k not in c]
+    if missing:
+        raise CheckpointError(f"{path} is not a LLaDA config: no {', '.join(missing)}")
+    bad = [f"{k}={c[k]!r} (supported: {v!r})" for k, v in SUPPORTED.items() if k in c and c[k] != v]
+    if bad:
+        raise CheckpointError(f"{path}: unsupported LLaDA settings: {', '.join(bad)}")
+    return c
+
+
+def read_shards(folder: Path, dtype: torch.dtype | None = None) -> dict:
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"base.model: {folder} has no *.safetensors files (the Lumina-DiMOO weights)")
+    tensors = {}
+    for f in files:
+        tensors.update(load_file(str(f)))
+    return tensors
+
+
+class DiMOOBase(BaseModel):
+    def __init__(self, net: BidirectionalLlama, vq, tokenizer, cfg: DiMOOConfig, meta: dict):
+        super().__init__()
+        self.net = net.eval().requires_grad_(False)
+        self.vq = vq.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.codebook_size = cfg.codebook_size
+        self.mask_id = self.codebook_size
+        self.grid = (cfg.height // cfg.vae_scale, cfg.width // cfg.vae_scale)
+        self.feature_dim = net.config.hidden_size
+        self.image_offset = net.config.vocab_size - cfg.codebook_size
+        self.prompt_length = cfg.max_prompt_tokens
+        h, w = self.grid
+        # image token j sits at tail position 2 + (j // w) * (w + 1) + j % w
+        j = torch.arange(h * w)
+        self.register_buffer("image_index", 2 + (j // w) * (w + 1) + j % w, persistent=False)
+        tail = torch.full((2 + h * (w + 1) + 2,), cfg.newline_token_id, dtype=torch.long)
+        tail[0], tail[1], tail[-2], tail[-1] = cfg.boa_token_id, cfg.boi_token_id, cfg.eoi_token_id, cfg.eoa_token_id
+        self.register_buffer("tail", tail, persistent=False)
+        # RoPE gives no absolute position embedding: a fixed sinusoid table scaled to the image rows' RMS
+        rows = net.embed_tokens.weight[self.image_offset : self.image_offset + self.codebook_size].float()
+        scale = rows.pow(2).mean().sqrt().item() if rows.device.type != "meta" else 1.0
+        self.register_buffer("pos_table", _sinusoids(h * w, self.feature_dim) * scale, persistent=False)
+        self._null = self._tokenize(["<uncondition>"], check=False)[0] if tokenizer is not None else None
+        self.fingerprint = fingerprint_of(meta, self) if rows.device.type != "meta" else "meta"
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: DiMOOConfig) -> "DiMOOBase":
+        from diffusers import VQModel
+        from transformers import AutoTokenizer
+
+        from migmcut.base.tiny_shapes import quiet_libraries
+
+        quiet_libraries()
+        folder = require_path(cfg.model, "base.model", "the local Lumina-DiMOO directory", expect="dir")
+        vq_root = require_path(cfg.vqvae, "base.vqvae", "a directory holding vqvae/", expect="dir") if cfg.vqvae else folder
+        if not (vq_root / "vqvae" / "config.json").is_file():
+            raise UserError(f"{vq_root} has no vqvae/config.json (set base.vqvae to the directory holding vqvae/)")
+        if cfg.height % cfg.vae_scale or cfg.width % cfg.vae_scale:
+            raise UserError(f"base.height/width must be multiples of base.vae_scale ({cfg.vae_scale})")
+        raw = read_llada_config(folder)
+        config = llama_config(raw)
+        if config.hidden_size % config.num_attention_heads:
+            raise CheckpointError(f"{folder}/config.json: d_model is not divisible by n_heads")
+        if config.vocab_size <= cfg.codebook_size:
+            raise CheckpointError(f"vocabulary {config.vocab_size} is not larger than base.codebook_size {cfg.codebook_size}")
+        with torch.device("meta"):
+            net = BidirectionalLlama(config)
+        tensors = KEYMAP.rename_to_ours(read_shards(folder), str(folder))
+        # fp32 like every base load_base returns (record/generate cast to --dtype); see docs/real-models.md
+        load_into(net, tensors, str(folder), dtype=torch.float32)
+        net.rotary_emb = type(net.rotary_emb)(config)  # its inv_freq buffer is computed, not loaded
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        except Exception as err:  # noqa: BLE001
+            raise UserError(f"base.model: cannot load the tokenizer from {folder}: {err}") from None
+        vq = VQModel.from_pretrained(str(vq_root), subfolder="vqvae")
+        meta = {"kind": "dimoo", "llada": raw, "vqvae": dict(vq.config),
+                "config": {k: v for k, v in cfg.__dict__.items() if k not in ("model", "vqvae")}}
+        return cls(net, vq, tokenizer, cfg, meta)
+
+    # -- conditions -------------------------------------------------------------------------
+    def _tokenize(self, texts: list[str], check: bool = True) -> torch.Tensor:
+        P = self.prompt_length
+        out = torch.full((len(texts), P), PAD, dtype=torch.long)
+        for i, text in enumerate(texts):
+            if check and not text.strip():
+                raise UserError("empty prompt: give a description of the image")
+            full = f"<system>{self.cfg.system_prompt}</system><user>{text}</user>"
+            ids = self.tokenizer(full)["input_ids"]
+            if len(ids) > P:
+                raise UserError(f"prompt {text[:40]!r}... is {len(ids)} tokens with its template; the limit is "
+                                f"base.max_prompt_tokens={P}")
+            out[i, P - len(ids):] = torch.tensor(ids)
+        return out
+
+    def encode_conditions(self, conditions: list) -> torch.Tensor:
+        if not all(isinstance(c, str) for c in conditions):
+            raise UserError("dimoo is text-conditioned: give --prompt TEXT, not --class")
+        return self._tokenize(conditions).to(self.device)
+
+    def null_conditions(self, n: int) -> torch.Tensor:
+        return self._null.to(self.device).expand(n, -1).clone()
+
+    # -- the model --------------------------------------------------------------------------
+    def sequence(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B = tokens.shape[0]
+        image = torch.where(tokens == self.mask_id, self.cfg.mask_token_id, tokens + self.image_offset)
+        tail = self.tail.expand(B, -1).clone()
+        tail[:, self.image_index] = image
+        keep = cond != PAD
+        ids = torch.cat([cond.clamp_min(0), tail], 1)
+        if bool(keep.all()):
+            return ids, None
+        return ids, torch.cat([keep, torch.ones_like(tail, dtype=torch.bool)], 1)
+
+    def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, keep = self.sequence(tokens, cond)
+        hidden = self.net(ids, keep)
+        features = hidden[:, cond.shape[1] + self.image_index]
+        return self.head(features), features
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        w = self.net.output_weight[self.image_offset : self.image_offset + self.codebook_size]
+        return torch.nn.functional.linear(features, w)
+
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.net.embed_tokens(tokens + self.image_offset)
+
+    def embed_positions(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.pos_table[positions].to(self.net.embed_tokens.weight.dtype)
+
+    def embed_conditions(self, cond: torch.Tensor) -> torch.Tensor:
+        emb = self.net.embed_tokens(cond.clamp_min(0))
+        return emb * (cond != PAD)[..., None].to(emb.dtype)  # padding -> zero vectors
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> np.ndarray:
+        h, w = self.grid
+        codes = tokens.to(self.device).clamp(0, self.codebook_size - 1)
+        shape = (codes.shape[0], h, w, self.vq.config.latent_channels)
+        x = self.vq.decode(codes, force_not_quantize=True, shape=shape).sample.float().clamp(0, 1)
+        return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+# -- random-weight twins in the official layout (tests, GPU timing) -----------------------------
+SPECIAL_WORDS = ["<system>", "</system>", "<user>", "</user>", "<uncondition>"]
+
+
+def write_random_checkpoint(folder: Path, *, d_model: int = 32, n_layers: int = 2, n_heads: int = 2,
+                            mlp_hidden: int = 64, codebook: int = 16, words: list[str] = (), seed: int = 0,
+                            std: float = 0.5, shards: int = 2) -> dict:
+    """A tiny Lumina-DiMOO directory: LLaDA config.json, sharded safetensors with the official key
+    names, a WordLevel tokenizer, and vqvae/. Returns the `--set` overrides for the dimoo recipe."""
+    from diffusers import VQModel
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    base_words = ["[UNK]", "[PAD]", "<|startoftext|>"] + SPECIAL_WORDS
+    text = sorted({w for w in (list(words) + "Generate an image according to the text prompt .".split())})
+    vocab = {w: i for i, w in enumerate(base_words + text)}
+    special = {name: len(vocab) + k for k, name in enumerate(["mask", "newline", "boa", "eoa", "boi", "eoi"])}
+    text_vocab = len(vocab) + len(special)
+    vocab_size = text_vocab + codebook
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   bos_token="<|startoftext|>", additional_special_tokens=SPECIAL_WORDS)
+    fast.save_pretrained(str(folder))
+    config = {"architectures": ["LLaDAModelLM"], "model_type": "llada", "d_model": d_model, "n_heads": n_heads,
+              "n_kv_heads": n_heads, "n_layers": n_layers, "mlp_hidden_size": mlp_hidden, "mlp_ratio": 4,
+              "vocab_size": vocab_size, "embedding_size": vocab_size, "max_sequence_length": 4096,
+              "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "weight_tying": False, "include_bias": False,
+              "block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "rope": True,
+              "alibi": False, "mask_token_id": special["mask"], "torch_dtype": "bfloat16"}
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    net = BidirectionalLlama(llama_config(config))
+    g = torch.Generator().manual_seed(seed)
+    sd = {KEYMAP.to_official(k): (torch.randn(v.shape, generator=g) * std if v.dim() > 1 else v.clone()).to(torch.bfloat16)
+          for k, v in net.state_dict().items()}
+    names = sorted(sd)
+    per = math.ceil(len(names) / shards)
+    index = {}
+    for s in range(shards):
+        part = names[s * per : (s + 1) * per]
+        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({k: sd[k].contiguous() for k in part}, str(folder / fname))
+        index.update({k: fname for k in part})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+    torch.manual_seed(seed)
+    vq = VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                 up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,
+                 latent_channels=4, num_vq_embeddings=codebook, vq_embed_dim=4, norm_num_groups=4, sample_size=16,
+                 mid_block_add_attention=False, lookup_from_codebook=True)
+    vq.save_pretrained(str(folder / "vqvae"))
+    return {"base.model": str(folder), "base.codebook_size": codebook, "base.mask_token_id": special["mask"],
+            "base.newline_token_id": special["newline"], "base.boa_token_id": special["boa"],
+            "base.eoa_token_id": special["eoa"], "base.boi_token_id": special["boi"], "base.eoi_token_id": special["eoi"],
+            "base.vae_scale": 2}
