@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from migmcut.cli import generate, record, store, train
+from migmcut.cli import bench, generate, record, store, train
 
 app = typer.Typer(
     name="migmcut",
@@ -23,6 +23,7 @@ def main() -> None:
 app.command("generate")(generate.generate)
 app.command("record")(record.record)
 app.command("train")(train.train)
+app.command("bench")(bench.bench)
 app.add_typer(store.app, name="store")
 
 

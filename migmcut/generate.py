@@ -32,15 +32,20 @@ class Generated:
     seconds: float
 
 
-def make_policy(method: str, steps: int, budget: int | None, shortcut, base):
-    """-> (a factory of fresh per-batch policies, the number of full steps)."""
+def make_policy(method: str, steps: int, budget: int | None, shortcut, base, full_steps: list[int] | None = None):
+    """-> (a factory of fresh per-batch policies, the number of full steps).
+
+    `full_steps`: an explicit schedule (e.g. a searched one) instead of `budget_schedule(steps, budget)`.
+    """
     if method == "vanilla":
         if budget is not None and budget != steps:
             raise UserError(f"--budget {budget} needs --method cache or shortcut (vanilla runs every step)")
         return FullPolicy, steps
     if budget is None:
         raise UserError(f"--method {method} needs --budget B (full base steps out of {steps})")
-    full = budget_schedule(steps, budget)
+    full = budget_schedule(steps, budget) if full_steps is None else [int(s) for s in full_steps]
+    if len(full) != budget or full[0] != 0 or any(b <= a for a, b in zip(full, full[1:])) or full[-1] >= steps:
+        raise UserError(f"full steps {full}: need {budget} increasing steps below {steps}, starting at 0")
     if method == "cache":
         return (lambda: BudgetPolicy(full)), budget
     if shortcut is None:
@@ -66,10 +71,11 @@ def generate(
     batch_size: int | None = None,
     base=None,
     on_batch=None,
+    full_steps: list[int] | None = None,
 ) -> Generated:
     """Generate `num_images` images per condition; image j of condition i uses seed index i*num_images+j.
 
-    `shortcut` is a checkpoint directory or a loaded `Shortcut` module, for method `shortcut`; `budget` is the number of full base steps for `cache` and `shortcut`.
+    `shortcut` is a checkpoint directory or a loaded `Shortcut` module, for method `shortcut`; `budget` is the number of full base steps for `cache` and `shortcut`; `full_steps` places them explicitly (e.g. `schedule_search.load_schedule(checkpoint, N, B)`) instead of uniformly.
     """
     if not conditions:
         raise UserError("nothing to generate: give at least one --prompt (or --class)")
@@ -89,7 +95,9 @@ def generate(
     if config.steps > base.num_tokens:
         raise UserError(f"--steps {config.steps} exceeds the number of image tokens ({base.num_tokens})")
     base = base.to(device=device, dtype=dtype)
-    policy_factory, budget = make_policy(method, config.steps, budget, shortcut, base)
+    if full_steps is not None and budget is None:
+        budget = len(full_steps)
+    policy_factory, budget = make_policy(method, config.steps, budget, shortcut, base, full_steps)
     jobs = [(c, trajectory_seed(seed, i * num_images + j)) for i, c in enumerate(conditions) for j in range(num_images)]
     base.encode_conditions(conditions)  # validate every condition before any work
     bs = batch_size or recipe.generate.batch_size

@@ -44,6 +44,25 @@ class ShortcutSection:
 
 
 @dataclass
+class BenchConfig:
+    """Recipe section `bench`: what `migmcut bench` runs by default, and where metric weights live."""
+
+    steps: int | None = None  # N (default: sampler.steps)
+    budgets: list[int] = field(default_factory=lambda: [4])
+    methods: list[str] = field(default_factory=lambda: ["vanilla", "cache", "shortcut"])
+    num_samples: int = 96
+    batch_size: int | None = None  # default: generate.batch_size
+    repeats: int = 3  # timed repeats per configuration (the median is reported)
+    warmup: int = 1  # untimed runs before timing
+    schedule: str = "uniform"  # uniform | searched | both
+    metrics: list[str] = field(default_factory=list)  # default: by base kind (migmcut.metrics)
+    prompts: str = "heldout"  # heldout (held-out world prompts) | recipe (generate.prompts)
+    fid_inception: str | None = None  # TorchScript Inception file for `fid`
+    fid_reference: str | None = None  # reference images (directory or .npz) for `fid`
+    clip_model: str | None = None  # local transformers CLIP directory for `clip_score`
+
+
+@dataclass
 class Recipe:
     name: str
     base: typing.Any  # one of BASE_CONFIGS, picked by `base.kind`
@@ -51,6 +70,7 @@ class Recipe:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     shortcut: ShortcutSection = field(default_factory=ShortcutSection)
     train: TrainConfig = field(default_factory=TrainConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
     description: str = ""
     source: str = ""  # where it was read from (not a YAML key)
 

@@ -1,0 +1,136 @@
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from migmcut.bench import configurations, pareto_front
+from migmcut.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    store, ck = root / "store", root / "ck"
+    res = runner.invoke(app, ["record", "--recipe", "debug", "--out", str(store), "--num", "12", "--json"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["train", "--recipe", "debug", "--device", "cpu", "--store", str(store), "--out", str(ck),
+                              "--max-steps", "20", "--json"])
+    assert res.exit_code == 0, res.output
+    return store, ck
+
+
+def bench(*args):
+    return runner.invoke(app, ["bench", "--recipe", "debug", "--device", "cpu", "--repeats", "1", *args])
+
+
+def test_bench_runs_every_configuration_and_writes_parseable_files(trained, tmp_path):
+    _, ck = trained
+    out = tmp_path / "b"
+    res = bench("--shortcut", str(ck), "--budgets", "2,4", "--num-samples", "4", "--batch-size", "4",
+                "--out", str(out), "--json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["rows"]
+    got = {(r["method"], r["steps"], r["budget"]): r for r in rows}
+    assert set(got) == {("vanilla", 8, 8), ("vanilla", 2, 2), ("vanilla", 4, 4), ("cache", 8, 2), ("cache", 8, 4),
+                        ("shortcut", 8, 2), ("shortcut", 8, 4)}
+    for (method, steps, budget), r in got.items():
+        assert r["base_calls"] == budget
+        assert r["shortcut_calls"] == (steps - budget if method == "shortcut" else 0)
+        assert r["seconds_per_image"] > 0 and r["speedup"] > 0
+        assert {"prompt_accuracy", "fd"} <= set(r["quality"])
+        assert ("bound" in r) == (method == "shortcut")
+    assert got[("vanilla", 8, 8)]["speedup"] == 1.0
+    saved = json.loads((out / "bench.json").read_text())
+    assert [r["label"] for r in saved["rows"]] == [r["label"] for r in rows]
+    assert saved["timing"]["c"] > 0
+    with open(out / "bench.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) and float(table[0]["speedup"]) == 1.0
+    assert Image.open(out / "pareto.png").size[0] > 100
+    assert torch.is_grad_enabled()  # the in-process command leaves global state alone
+
+
+def test_bench_store_reference_searched_schedule_and_rollout_report(trained, tmp_path):
+    store, ck = trained
+    out = tmp_path / "b"
+    res = bench("--shortcut", str(ck), "--store", str(store), "--budgets", "2", "--methods", "cache,shortcut",
+                "--schedule", "both", "--out", str(out), "--json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["rows"]
+    assert rows[0]["label"] == "vanilla-8" and rows[0]["images"] == "store" and rows[0]["speedup"] == 1.0
+    assert [r["label"] for r in rows[1:]] == ["cache-8/2", "shortcut-8/2", "shortcut-8/2 (searched)"]
+    schedules = json.loads((ck / "schedules.json").read_text())["schedules"]["8"]["2"]
+    assert rows[-1]["full_steps"] == schedules["full_steps"]
+    report = json.loads((out / "rollout.json").read_text())
+    assert len(report["shortcut"]["one_step"]["mse"]) == 7 and len(report["cache"]["k_step"]["top1"]) == 7
+    assert Image.open(out / "rollout.png").size[0] > 100
+
+
+def test_search_schedule_command_saves_schedules_no_worse_than_uniform(trained):
+    store, ck = trained
+    res = bench("--shortcut", str(ck), "--store", str(store), "--budgets", "2,3,4", "--search-schedule", "--json")
+    assert res.exit_code == 0, res.output
+    found = json.loads(res.stdout)["schedules"]
+    assert [s["budget"] for s in found] == [2, 3, 4]
+    for s in found:
+        full = s["full_steps"]
+        assert len(full) == s["budget"] and full[0] == 0 and all(a < b for a, b in zip(full, full[1:]))
+        assert s["objective"] <= s["uniform"]["objective"] + 1e-9
+
+
+def test_pareto_front_on_synthetic_points():
+    xs = [1.0, 2.0, 3.0, 2.5, 0.5, 4.0]
+    ys = [0.5, 0.7, 0.9, 0.6, 0.1, 0.9]
+    assert pareto_front(xs, ys, higher_is_better=True) == [4, 0, 1, 2]
+    # lower is better (fd): the front flips
+    assert pareto_front(xs, ys, higher_is_better=False) == [4]
+    assert pareto_front([1.0, 1.0], [0.2, 0.3]) == [1]
+
+
+def test_configurations_plan():
+    labels = [c.label for c in configurations(16, [4, 16], ["vanilla", "cache", "shortcut"])]
+    assert labels == ["vanilla-16", "vanilla-4", "cache-16/4", "shortcut-16/4", "cache-16/16", "shortcut-16/16"]
+
+
+def fresh_copy(ck, tmp):
+    """The checkpoint without any searched schedules (other tests add some)."""
+    import shutil
+
+    dest = tmp / "ck-fresh"
+    shutil.copytree(ck, dest, ignore=shutil.ignore_patterns("schedules.json"))
+    return str(dest)
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda t, ck: ["--budgets", "0"], "budget 0"),
+        (lambda t, ck: ["--budgets", "9"], "budget 9"),
+        (lambda t, ck: ["--methods", "vanilla,turbo"], "unknown method 'turbo'"),
+        (lambda t, ck: ["--metrics", "psnr"], "unknown metric 'psnr'"),
+        (lambda t, ck: ["--prompts", str(t / "absent.txt")], "no such file"),
+        (lambda t, ck: ["--prompts", str(t / "empty.txt")], "holds no prompt"),
+        (lambda t, ck: ["--set", "base.init_seed=7"], "trained for base"),
+        (lambda t, ck: ["--out", str(t / "file")], "cannot write there"),
+        (lambda t, ck: ["--schedule", "searched", "--shortcut", fresh_copy(ck, t)], "no searched schedule"),
+        (lambda t, ck: ["--methods", "cache", "--steps", "-1"], "--steps must be >= 1"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path, make_args, message):
+    _, ck = trained
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "file").write_text("not a directory")
+    out = tmp_path / "out"
+    args = ["--shortcut", str(ck), "--num-samples", "2", "--out", str(out), *make_args(tmp_path, ck)]
+    if args.count("--shortcut") == 2:
+        del args[:2]
+    res = bench(*args)
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert not (out / "bench.json").exists()
