@@ -123,12 +123,14 @@ def sample(
             logits = (1 + w) * logits[:, 0] - w * logits[:, 1]
         else:
             logits = logits[:, 0]
-        # per-trajectory noise: uniform draws for the candidate (Gumbel-max) and confidence
-        u_tok = torch.stack([torch.rand(L, K, generator=g) for g in gens]).to(device)
+        # per-trajectory noise: one uniform per position for the candidate (inverse-CDF draw)
+        # and one for the confidence, so a trajectory's draws do not depend on its batch
+        u_tok = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device)
         u_conf = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device)
         logp = torch.log_softmax(logits / max(config.temperature, 1e-6), dim=-1)
         if config.temperature > 0:
-            candidate = (logp - torch.log(-torch.log(u_tok.clamp_min(1e-20)))).argmax(-1)
+            cdf = logp.exp().cumsum(-1)
+            candidate = torch.searchsorted(cdf, (u_tok * cdf[..., -1])[..., None]).squeeze(-1).clamp_(max=K - 1)
         else:
             candidate = logp.argmax(-1)
         conf = logp.gather(-1, candidate[..., None]).squeeze(-1)
