@@ -105,8 +105,8 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 def head_kl(base, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, temperature: float):
     """KL(softmax(head(target)/T) || softmax(head(pred)/T)) over masked positions, and top-1 agreement."""
-    lp = F.log_softmax(base.head(pred[mask]) / temperature, -1)
-    lt = F.log_softmax(base.head(target[mask]) / temperature, -1)
+    lp = F.log_softmax(base.head(pred)[mask] / temperature, -1)  # the head may be position-dependent
+    lt = F.log_softmax(base.head(target)[mask] / temperature, -1)
     kl = (lt.exp() * (lt - lp)).sum(-1).mean()
     agree = (lp.argmax(-1) == lt.argmax(-1)).float().mean()
     return kl, agree
@@ -194,6 +194,11 @@ def train(
     log=None,
 ) -> dict:
     """Train a shortcut for `recipe`'s base from the store at `store_url`; returns the summary."""
+    with torch.enable_grad():  # callers (bench, notebooks) may have switched autograd off
+        return _train(recipe, store_url, out, cfg, device=device, resume=resume, base=base, log=log)
+
+
+def _train(recipe, store_url, out, cfg, *, device, resume, base, log) -> dict:
     from migmcut.base import load_base
     from migmcut.store.reader import PairDataset, TrajectoryStore, pair_loader
 
