@@ -11,6 +11,7 @@ from there when run again; the final weights are written to `migmcut/weights/tin
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
@@ -135,6 +136,14 @@ def build_base(args) -> None:
         step, rng = state["step"], state["rng"]
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed base at step {step}", flush=True)
+    elif args.warm_start:  # no trainer state here: continue from the shipped EMA weights
+        shipped = ts.BertForMaskedLM.from_pretrained(WEIGHTS / "base")
+        model.load_state_dict(shipped.state_dict())
+        ema.load_state_dict(shipped.state_dict())
+        step = json.loads((WEIGHTS / "base" / "training.json").read_text())["step"]
+        rng = np.random.default_rng([args.seed, step])
+        torch.manual_seed(args.seed + step)
+        print(f"warm-started base from the shipped weights at step {step} (fresh optimizer state)", flush=True)
     print(f"base parameters {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", flush=True)
     P, L, B = args.prompt_length, 256, args.batch_size
     t0, seen = time.time(), 0
@@ -203,6 +212,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--prompt-length", type=int, default=12)
+    p.add_argument("--warm-start", action="store_true",
+                   help="base: without a checkpoint in --work, continue from the shipped weights")
     args = p.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     defaults = {

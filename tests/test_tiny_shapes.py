@@ -1,0 +1,55 @@
+"""The shipped tiny-shapes weights: they load, the tokenizer is faithful, the model generates."""
+
+import numpy as np
+import pytest
+import torch
+
+from migmcut.base import load_base
+from migmcut.base.tiny_shapes import BUILTIN_WEIGHTS, tokenize_prompts
+from migmcut.errors import UserError
+from migmcut.recipe import load_recipe
+from migmcut.sampler import sample
+from migmcut.world import shapes
+from migmcut.world import tokenizer as tok
+from migmcut.world.checker import score
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_base(load_recipe("tiny-shapes").base)
+
+
+def test_shipped_weights_are_small_safetensors():
+    files = [p for p in BUILTIN_WEIGHTS.rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} <= {".safetensors", ".json"}
+    assert sum(p.stat().st_size for p in files) <= 40 * 2**20
+
+
+def test_tokenizer_round_trip_keeps_what_the_checker_reads(shipped):
+    rng = np.random.default_rng(7)
+    captions, images = zip(*(shapes.sample_scene(rng, shapes.all_specs()) for _ in range(48)))
+    images = np.stack(images)
+    tokens = tok.encode(shipped.vq, tok.to_tensor(images))
+    assert tokens.shape == (48, 256)
+    decoded = shipped.decode(tokens)
+    assert np.abs(decoded.astype(int) - images).mean() < 8
+    assert score(decoded, list(captions))["prompt_accuracy"] >= 0.95
+
+
+def test_shipped_model_generates_and_has_a_stable_fingerprint(shipped):
+    again = load_base(load_recipe("tiny-shapes").base)
+    assert again.fingerprint == shipped.fingerprint
+    config = load_recipe("tiny-shapes", ["sampler.steps=4"]).sampler
+    result = sample(shipped, ["a large red circle"], [0], config)
+    image = shipped.decode(result.tokens)
+    assert image.shape == (1, 64, 64, 3) and image.dtype == np.uint8
+    assert shipped.num_tokens == 256 and shipped.feature_dim == 128
+    assert shipped.mlm.config.num_hidden_layers >= 8  # deep rather than wide
+
+
+def test_prompts_outside_the_vocabulary_are_user_errors():
+    with pytest.raises(UserError, match="does not know"):
+        tokenize_prompts(["a huge red circle"], 12)
+    with pytest.raises(UserError, match="longer than"):
+        tokenize_prompts(["a " * 13], 12)
+    assert torch.equal(tokenize_prompts(["a red circle"], 4)[0, 3:], torch.zeros(1, dtype=torch.long))
