@@ -28,6 +28,7 @@ def generate(
     budget: Annotated[Optional[int], typer.Option(help="Full base steps B out of N (shortcut/cache).")] = None,
     method: Annotated[Optional[str], typer.Option(help="vanilla, cache or shortcut.")] = None,
     shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory.")] = None,
+    schedule: Annotated[str, typer.Option(help="Full-step placement: uniform, or searched (saved by bench --search-schedule).")] = "uniform",
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images per prompt.")] = 1,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per sampler batch (default: the recipe's).")] = None,
     out: Annotated[Path, typer.Option(help="Directory for the PNG files.")] = Path("outputs"),
@@ -55,6 +56,21 @@ def generate(
     checkpoint = shortcut or resolve_checkpoint(rec.shortcut.checkpoint)
     method = method or ("shortcut" if checkpoint else "vanilla")
     budget = budget if budget is not None or method == "vanilla" else rec.shortcut.budget
+    full_steps = None
+    if schedule not in ("uniform", "searched"):
+        raise UserError(f"--schedule {schedule!r}: choose uniform or searched")
+    if schedule == "searched":
+        from migmcut.schedule_search import load_schedule
+
+        n = steps if steps is not None else rec.sampler.steps
+        if checkpoint is None or budget is None:
+            raise UserError("--schedule searched needs a shortcut checkpoint and --budget")
+        full_steps = load_schedule(checkpoint, n, budget)
+        if full_steps is None:
+            raise UserError(
+                f"no searched schedule for N={n}, B={budget} beside {checkpoint}: "
+                "run migmcut bench --search-schedule --store STORE --shortcut CKPT first"
+            )
     dev = resolve_device(device)
     out_dir = writable_dir(out, "--out")
     total = len(conditions) * max(num_images, 1)
@@ -62,7 +78,7 @@ def generate(
         task = bar.add_task("generating", total=total)
         result = run_generate(
             rec, conditions, num_images=num_images, seed=seed, steps=steps, method=method,
-            budget=budget, shortcut=checkpoint, device=dev, dtype=resolve_dtype(dtype, dev), batch_size=batch_size,
+            budget=budget, shortcut=checkpoint, full_steps=full_steps, device=dev, dtype=resolve_dtype(dtype, dev), batch_size=batch_size,
             on_batch=lambda n: bar.advance(task, n),
         )
     paths = []

@@ -64,5 +64,4 @@ class BudgetPolicy:
         new_mask = torch.ones(emb.shape[:2], dtype=torch.bool, device=emb.device)
         ratio = torch.full((emb.shape[0],), state.mask_ratio, device=emb.device)
         cond_emb = base.embed_conditions(state.cond)
-        cond_mask = torch.ones(cond_emb.shape[:2], dtype=torch.bool, device=emb.device)
-        return self.shortcut(self.features, emb, new_mask, ratio, cond_emb, cond_mask)
+        return self.shortcut(self.features, emb, new_mask, ratio, cond_emb, base.condition_mask(state.cond))

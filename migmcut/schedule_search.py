@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from migmcut.errors import UserError
 from migmcut.policies import budget_schedule
+from migmcut.train import ShortcutInputs
 
 SCHEDULES_FILE = "schedules.json"
 
@@ -98,11 +99,10 @@ def rollout_errors(store, indices, base, shortcut=None, *, device="cpu", chunk: 
         order = torch.stack([t["order"] for t in trajs]).repeat_interleave(br, 0)
         conds = [t["condition"] for t in trajs for _ in range(br)]
         branch = torch.arange(br).repeat(n)
-        cond = base.encode_conditions(conds)
-        null = base.null_conditions(len(conds)).to(cond.device)
-        cond = torch.where((branch == 1).to(cond.device).view(-1, *([1] * (cond.dim() - 1))), null, cond)
+        cond = ShortcutInputs(base, device).conditions(conds, branch)
         cond_emb = base.embed_conditions(cond).to(device=device, dtype=torch.float32)
-        cond_mask = torch.ones(cond_emb.shape[:2], dtype=torch.bool, device=device)
+        cond_mask = base.condition_mask(cond)
+        cond_mask = None if cond_mask is None else cond_mask.to(device)
         steps_in = []
         for t in range(N - 1):
             ids, pos, valid = _new_tokens(tokens, order, t)

@@ -117,11 +117,13 @@ class Shortcut(nn.Module):
         new_mask: torch.Tensor,  # (B, M) bool, True where new_emb is a real token (not padding)
         mask_ratio: torch.Tensor,  # (B,) fraction of positions still masked after those tokens
         cond_emb: torch.Tensor | None = None,  # (B, P, D) prompt token embeddings
-        cond_mask: torch.Tensor | None = None,  # (B, P) bool
+        cond_mask: torch.Tensor | None = None,  # (B, P) bool (None: attend to every position)
     ) -> torch.Tensor:
         x = self.in_proj(h)
         ctx, ctx_mask = new_emb, new_mask
         if cond_emb is not None and self.config.attend_condition:
+            if cond_mask is None:
+                cond_mask = torch.ones(cond_emb.shape[:2], dtype=torch.bool, device=cond_emb.device)
             ctx = torch.cat([ctx, cond_emb.to(ctx.dtype)], 1)
             ctx_mask = torch.cat([ctx_mask, cond_mask], 1)
         ctx = self.kv_proj(ctx)

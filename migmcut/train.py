@@ -87,14 +87,15 @@ class ShortcutInputs:
         ids, pos = batch["new_ids"].to(dev), batch["new_pos"].to(dev)
         with torch.no_grad():
             new_emb = base.embed_tokens(ids) + base.embed_positions(pos)
-            cond_emb = base.embed_conditions(self.conditions(batch["condition"], batch["branch"]))
+            cond = self.conditions(batch["condition"], batch["branch"])
+            cond_emb = base.embed_conditions(cond)
         return dict(
             h=batch["h"].to(dev),
             new_emb=new_emb,
             new_mask=batch["new_mask"].to(dev),
             mask_ratio=batch["mask_ratio"].to(dev),
             cond_emb=cond_emb,
-            cond_mask=torch.ones(cond_emb.shape[:2], dtype=torch.bool, device=dev),
+            cond_mask=base.condition_mask(cond),
         )
 
 

@@ -134,3 +134,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path, make
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], res.stderr
     assert not (out / "bench.json").exists()
+
+
+def test_generate_uses_a_searched_schedule_and_refuses_a_missing_one(trained, tmp_path):
+    store, ck = trained
+    assert bench("--shortcut", str(ck), "--store", str(store), "--budgets", "3", "--search-schedule").exit_code == 0
+    gen = ["generate", "--recipe", "debug", "--device", "cpu", "--prompt", "a large red circle", "--shortcut", str(ck),
+           "--out", str(tmp_path / "g"), "--schedule", "searched", "--json"]
+    res = runner.invoke(app, [*gen, "--budget", "3"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["base_calls"] == 3
+    res = runner.invoke(app, [*gen, "--budget", "5"])
+    assert res.exit_code == 2 and "no searched schedule for N=8, B=5" in res.stderr

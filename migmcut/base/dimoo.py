@@ -300,6 +300,9 @@ class DiMOOBase(BaseModel):
         emb = self.net.embed_tokens(cond.clamp_min(0))
         return emb * (cond != PAD)[..., None].to(emb.dtype)  # padding -> zero vectors
 
+    def condition_mask(self, cond: torch.Tensor) -> torch.Tensor:
+        return cond != PAD  # the shortcut does not attend to prompt padding
+
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> np.ndarray:
         h, w = self.grid

@@ -59,6 +59,10 @@ class BaseModel(torch.nn.Module):
     def embed_conditions(self, cond: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def condition_mask(self, cond: torch.Tensor) -> torch.Tensor | None:
+        """(B, P) bool: the condition positions the shortcut may attend to (None: all of them)."""
+        return None
+
     def decode(self, tokens: torch.Tensor):
         raise NotImplementedError
 
