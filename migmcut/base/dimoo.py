@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from migmcut.base.interface import BaseModel, fingerprint_of
-from migmcut.base.statedict import KeyMap, check_state, load_into, require_path
+from migmcut.base.statedict import KeyMap, load_into, require_path
 from migmcut.errors import CheckpointError, UserError
 
 PAD = -1  # prompt padding inside condition tensors (never a vocabulary id)

@@ -25,7 +25,7 @@ import yaml
 from torch import nn
 
 from migmcut.base.interface import BaseModel, fingerprint_of
-from migmcut.base.statedict import check_state, load_into, read_tensors, require_path
+from migmcut.base.statedict import load_into, read_tensors, require_path
 from migmcut.errors import CheckpointError, UserError
 
 
