@@ -31,10 +31,10 @@ import numpy as np
 import torch
 
 from migmcut.errors import UserError
+from migmcut.generate import METHODS
 from migmcut.policies import BudgetPolicy, FullPolicy, budget_schedule
 from migmcut.sampler import SamplerConfig, sample, trajectory_seed
 
-METHODS = ("vanilla", "cache", "shortcut")
 SCHEDULE_MODES = ("uniform", "searched", "both")
 
 
