@@ -7,6 +7,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 import torch
 import zarr
 from test_store_helpers import BATCH, BLOCK, NUM, assert_same_store, contents, one_thread
@@ -71,6 +74,22 @@ def test_int8_error_is_within_half_a_step_of_the_per_token_scale():
     bound = torch.from_numpy(scale)[..., None] / 254
     assert (err <= bound * (1 + 1e-5) + 1e-12).all()
     assert torch.equal(decode(q, scale, "int8")[0, 0], torch.zeros(128))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    hnp.arrays(
+        np.float32,
+        hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=16),
+        elements=st.floats(-1e4, 1e4, width=32),
+    )
+)
+def test_int8_round_trip_error_is_bounded_by_scale_over_254_for_any_features(values):
+    x = torch.from_numpy(values)
+    q, scale = encode(x, "int8")
+    err = (decode(q, scale, "int8") - x).abs()
+    bound = torch.from_numpy(scale)[..., None] / 254
+    assert (err <= bound * (1 + 1e-5) + 1e-30).all()
 
 
 def test_encoded_features_never_look_like_missing_chunks():
