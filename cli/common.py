@@ -53,7 +53,7 @@ def handle_errors(fn):
                 traceback.print_exc()
             console.print(
                 f"[red]internal error:[/red] {type(err).__name__}: {err} "
-                "(set MIGMCUT_DEBUG=1 for the traceback)",
+                "(run with --debug or MIGMCUT_DEBUG=1 for the traceback)",
                 highlight=False,
                 soft_wrap=True,
             )

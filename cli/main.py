@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Annotated
+
 import typer
 
 from migmcut.cli import bench, generate, record, store, train
@@ -15,9 +18,22 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"migmcut {version('migmcut')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of unexpected errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
     """migmcut: make masked image generation models several times faster with a learned shortcut."""
+    if debug:
+        os.environ["MIGMCUT_DEBUG"] = "1"
 
 
 app.command("generate")(generate.generate)

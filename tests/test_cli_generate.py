@@ -100,3 +100,20 @@ def test_shortcut_for_another_base_is_refused(tmp_path):
     res = invoke("--prompt", "a large red circle", "--shortcut", str(tmp_path / "ck"), "--budget", "3",
                  "--out", str(tmp_path / "o"))
     assert res.exit_code == 2 and "trained for base someone-else" in res.stderr
+
+
+def test_unexpected_errors_exit_1_with_the_traceback_only_under_debug(tmp_path, monkeypatch):
+    import migmcut.generate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(migmcut.generate, "generate", broken)
+    monkeypatch.delenv("MIGMCUT_DEBUG", raising=False)
+    args = ["generate", "--recipe", "debug", "--prompt", "a red circle", "--out", str(tmp_path)]
+    quiet = runner.invoke(app, args)
+    assert quiet.exit_code == 1 and "boom" in quiet.stderr and "Traceback" not in quiet.stderr
+    loud = runner.invoke(app, ["--debug", *args])
+    assert loud.exit_code == 1 and "Traceback" in loud.stderr
+    monkeypatch.delenv("MIGMCUT_DEBUG", raising=False)
+    assert runner.invoke(app, ["--version"]).stdout.startswith("migmcut ")
