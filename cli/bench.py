@@ -160,7 +160,7 @@ def bench(
     out_dir = None if search_schedule else writable_dir(out, "--out")
 
     dev = resolve_device(device)
-    base = load_base(rec.base, dev).to(device=dev, dtype=resolve_dtype(dtype, dev))
+    base = load_base(rec.base, dev, resolve_dtype(dtype, dev))
     if N > base.num_tokens:
         raise UserError(f"--steps {N} exceeds the number of image tokens ({base.num_tokens})")
     checkpoint = shortcut or resolve_checkpoint(rec.shortcut.checkpoint)

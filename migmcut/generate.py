@@ -91,7 +91,7 @@ def generate(
         raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if budget is not None and not 1 <= budget <= config.steps:
         raise UserError(f"--budget {budget} must be between 1 and the step count ({config.steps})")
-    base = base if base is not None else load_base(recipe.base, device)
+    base = base if base is not None else load_base(recipe.base, device, dtype)
     if config.steps > base.num_tokens:
         raise UserError(f"--steps {config.steps} exceeds the number of image tokens ({base.num_tokens})")
     base = base.to(device=device, dtype=dtype)

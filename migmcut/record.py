@@ -203,7 +203,7 @@ def dry_run(recipe: Recipe, out: str, *, num: int = 1000, steps: int | None = No
             block_size: int = DEFAULT_BLOCK_SIZE, base=None) -> dict:
     """What `record` would write: arrays, shapes, estimated bytes. Loads (never runs) the base."""
     _validate(num, steps, codec, None, block_size)
-    base = base if base is not None else load_base(recipe.base, device)
+    base = base if base is not None else load_base(recipe.base, device, dtype)
     spec = build_spec(recipe, base, num=num, steps=steps, codec=codec, seed=seed, dtype=dtype, block_size=block_size)
     loc = location.resolve(out)
     action = check_target(loc, spec, overwrite)
@@ -268,7 +268,7 @@ def record(
         device = torch.device(device)
         if device.type == "cuda" and device.index is None and dist.world > 1:
             device = torch.device("cuda", dist.local_rank)
-        base = base if base is not None else load_base(recipe.base, device)
+        base = base if base is not None else load_base(recipe.base, device, dtype)
         base = base.to(device=device, dtype=dtype)
         spec = build_spec(recipe, base, num=num, steps=steps, codec=codec, seed=seed, dtype=dtype,
                           block_size=block_size, chunk_steps=chunk_steps)

@@ -53,3 +53,12 @@ def test_prompts_outside_the_vocabulary_are_user_errors():
     with pytest.raises(UserError, match="longer than"):
         tokenize_prompts(["a " * 13], 12)
     assert torch.equal(tokenize_prompts(["a red circle"], 4)[0, 3:], torch.zeros(1, dtype=torch.long))
+
+
+def test_fingerprint_does_not_depend_on_the_load_dtype(debug_recipe):
+    fp32 = load_base(debug_recipe.base, "cpu", torch.float32)
+    bf16 = load_base(debug_recipe.base, "cpu", torch.bfloat16)
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    assert fp32.fingerprint == bf16.fingerprint
+    other = load_base(load_recipe("debug", ["base.init_seed=3"]).base)
+    assert other.fingerprint != fp32.fingerprint

@@ -13,9 +13,12 @@ BASE_CONFIGS = {"tiny-shapes": TinyShapesConfig, "maskgit": MaskGITConfig, "dimo
 BASE_CLASSES = {"tiny-shapes": TinyShapesBase, "maskgit": MaskGITBase, "dimoo": DiMOOBase}
 
 
-def load_base(config, device: str | torch.device = "cpu") -> BaseModel:
-    """Build the base model a recipe's `base` section describes."""
-    return BASE_CLASSES[config.kind].from_config(config).to(device)
+def load_base(config, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> BaseModel:
+    """Build the base model a recipe's `base` section describes, in `dtype` on `device`.
+
+    Adapters whose checkpoints are large read them straight into `dtype` (no fp32 copy).
+    """
+    return BASE_CLASSES[config.kind].from_config(config, dtype=dtype).to(device=device, dtype=dtype)
 
 
 __all__ = ["BaseModel", "load_base", "BASE_CONFIGS"]

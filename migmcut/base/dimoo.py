@@ -211,7 +211,7 @@ class DiMOOBase(BaseModel):
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg: DiMOOConfig) -> "DiMOOBase":
+    def from_config(cls, cfg: DiMOOConfig, dtype: torch.dtype = torch.float32) -> "DiMOOBase":
         from diffusers import VQModel
         from transformers import AutoTokenizer
 
@@ -233,8 +233,7 @@ class DiMOOBase(BaseModel):
         with torch.device("meta"):
             net = BidirectionalLlama(config)
         tensors = KEYMAP.rename_to_ours(read_shards(folder), str(folder))
-        # fp32 like every base load_base returns (record/generate cast to --dtype); see docs/real-models.md
-        load_into(net, tensors, str(folder), dtype=torch.float32)
+        load_into(net, tensors, str(folder), dtype=dtype)  # straight into --dtype: no fp32 copy of 8B weights
         net.rotary_emb = type(net.rotary_emb)(config)  # its inv_freq buffer is computed, not loaded
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder))

@@ -68,10 +68,15 @@ class BaseModel(torch.nn.Module):
 
 
 def fingerprint_of(meta: dict, module: torch.nn.Module) -> str:
-    """sha256 over a JSON description and every parameter/buffer (name, dtype, shape, bytes)."""
+    """sha256 over a JSON description and every parameter/buffer (name, shape, bytes).
+
+    Floating tensors are hashed as bfloat16, so the same weights loaded in fp32 or bf16 (a store
+    recorded on a GPU, a shortcut trained on a CPU) have the same fingerprint.
+    """
     h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode())
     for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        t = t.detach().cpu()
+        t = (t.to(torch.bfloat16) if t.is_floating_point() else t).contiguous()
+        h.update(f"{name}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]

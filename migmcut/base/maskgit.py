@@ -272,7 +272,7 @@ class MaskGITBase(BaseModel):
         return MaskGITTransformer(cfg.hidden_size, cfg.depth, cfg.heads, cfg.mlp_dim, cfg.grid, cfg.codebook_size, cfg.num_classes)
 
     @classmethod
-    def from_config(cls, cfg: MaskGITConfig) -> "MaskGITBase":
+    def from_config(cls, cfg: MaskGITConfig, dtype: torch.dtype = torch.float32) -> "MaskGITBase":
         ckpt = require_path(cfg.checkpoint, "base.checkpoint", "the MaskGIT transformer file (e.g. MaskGIT_ImageNet_512.pth)")
         folder = require_path(cfg.vqgan, "base.vqgan", "the VQGAN folder holding last.ckpt and model.yaml", expect="dir")
         if cfg.hidden_size % cfg.heads:
@@ -282,7 +282,7 @@ class MaskGITBase(BaseModel):
         tensors = read_tensors(ckpt, entry=None if ckpt.suffix == ".safetensors" else "model_state_dict",
                                trust_pickle=cfg.trust_pickle, key="base.checkpoint")
         tensors = {k.removeprefix("module."): v for k, v in tensors.items()}  # a DDP-saved file
-        load_into(net, tensors, str(ckpt), dtype=torch.float32)
+        load_into(net, tensors, str(ckpt), dtype=dtype)
         params = read_vqgan_params(folder)
         vq_file = folder / "last.ckpt"
         if not vq_file.is_file():
@@ -295,7 +295,7 @@ class MaskGITBase(BaseModel):
         vq_tensors = read_tensors(vq_file, entry=None if vq_file.suffix == ".safetensors" else "state_dict",
                                   trust_pickle=cfg.trust_pickle, key="base.vqgan")
         vq_tensors = {k: v for k, v in vq_tensors.items() if k.startswith(TamingVQDecoder.PREFIXES)}
-        load_into(vq, vq_tensors, str(vq_file), dtype=torch.float32)
+        load_into(vq, vq_tensors, str(vq_file), dtype=dtype)
         if vq.quantize.embedding.num_embeddings != cfg.codebook_size:
             raise CheckpointError(
                 f"the VQGAN has {vq.quantize.embedding.num_embeddings} codes but base.codebook_size is {cfg.codebook_size}"

@@ -109,7 +109,7 @@ class TinyShapesBase(BaseModel):
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def from_config(cls, cfg: TinyShapesConfig) -> "TinyShapesBase":
+    def from_config(cls, cfg: TinyShapesConfig, dtype: torch.dtype = torch.float32) -> "TinyShapesBase":
         if cfg.weights == "random":
             gen_state = torch.random.get_rng_state()
             torch.manual_seed(cfg.init_seed)
