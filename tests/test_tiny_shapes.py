@@ -62,3 +62,17 @@ def test_fingerprint_does_not_depend_on_the_load_dtype(debug_recipe):
     assert fp32.fingerprint == bf16.fingerprint
     other = load_base(load_recipe("debug", ["base.init_seed=3"]).base)
     assert other.fingerprint != fp32.fingerprint
+
+
+def test_heldout_evaluation_reports_every_attribute(debug_recipe, tmp_path):
+    from migmcut.world.evaluate import evaluate, heldout_prompts
+
+    one = heldout_prompts(12, 1, seed=0)
+    assert all(shapes.is_heldout(shapes.parse_caption(p)) for p in one + heldout_prompts(5, 2, seed=0))
+    report = evaluate(debug_recipe, num=8, steps=4, batch_size=8, save=str(tmp_path / "sheet"))
+    for part in ("one_shape", "two_shape"):
+        assert {"prompt_accuracy", "count_accuracy", "color_accuracy", "kind_accuracy", "size_accuracy",
+                "fd"} <= set(report[part])
+    assert report["one_shape"]["relation_accuracy"] is None
+    assert report["two_shape"]["n_two_shape"] == 8
+    assert (tmp_path / "sheet-one_shape.png").exists()

@@ -30,6 +30,25 @@ def heldout_prompts(num: int, num_objects: int, seed: int) -> list[str]:
     return [shapes.caption(specs[i]) for i in rng.choice(len(specs), size=num, replace=False)]
 
 
+def evaluate(recipe, num: int = 256, steps: int = 16, batch_size: int = 16, seed: int = 0, save: str | None = None) -> dict:
+    """Quality of `recipe`'s base on `num` held-out one-shape and `num` two-shape prompts."""
+    base = load_base(recipe.base)
+    report = {"recipe": recipe.name, "fingerprint": base.fingerprint, "steps": steps}
+    for n_obj, name in ((1, "one_shape"), (2, "two_shape")):
+        prompts = heldout_prompts(num, n_obj, seed)
+        t0 = time.perf_counter()
+        out = generate(recipe, prompts, seed=seed, steps=steps, batch_size=batch_size, base=base)
+        report[name] = tiny_shapes_quality(out.images, prompts)
+        report[name]["seconds_per_image"] = (time.perf_counter() - t0) / len(prompts)
+        if save:
+            from PIL import Image
+
+            rows = [np.concatenate(out.images[r * 8 : r * 8 + 8], 1) for r in range(min(4, len(out.images) // 8))]
+            if rows:
+                Image.fromarray(np.concatenate(rows, 0)).save(f"{save}-{name}.png")
+    return report
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="tiny-shapes")
@@ -38,22 +57,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save", default=None, help="write a contact sheet PNG of the first images here")
+    p.add_argument("--save", default=None, help="write contact sheets PREFIX-one_shape.png / -two_shape.png")
     args = p.parse_args()
     recipe = load_recipe(args.recipe, args.overrides)
-    base = load_base(recipe.base)
-    report = {"recipe": recipe.name, "fingerprint": base.fingerprint, "steps": args.steps}
-    for n_obj, name in ((1, "one_shape"), (2, "two_shape")):
-        prompts = heldout_prompts(args.num, n_obj, args.seed)
-        t0 = time.perf_counter()
-        out = generate(recipe, prompts, seed=args.seed, steps=args.steps, batch_size=args.batch_size, base=base)
-        report[name] = tiny_shapes_quality(out.images, prompts)
-        report[name]["seconds_per_image"] = (time.perf_counter() - t0) / len(prompts)
-        if args.save:
-            from PIL import Image
-
-            sheet = np.concatenate([np.concatenate(out.images[r * 8 : r * 8 + 8], 1) for r in range(4)], 0)
-            Image.fromarray(sheet).save(f"{args.save}-{name}.png")
+    report = evaluate(recipe, args.num, args.steps, args.batch_size, args.seed, args.save)
     print(json.dumps(report, indent=2))
 
 
