@@ -35,7 +35,7 @@ def assert_same_store(a, b) -> None:
 
 
 class one_thread:
-    """conftest asks torch for 2 threads; on a busy 2-core machine 1 is many times faster here."""
+    """Run a block on one torch thread (conftest already does; kept for tests run on their own)."""
 
     def __enter__(self):
         import torch

@@ -67,11 +67,14 @@ def test_bad_input_is_one_line_and_exit_2(store, tmp_path, make_args, message):
 
 
 def test_a_store_without_complete_trajectories_is_refused(tmp_path):
+    import zarr
+
     empty = tmp_path / "empty"
-    res = runner.invoke(app, ["record", "--recipe", "debug", "--out", str(empty), "--num", "4", "--dry-run"])
+    res = runner.invoke(app, ["record", "--recipe", "debug", "--out", str(empty), "--num", "4"])
     assert res.exit_code == 0
+    zarr.open_group(str(empty), mode="r+")["complete"][:] = False  # as if every block was interrupted
     res = train("--store", str(empty), "--out", str(tmp_path / "o"))
-    assert res.exit_code == 2
+    assert res.exit_code == 2 and "no complete trajectories" in res.stderr, res.stderr
 
 
 def test_a_checkpoint_for_another_base_is_refused_on_resume(store, tmp_path):
