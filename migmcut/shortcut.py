@@ -34,6 +34,13 @@ class ShortcutConfig:
     mask_ratio_embedding: bool = True  # ablation switch: False drops the r_t modulation
     attend_condition: bool = True  # also attend over the prompt tokens (text-conditioned bases)
 
+    @classmethod
+    def from_recipe(cls, section, feature_dim: int) -> "ShortcutConfig":
+        """The architecture a recipe's `shortcut` section asks for, on a base of `feature_dim` features."""
+        return cls(feature_dim=feature_dim, ratio=section.ratio, n_block=section.n_block, heads=section.heads,
+                   ffn_mult=section.ffn_mult, cross_attention=section.cross_attention,
+                   mask_ratio_embedding=section.mask_ratio_embedding)
+
     @property
     def width(self) -> int:
         return self.feature_dim // self.ratio

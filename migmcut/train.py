@@ -220,15 +220,7 @@ def _train(recipe, store_url, out, cfg, *, device, resume, base, log) -> dict:
         )
     rank, world = _distributed()
     torch.manual_seed(cfg.seed + rank)
-    arch = ShortcutConfig(
-        feature_dim=base.feature_dim,
-        ratio=recipe.shortcut.ratio,
-        n_block=recipe.shortcut.n_block,
-        heads=recipe.shortcut.heads,
-        ffn_mult=recipe.shortcut.ffn_mult,
-        cross_attention=recipe.shortcut.cross_attention,
-        mask_ratio_embedding=recipe.shortcut.mask_ratio_embedding,
-    )
+    arch = ShortcutConfig.from_recipe(recipe.shortcut, base.feature_dim)
     model = Shortcut(arch).to(device)
     ema = Shortcut(arch).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
