@@ -11,7 +11,9 @@ records its share of the blocks still to do, each into its own chunk and shard f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import os
 import time
 from collections.abc import Callable
@@ -264,6 +266,7 @@ def record(
     """
     _validate(num, steps, codec, batch_size, block_size)
     dist = dist_context()
+    lock = contextlib.ExitStack()  # rank 0 holds the store's writer lock for the whole job
     try:
         device = torch.device(device)
         if device.type == "cuda" and device.index is None and dist.world > 1:
@@ -276,6 +279,7 @@ def record(
         status = None
         if dist.rank == 0:
             try:
+                lock.enter_context(location.writer_lock(loc))
                 todo, action, spec = prepare_store(loc, spec, overwrite)
                 status = ("ok", todo, action, spec)
             except UserError as err:
@@ -301,7 +305,15 @@ def record(
         size = location.size_bytes(loc) if dist.rank == 0 else 0
         size = dist.broadcast(size)
         return RecordResult(str(loc), spec.num, total, seconds, size, action)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StoreError(
+            f"{out}: no space left on the device ({err.strerror}); every trajectory marked complete is "
+            "intact: free some space and run the same command again to resume"
+        ) from None
     finally:
+        lock.close()
         dist.close()
 
 

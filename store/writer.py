@@ -11,6 +11,8 @@ deterministic, so the result is bit-identical to an uninterrupted run.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 
 from migmcut.errors import StoreError
@@ -49,7 +51,7 @@ def prepare_store(loc: Location, spec: StoreSpec, overwrite: bool = False) -> tu
     """
     action = check_target(loc, spec, overwrite)
     if action != "resume":
-        create_store(loc, spec)  # mode "w" clears an old store first
+        create_store(loc, spec)  # clears an old store first
         return list(range(spec.num_blocks)), action, spec
     group, existing = read_spec(loc)
     location.remove_partials(loc)
@@ -90,9 +92,14 @@ def create_store(loc: Location, spec: StoreSpec):
             probe.unlink()
         except OSError as err:
             raise StoreError(f"--out {loc}: cannot write there ({err.strerror or err}); choose another location") from None
+        for child in loc.path.iterdir():  # an old store goes; its directory stays (the writer lock is on it)
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
     try:
         with quiet():
-            group = zarr.open_group(location.zarr_store(loc, read_only=False), mode="w",
+            group = zarr.open_group(location.zarr_store(loc, read_only=False), mode="w-" if loc.local else "w",
                                     attributes={ATTR: spec.attrs()})
     except (OSError, PermissionError, NotImplementedError) as err:
         raise StoreError(f"--out {loc}: cannot write there ({err}); choose another location") from None

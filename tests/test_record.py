@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 
 import fsspec
@@ -197,6 +199,57 @@ def test_an_interrupted_run_resumes_to_the_same_store(reference, tmp_path, monke
     result = record(debug_recipe, str(path), num=NUM, batch_size=2, block_size=BLOCK, base=debug_base)
     assert result.written == NUM - len(partial)
     assert_same_store(path, reference[0])
+
+
+def test_disk_full_is_one_line_exit_2_and_the_store_resumes(reference, tmp_path, monkeypatch):
+    path = tmp_path / "store"
+    original = StoreWriter.write_features
+    calls = {"n": 0}
+
+    def full_disk(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # trajectory 5, mid block 1: block 0 is complete
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path / "features"))
+        return original(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(StoreWriter, "write_features", full_disk)
+        res = rec(path, "--batch-size", "1")
+    assert res.exit_code == 2, res.output
+    assert "no space left" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in res.output
+    kept = TrajectoryStore(path).complete_indices()
+    assert 0 < len(kept) < NUM
+    verify = runner.invoke(app, ["store", "verify", str(path)])
+    assert verify.exit_code == 0, verify.output
+    again = rec(path, "--batch-size", str(BATCH), "--json")
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["written"] == NUM - len(kept)
+    assert_same_store(path, reference[0])
+
+
+def test_a_store_being_recorded_is_refused_and_released_afterwards(reference, tmp_path):
+    path = tmp_path / "store"
+    with location.writer_lock(location.resolve(path)):  # what a running `record` holds
+        res = rec(path)
+        assert res.exit_code == 2, res.output
+        assert "being recorded by another migmcut process" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+        assert not any(path.iterdir())  # the refused run wrote nothing
+    assert not path.exists()  # the lock's own directory goes when nothing was recorded
+    res = rec(path, "--batch-size", str(BATCH))
+    assert res.exit_code == 0, res.output
+    assert_same_store(path, reference[0])
+
+
+def test_overwrite_keeps_the_locked_directory(reference, tmp_path):
+    path = tmp_path / "store"
+    shutil.copytree(reference[0], path)
+    inode = path.stat().st_ino
+    res = rec(path, "--steps", "3", "--overwrite", "--json")
+    assert res.exit_code == 0, res.output
+    assert path.stat().st_ino == inode  # cleared in place, so the writer lock stayed on the store
+    assert TrajectoryStore(path).steps == 3
 
 
 def test_torn_leftovers_are_rewritten_not_merged(reference, tmp_path, debug_recipe, debug_base):

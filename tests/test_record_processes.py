@@ -1,4 +1,5 @@
-"""`migmcut record` as real processes: SIGKILL mid-run then resume, and two torchrun ranks.
+"""`migmcut record` as real processes: SIGKILL mid-run then resume, two torchrun ranks, and two
+uncoordinated processes on one store.
 
 Each starts fresh Python processes (torch + transformers imports dominate), so they are marked
 slow; both compare against a store recorded in-process with the same options.
@@ -77,4 +78,48 @@ def test_two_torchrun_ranks_write_the_same_store_as_one_process(reference, tmp_p
     payloads = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
     assert len(payloads) == 1, res.stdout  # only rank 0 reports
     assert payloads[0]["written"] == N and payloads[0]["trajectories"] == N
+    assert_same_store(path, reference)
+
+
+def _locked(path) -> bool:
+    """Whether some process holds the store's writer lock (probed without taking it for long)."""
+    import fcntl
+
+    if not path.is_dir():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_a_second_uncoordinated_record_is_refused_and_the_first_finishes(reference, tmp_path):
+    path = tmp_path / "store"
+    cmd = [sys.executable, "-m", "migmcut.cli.main", *ARGS, "--out", str(path), "--num", str(N), "--batch-size", "1"]
+    first = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    try:
+        while not _locked(path):
+            assert first.poll() is None, f"record exited early: {first.stderr.read().decode()}"
+            assert time.monotonic() < deadline, "record did not get going in time"
+            time.sleep(0.01)
+        os.kill(first.pid, signal.SIGSTOP)  # hold the first mid-run, whatever the machine's speed
+        try:
+            second = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=180)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
+        assert second.returncode == 2, second.stderr
+        assert "being recorded by another migmcut process" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1 and "Traceback" not in second.stderr
+        assert first.wait(timeout=300) == 0, first.stderr.read().decode()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=30)
     assert_same_store(path, reference)
