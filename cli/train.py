@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from migmcut.cli.common import (
-    DeviceOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, console, emit, handle_errors, load, progress,
-    resolve_device, writable_dir,
+    DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, console, emit, handle_errors, load, progress,
+    resolve_device, resolve_dtype, writable_dir,
 )
 
 
@@ -27,6 +27,7 @@ def train(
     recipe: RecipeOpt = "tiny-shapes",
     set_: SetOpt = None,
     device: DeviceOpt = None,
+    dtype: DtypeOpt = "auto",
     seed: SeedOpt = 0,
     json_: JsonOpt = False,
 ):
@@ -48,7 +49,8 @@ def train(
             bar.update(task, completed=step,
                        description=f"training loss {stats['loss']:.4f} {stats['pairs_per_s']:.0f} pairs/s")
 
-        result = run_train(rec, store, out_dir, cfg, device=dev, resume=resume, log=log)
+        result = run_train(rec, store, out_dir, cfg, device=dev, dtype=resolve_dtype(dtype, dev), resume=resume,
+                           log=log)
     if not main_rank:
         return
     if not json_:

@@ -85,10 +85,10 @@ class ShortcutInputs:
     def __call__(self, batch: dict) -> dict:
         dev, base = self.device, self.base
         ids, pos = batch["new_ids"].to(dev), batch["new_pos"].to(dev)
-        with torch.no_grad():
-            new_emb = base.embed_tokens(ids) + base.embed_positions(pos)
+        with torch.no_grad():  # the base may run in bf16; the shortcut trains in fp32
+            new_emb = (base.embed_tokens(ids) + base.embed_positions(pos)).float()
             cond = self.conditions(batch["condition"], batch["branch"])
-            cond_emb = base.embed_conditions(cond)
+            cond_emb = base.embed_conditions(cond).float()
         return dict(
             h=batch["h"].to(dev),
             new_emb=new_emb,
@@ -106,8 +106,9 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 def head_kl(base, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, temperature: float):
     """KL(softmax(head(target)/T) || softmax(head(pred)/T)) over masked positions, and top-1 agreement."""
-    lp = F.log_softmax(base.head(pred)[mask] / temperature, -1)  # the head may be position-dependent
-    lt = F.log_softmax(base.head(target)[mask] / temperature, -1)
+    dtype = next(base.parameters()).dtype  # fp32 logits from a head in the base's dtype
+    lp = F.log_softmax(base.head(pred.to(dtype))[mask].float() / temperature, -1)  # the head may be position-dependent
+    lt = F.log_softmax(base.head(target.to(dtype))[mask].float() / temperature, -1)
     kl = (lt.exp() * (lt - lp)).sum(-1).mean()
     agree = (lp.argmax(-1) == lt.argmax(-1)).float().mean()
     return kl, agree
@@ -190,16 +191,20 @@ def train(
     cfg: TrainConfig,
     *,
     device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
     resume: bool = False,
     base=None,
     log=None,
 ) -> dict:
-    """Train a shortcut for `recipe`'s base from the store at `store_url`; returns the summary."""
+    """Train a shortcut for `recipe`'s base from the store at `store_url`; returns the summary.
+
+    `dtype` is the frozen base's (its embeddings and head); the shortcut trains in fp32.
+    """
     with torch.enable_grad():  # callers (bench, notebooks) may have switched autograd off
-        return _train(recipe, store_url, out, cfg, device=device, resume=resume, base=base, log=log)
+        return _train(recipe, store_url, out, cfg, device=device, dtype=dtype, resume=resume, base=base, log=log)
 
 
-def _train(recipe, store_url, out, cfg, *, device, resume, base, log) -> dict:
+def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> dict:
     from migmcut.base import load_base
     from migmcut.store.reader import PairDataset, TrajectoryStore, pair_loader
 
@@ -211,7 +216,7 @@ def _train(recipe, store_url, out, cfg, *, device, resume, base, log) -> dict:
         raise StoreError(f"{store_url} has no complete trajectories: run migmcut record first")
     if len(complete) < 2:
         raise StoreError(f"{store_url} has {len(complete)} complete trajectory; training needs at least 2 (train + val)")
-    base = base if base is not None else load_base(recipe.base, device)
+    base = base if base is not None else load_base(recipe.base, device, dtype)
     fingerprint = store.attrs.get("fingerprint")
     if fingerprint != base.fingerprint:
         raise StoreError(

@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from migmcut.cli.main import app
@@ -36,6 +37,17 @@ def test_train_beats_the_cache_and_writes_a_loadable_checkpoint(store, tmp_path,
     model, meta = load_shortcut(tmp_path / "ck", debug_base)
     assert meta["base_fingerprint"] == debug_base.fingerprint and meta["step"] == 60
     assert meta["summary"]["val_mse"] == pytest.approx(result["val_mse"], rel=1e-3)
+
+
+def test_a_bf16_base_trains_the_same_shortcut_checkpoint_format(store, tmp_path, debug_base):
+    """`--dtype bf16` (the default on a GPU) loads the frozen base in bf16: no fp32 copy of it."""
+    res = train("--store", str(store), "--out", str(tmp_path / "ck"), "--max-steps", "60", "--dtype", "bf16",
+                "--json")
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert result["val_mse"] < result["val_mse_identity"] and 0 <= result["val_top1"] <= 1
+    model, meta = load_shortcut(tmp_path / "ck", debug_base)  # the fingerprint does not depend on the dtype
+    assert next(model.parameters()).dtype == torch.float32
 
 
 def test_resume_continues_from_the_saved_step(store, tmp_path):
