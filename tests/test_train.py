@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,6 +49,22 @@ def test_a_bf16_base_trains_the_same_shortcut_checkpoint_format(store, tmp_path,
     assert result["val_mse"] < result["val_mse_identity"] and 0 <= result["val_top1"] <= 1
     model, meta = load_shortcut(tmp_path / "ck", debug_base)  # the fingerprint does not depend on the dtype
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_a_damaged_store_is_refused_naming_the_trajectory(store, tmp_path):
+    """Training never learns from garbage: a flipped byte in a feature shard stops it (exit 2)."""
+    import shutil
+
+    damaged = tmp_path / "s"
+    shutil.copytree(store, damaged)
+    for shard in (damaged / "features" / "c").glob("*/0/0/0/0"):  # whichever is read first is damaged
+        data = shard.read_bytes()
+        shard.write_bytes(data[:50] + bytes([data[50] ^ 0xFF]) + data[51:])
+    res = train("--store", str(damaged), "--out", str(tmp_path / "ck"), "--max-steps", "20")
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(r"trajectory \d+ is damaged", lines[0]) and "store verify" in lines[0]
+    assert not (tmp_path / "ck" / "shortcut.safetensors").exists()
 
 
 def test_resume_continues_from_the_saved_step(store, tmp_path):
