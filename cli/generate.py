@@ -28,7 +28,7 @@ def generate(
     budget: Annotated[Optional[int], typer.Option(help="Full base steps B out of N (shortcut/cache).")] = None,
     method: Annotated[Optional[str], typer.Option(help="vanilla, cache or shortcut.")] = None,
     shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory.")] = None,
-    schedule: Annotated[str, typer.Option(help="Full-step placement: uniform, or searched (saved by bench --search-schedule).")] = "uniform",
+    schedule: Annotated[str, typer.Option(help="Full-step placement: auto (searched when saved beside the shortcut, else uniform), uniform, or searched (saved by bench --search-schedule).")] = "auto",
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images per prompt.")] = 1,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per sampler batch (default: the recipe's).")] = None,
     out: Annotated[Path, typer.Option(help="Directory for the PNG files.")] = Path("outputs"),
@@ -57,16 +57,16 @@ def generate(
     method = method or ("shortcut" if checkpoint else "vanilla")
     budget = budget if budget is not None or method == "vanilla" else rec.shortcut.budget
     full_steps = None
-    if schedule not in ("uniform", "searched"):
-        raise UserError(f"--schedule {schedule!r}: choose uniform or searched")
-    if schedule == "searched":
+    if schedule not in ("auto", "uniform", "searched"):
+        raise UserError(f"--schedule {schedule!r}: choose auto, uniform or searched")
+    if schedule == "searched" and (checkpoint is None or budget is None):
+        raise UserError("--schedule searched needs a shortcut checkpoint and --budget")
+    if schedule != "uniform" and method == "shortcut" and checkpoint is not None and budget is not None:
         from migmcut.schedule_search import load_schedule
 
         n = steps if steps is not None else rec.sampler.steps
-        if checkpoint is None or budget is None:
-            raise UserError("--schedule searched needs a shortcut checkpoint and --budget")
         full_steps = load_schedule(checkpoint, n, budget)
-        if full_steps is None:
+        if full_steps is None and schedule == "searched":
             raise UserError(
                 f"no searched schedule for N={n}, B={budget} beside {checkpoint}: "
                 "run migmcut bench --search-schedule --store STORE --shortcut CKPT first"
@@ -95,5 +95,6 @@ def generate(
         )
     emit(json_, {
         "images": paths, "method": result.method, "steps": result.steps, "budget": result.budget,
+        "full_steps": result.full_steps,
         "base_calls": result.base_calls, "shortcut_calls": result.shortcut_calls, "seconds": round(result.seconds, 4),
     })

@@ -27,33 +27,34 @@ class Generated:
     method: str
     steps: int
     budget: int
+    full_steps: list[int]  # the steps that ran the base
     base_calls: int  # full base steps per image
     shortcut_calls: int  # shortcut steps per image
     seconds: float
 
 
 def make_policy(method: str, steps: int, budget: int | None, shortcut, base, full_steps: list[int] | None = None):
-    """-> (a factory of fresh per-batch policies, the number of full steps).
+    """-> (a factory of fresh per-batch policies, the steps that run the base).
 
     `full_steps`: an explicit schedule (e.g. a searched one) instead of `budget_schedule(steps, budget)`.
     """
     if method == "vanilla":
         if budget is not None and budget != steps:
             raise UserError(f"--budget {budget} needs --method cache or shortcut (vanilla runs every step)")
-        return FullPolicy, steps
+        return FullPolicy, list(range(steps))
     if budget is None:
         raise UserError(f"--method {method} needs --budget B (full base steps out of {steps})")
     full = budget_schedule(steps, budget) if full_steps is None else [int(s) for s in full_steps]
     if len(full) != budget or full[0] != 0 or any(b <= a for a, b in zip(full, full[1:])) or full[-1] >= steps:
         raise UserError(f"full steps {full}: need {budget} increasing steps below {steps}, starting at 0")
     if method == "cache":
-        return (lambda: BudgetPolicy(full)), budget
+        return (lambda: BudgetPolicy(full)), full
     if shortcut is None:
         raise UserError("--method shortcut needs a shortcut checkpoint: pass --shortcut DIR (made by migmcut train)")
     if not isinstance(shortcut, torch.nn.Module):
         shortcut, _ = load_shortcut(shortcut, base)
     net = shortcut.to(device=base.device, dtype=next(base.parameters()).dtype)
-    return (lambda: BudgetPolicy(full, net)), budget
+    return (lambda: BudgetPolicy(full, net)), full
 
 
 def generate(
@@ -97,7 +98,7 @@ def generate(
     base = base.to(device=device, dtype=dtype)
     if full_steps is not None and budget is None:
         budget = len(full_steps)
-    policy_factory, budget = make_policy(method, config.steps, budget, shortcut, base, full_steps)
+    policy_factory, full = make_policy(method, config.steps, budget, shortcut, base, full_steps)
     jobs = [(c, trajectory_seed(seed, i * num_images + j)) for i, c in enumerate(conditions) for j in range(num_images)]
     base.encode_conditions(conditions)  # validate every condition before any work
     bs = batch_size or recipe.generate.batch_size
@@ -117,7 +118,8 @@ def generate(
         seeds=[s for _, s in jobs],
         method=method,
         steps=config.steps,
-        budget=budget,
+        budget=len(full),
+        full_steps=full,
         base_calls=counts.get("full", 0),
         shortcut_calls=counts.get("shortcut", 0),
         seconds=seconds,

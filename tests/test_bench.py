@@ -141,8 +141,18 @@ def test_generate_uses_a_searched_schedule_and_refuses_a_missing_one(trained, tm
     assert bench("--shortcut", str(ck), "--store", str(store), "--budgets", "3", "--search-schedule").exit_code == 0
     gen = ["generate", "--recipe", "debug", "--device", "cpu", "--prompt", "a large red circle", "--shortcut", str(ck),
            "--out", str(tmp_path / "g"), "--schedule", "searched", "--json"]
+    from migmcut.policies import budget_schedule
+    from migmcut.schedule_search import load_schedule
+
+    searched = load_schedule(ck, 8, 3)
     res = runner.invoke(app, [*gen, "--budget", "3"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["base_calls"] == 3
+    assert json.loads(res.stdout)["base_calls"] == 3 and json.loads(res.stdout)["full_steps"] == searched
     res = runner.invoke(app, [*gen, "--budget", "5"])
     assert res.exit_code == 2 and "no searched schedule for N=8, B=5" in res.stderr
+    # the default (auto) takes the searched schedule where one is saved, the uniform one elsewhere
+    auto = [a for a in gen if a not in ("--schedule", "searched")]
+    assert json.loads(runner.invoke(app, [*auto, "--budget", "3"]).stdout)["full_steps"] == searched
+    assert json.loads(runner.invoke(app, [*auto, "--budget", "5"]).stdout)["full_steps"] == budget_schedule(8, 5)
+    uniform = runner.invoke(app, [*auto, "--budget", "3", "--schedule", "uniform"])
+    assert json.loads(uniform.stdout)["full_steps"] == budget_schedule(8, 3)
