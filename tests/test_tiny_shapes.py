@@ -106,3 +106,15 @@ def test_generate_uses_the_shipped_shortcut_and_its_searched_schedule(tmp_path):
     assert payload["method"] == "shortcut" and payload["steps"] == 16
     assert payload["base_calls"] == 4 and payload["shortcut_calls"] == 12
     assert payload["full_steps"] == load_schedule(checkpoint, 16, 4)
+
+
+def test_fingerprint_does_not_depend_on_where_the_weights_live(shipped, tmp_path):
+    """A shortcut trained on one machine pairs with the same base installed anywhere else."""
+    import shutil
+
+    from migmcut.base.tiny_shapes import BUILTIN_WEIGHTS
+
+    for part in ("base", "tokenizer"):
+        shutil.copytree(BUILTIN_WEIGHTS / part, tmp_path / part)
+    moved = load_base(load_recipe("tiny-shapes", [f"base.weights={tmp_path}"]).base)
+    assert moved.fingerprint == shipped.fingerprint

@@ -67,13 +67,27 @@ class BaseModel(torch.nn.Module):
         raise NotImplementedError
 
 
+# config entries that say where or how weights were loaded, not what they are
+_VOLATILE = ("transformers_version", "torch_dtype", "dtype")
+
+
+def _stable(obj):
+    """`obj` without private keys (`_name_or_path`, `_diffusers_version`, ...) and load details."""
+    if isinstance(obj, dict):
+        return {k: _stable(v) for k, v in obj.items() if not str(k).startswith("_") and k not in _VOLATILE}
+    if isinstance(obj, (list, tuple)):
+        return [_stable(v) for v in obj]
+    return obj
+
+
 def fingerprint_of(meta: dict, module: torch.nn.Module) -> str:
     """sha256 over a JSON description and every parameter/buffer (name, shape, bytes).
 
     Floating tensors are hashed as bfloat16, so the same weights loaded in fp32 or bf16 (a store
-    recorded on a GPU, a shortcut trained on a CPU) have the same fingerprint.
+    recorded on a GPU, a shortcut trained on a CPU) have the same fingerprint; load paths and
+    library versions in `meta` are left out, so it is the same on every machine and checkout.
     """
-    h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=str).encode())
+    h = hashlib.sha256(json.dumps(_stable(meta), sort_keys=True, default=str).encode())
     for name, t in sorted(module.state_dict().items()):
         t = t.detach().cpu()
         t = (t.to(torch.bfloat16) if t.is_floating_point() else t).contiguous()
