@@ -26,11 +26,14 @@ class Generated:
     seeds: list[int]
     method: str
     steps: int
-    budget: int
     full_steps: list[int]  # the steps that ran the base
     base_calls: int  # full base steps per image
     shortcut_calls: int  # shortcut steps per image
     seconds: float
+
+    @property
+    def budget(self) -> int:
+        return len(self.full_steps)
 
 
 def make_policy(method: str, steps: int, budget: int | None, shortcut, base, full_steps: list[int] | None = None):
@@ -118,7 +121,6 @@ def generate(
         seeds=[s for _, s in jobs],
         method=method,
         steps=config.steps,
-        budget=len(full),
         full_steps=full,
         base_calls=counts.get("full", 0),
         shortcut_calls=counts.get("shortcut", 0),

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from pipeline import run_pipeline
 from typer.testing import CliRunner
 
 from migmcut.base import load_base
@@ -91,27 +92,10 @@ def test_dimoo_twin_loads_through_the_recipe_with_the_reference_layout(twin):
 
 
 def test_dimoo_record_train_generate_end_to_end(twin, tmp_path):
-    store, ck = tmp_path / "s", tmp_path / "ck"
-    common = ["--recipe", RECIPE, "--device", "cpu", *_sets(twin)]
-    res = runner.invoke(app, ["record", *common, "--out", str(store), "-n", "6", "--json"])
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["trajectories"] == 6
-    res = runner.invoke(app, ["train", *common, "--store", str(store), "--out", str(ck), "--max-steps", "5",
-                              "--set", "train.val_every=5", "--set", "train.batch_size=8", "--json"])
-    assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["generate", *common, "--prompt", "a red fox", "--shortcut", str(ck), "--budget", "2",
-                              "--out", str(tmp_path / "img"), "--json"])
-    assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout)
-    assert out["method"] == "shortcut" and out["base_calls"] == 2 and out["shortcut_calls"] == 4
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red fox\na blue car\n")
-    res = runner.invoke(app, ["bench", *common, "--shortcut", str(ck), "--prompts", str(prompts), "--steps", "6",
-                              "--budgets", "2", "--num-samples", "2", "--repeats", "1",
-                              "--out", str(tmp_path / "bench"), "--json"])
-    assert res.exit_code == 0, res.output
-    rows = {r["label"]: r for r in json.loads(res.stdout)["rows"]}
-    assert {"vanilla-6", "vanilla-2", "cache-6/2", "shortcut-6/2"} <= set(rows)
+    _, rows = run_pipeline(["--recipe", RECIPE, "--device", "cpu", *_sets(twin)], tmp_path,
+                           ["--prompt", "a red fox"], ["--prompts", str(prompts)])
     assert rows["shortcut-6/2"]["shortcut_calls"] == 4
 
 

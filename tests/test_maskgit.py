@@ -1,9 +1,9 @@
 """MaskGIT adapter: official key layout, tiny random twins through the recipe, CLI end to end."""
 
-import json
 
 import pytest
 import torch
+from pipeline import run_pipeline
 from typer.testing import CliRunner
 
 from migmcut.base import load_base
@@ -111,27 +111,9 @@ def _sets(twin):
 
 
 def test_maskgit_record_train_generate_end_to_end(twin, tmp_path):
-    store, ck = tmp_path / "s", tmp_path / "ck"
-    common = ["--recipe", RECIPE, "--device", "cpu", *_sets(twin)]
-    res = runner.invoke(app, ["record", *common, "--out", str(store), "-n", "6", "--json"])
-    assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["trajectories"] == 6
-    res = runner.invoke(app, ["train", *common, "--store", str(store), "--out", str(ck), "--max-steps", "5",
-                              "--set", "train.val_every=5", "--set", "train.batch_size=8", "--json"])
-    assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["generate", *common, "--class", "3", "--shortcut", str(ck), "--budget", "2",
-                              "--out", str(tmp_path / "img"), "--json"])
-    assert res.exit_code == 0, res.output
-    out = json.loads(res.stdout)
-    assert out["method"] == "shortcut" and out["base_calls"] == 2 and out["shortcut_calls"] == 4
-    assert len(out["images"]) == 1
-    res = runner.invoke(app, ["bench", *common, "--shortcut", str(ck), "--classes", "3,5", "--steps", "6",
-                              "--budgets", "2", "--num-samples", "2", "--repeats", "1",
-                              "--out", str(tmp_path / "bench"), "--json"])
-    assert res.exit_code == 0, res.output
-    rows = {r["label"]: r for r in json.loads(res.stdout)["rows"]}
-    assert {"vanilla-6", "vanilla-2", "cache-6/2", "shortcut-6/2"} <= set(rows)
-    assert rows["shortcut-6/2"]["base_calls"] == 2
+    out, rows = run_pipeline(["--recipe", RECIPE, "--device", "cpu", *_sets(twin)], tmp_path,
+                             ["--class", "3"], ["--classes", "3,5"])
+    assert len(out["images"]) == 1 and rows["shortcut-6/2"]["base_calls"] == 2
 
 
 @pytest.mark.parametrize(
