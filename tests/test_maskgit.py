@@ -1,6 +1,5 @@
 """MaskGIT adapter: official key layout, tiny random twins through the recipe, CLI end to end."""
 
-
 import pytest
 import torch
 from pipeline import run_pipeline
