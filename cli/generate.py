@@ -59,14 +59,16 @@ def generate(
     full_steps = None
     if schedule not in ("auto", "uniform", "searched"):
         raise UserError(f"--schedule {schedule!r}: choose auto, uniform or searched")
-    if schedule == "searched" and (checkpoint is None or budget is None):
-        raise UserError("--schedule searched needs a shortcut checkpoint and --budget")
-    if schedule != "uniform" and method == "shortcut" and checkpoint is not None and budget is not None:
+    # auto: the searched placement when one is saved for the shortcut; searched: required, any method
+    if schedule == "searched" or (schedule == "auto" and method == "shortcut"):
         from migmcut.schedule_search import load_schedule
 
         n = steps if steps is not None else rec.sampler.steps
-        full_steps = load_schedule(checkpoint, n, budget)
-        if full_steps is None and schedule == "searched":
+        if checkpoint is not None and budget is not None:
+            full_steps = load_schedule(checkpoint, n, budget)
+        if schedule == "searched" and full_steps is None:
+            if checkpoint is None or budget is None:
+                raise UserError("--schedule searched needs a shortcut checkpoint and --budget")
             raise UserError(
                 f"no searched schedule for N={n}, B={budget} beside {checkpoint}: "
                 "run migmcut bench --search-schedule --store STORE --shortcut CKPT first"

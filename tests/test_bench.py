@@ -145,6 +145,7 @@ def test_generate_uses_a_searched_schedule_and_refuses_a_missing_one(trained, tm
     from migmcut.schedule_search import load_schedule
 
     searched = load_schedule(ck, 8, 3)
+    assert searched != budget_schedule(8, 3)  # else the checks below could not tell them apart
     res = runner.invoke(app, [*gen, "--budget", "3"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["base_calls"] == 3 and json.loads(res.stdout)["full_steps"] == searched
@@ -156,3 +157,8 @@ def test_generate_uses_a_searched_schedule_and_refuses_a_missing_one(trained, tm
     assert json.loads(runner.invoke(app, [*auto, "--budget", "5"]).stdout)["full_steps"] == budget_schedule(8, 5)
     uniform = runner.invoke(app, [*auto, "--budget", "3", "--schedule", "uniform"])
     assert json.loads(uniform.stdout)["full_steps"] == budget_schedule(8, 3)
+    # an explicit --schedule searched places the cache's full steps too; auto leaves the cache uniform
+    cache = runner.invoke(app, [*gen, "--budget", "3", "--method", "cache"])
+    assert json.loads(cache.stdout)["full_steps"] == searched
+    cache = runner.invoke(app, [*auto, "--budget", "3", "--method", "cache"])
+    assert json.loads(cache.stdout)["full_steps"] == budget_schedule(8, 3)
