@@ -52,23 +52,27 @@ def _print_rows(rows: list[dict], timing: dict, metrics: list[str]) -> None:
 def _print_rollout(errors: dict) -> None:
     from rich.table import Table
 
+    from migmcut import schedule_search as ss
+
     table = Table(title="rollout error on validation trajectories (k shortcut steps after a full step)",
                   title_justify="left")
     table.add_column("k", justify="right")
     for name in errors:
-        for m in ("mse", "cos", "top1"):
+        for m in ss.METRICS:
             table.add_column(f"{name} {m}", justify="right")
     steps = next(iter(errors.values())).steps
-    cols = {(n, m): e.by_k(m) for n, e in errors.items() for m in ("mse", "cos", "top1")}
+    cols = {(n, m): e.by_k(m) for n, e in errors.items() for m in ss.METRICS}
     for k in range(1, steps):
-        table.add_row(str(k), *[f"{cols[(n, m)][k - 1]:.4g}" for n in errors for m in ("mse", "cos", "top1")])
+        table.add_row(str(k), *[f"{cols[(n, m)][k - 1]:.4g}" for n in errors for m in ss.METRICS])
     console.print(table)
 
 
 def _print_schedules(results) -> None:
     from rich.table import Table
 
-    table = Table(title="searched schedules (objective: summed rollout MSE)", title_justify="left")
+    from migmcut import schedule_search as ss
+
+    table = Table(title=f"searched schedules (objective: {ss.OBJECTIVE_TEXT})", title_justify="left")
     for col in ("N", "B", "searched full steps", "objective", "uniform full steps", "objective "):
         table.add_column(col)
     for r in results:
@@ -185,7 +189,7 @@ def bench(
         errors = ss.rollout_errors(opened, val_idx, base, net.float(), device=dev)
         results = ss.search(errors["shortcut"], budget_values)
         path = ss.save_schedules(checkpoint, results, {"store": str(store), "val_trajectories": int(len(val_idx)),
-                                                       "objective": "summed rollout MSE over skipped steps"})
+                                                       "objective": ss.OBJECTIVE_TEXT})
         net.to(dtype=next(base.parameters()).dtype)
         return results, path, errors
 

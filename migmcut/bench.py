@@ -398,9 +398,9 @@ def rollout_png(errors: dict) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), dpi=100)
-    titles = {"mse": "MSE", "cos": "cosine", "top1": "next-step top-1 agreement"}
-    for j, m in enumerate(("mse", "cos", "top1")):
+    fig, axes = plt.subplots(2, 4, figsize=(16, 6.5), dpi=100)
+    titles = {"mse": "MSE", "cos": "cosine", "top1": "top-1 agreement (guided)", "kl": "KL (guided)"}
+    for j, m in enumerate(titles):
         for name, err in errors.items():
             one = err.one_step(m)
             axes[0, j].plot(range(len(one)), one, marker="o", label=name)
@@ -413,7 +413,7 @@ def rollout_png(errors: dict) -> bytes:
         for ax in axes[:, j]:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-            if m == "mse":
+            if m in ("mse", "kl"):
                 ax.set_yscale("log")
     fig.tight_layout()
     buf = io.BytesIO()

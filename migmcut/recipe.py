@@ -41,6 +41,7 @@ class ShortcutSection:
     ffn_mult: int = 2
     cross_attention: bool = True
     mask_ratio_embedding: bool = True
+    query_positions: bool = True
 
 
 @dataclass

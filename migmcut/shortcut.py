@@ -33,13 +33,14 @@ class ShortcutConfig:
     cross_attention: bool = True  # ablation switch: False drops the new-token cross-attention
     mask_ratio_embedding: bool = True  # ablation switch: False drops the r_t modulation
     attend_condition: bool = True  # also attend over the prompt tokens (text-conditioned bases)
+    query_positions: bool = True  # add the base's position embeddings to the features it updates
 
     @classmethod
     def from_recipe(cls, section, feature_dim: int) -> "ShortcutConfig":
         """The architecture a recipe's `shortcut` section asks for, on a base of `feature_dim` features."""
         return cls(feature_dim=feature_dim, ratio=section.ratio, n_block=section.n_block, heads=section.heads,
                    ffn_mult=section.ffn_mult, cross_attention=section.cross_attention,
-                   mask_ratio_embedding=section.mask_ratio_embedding)
+                   mask_ratio_embedding=section.mask_ratio_embedding, query_positions=section.query_positions)
 
     @property
     def width(self) -> int:
@@ -107,6 +108,8 @@ class Shortcut(nn.Module):
         D, w = cfg.feature_dim, cfg.width
         self.in_proj = nn.Linear(D, w)
         self.kv_proj = nn.Linear(D, w)
+        if cfg.query_positions:
+            self.pos_proj = nn.Linear(D, w)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_block))
         self.out = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, w), nn.GELU(), nn.LayerNorm(w))
         if cfg.mask_ratio_embedding:
@@ -125,8 +128,13 @@ class Shortcut(nn.Module):
         mask_ratio: torch.Tensor,  # (B,) fraction of positions still masked after those tokens
         cond_emb: torch.Tensor | None = None,  # (B, P, D) prompt token embeddings
         cond_mask: torch.Tensor | None = None,  # (B, P) bool (None: attend to every position)
+        query_pos: torch.Tensor | None = None,  # (L, D) the base's position embeddings of the grid
     ) -> torch.Tensor:
         x = self.in_proj(h)
+        if self.config.query_positions:
+            if query_pos is None:
+                raise ValueError("this shortcut reads the base's position embeddings: pass query_pos")
+            x = x + self.pos_proj(query_pos.to(x.dtype))
         ctx, ctx_mask = new_emb, new_mask
         if cond_emb is not None and self.config.attend_condition:
             if cond_mask is None:
@@ -180,7 +188,8 @@ def load_shortcut(directory: str | Path, base=None) -> tuple[Shortcut, dict]:
         raise CheckpointError(f"{directory} is not a shortcut checkpoint (needs shortcut.safetensors and config.json)")
     try:
         meta = json.loads(config.read_text())
-        model = Shortcut(ShortcutConfig(**meta["shortcut"]))
+        # checkpoints from before `query_positions` existed were trained without them
+        model = Shortcut(ShortcutConfig(**{"query_positions": False, **meta["shortcut"]}))
         model.load_state_dict(load_file(weights))
     except (ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
         raise CheckpointError(f"{directory}: unreadable shortcut checkpoint ({type(err).__name__}: {err})") from None

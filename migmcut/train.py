@@ -4,7 +4,10 @@
 
 Loss: MSE between predicted and recorded h_{t+1} over the positions still masked after step t
 (what the next step's logits are read from), plus an optional KL between the base head's
-softmax of the true and the predicted features at temperature T. AdamW, linear warm-up then
+softmax of the true and the predicted features at temperature T. `step_balance` (alpha) divides
+each pair's MSE by (the cache's MSE on it)^alpha, so late steps, whose features move ~30x less,
+are not drowned out by early ones. `unroll` (k) chains k shortcut calls from the recorded h_t,
+each from the previous prediction as at generation time, and averages the k losses. AdamW, linear warm-up then
 cosine decay to `min_lr_ratio`, gradient clipping, an EMA of the weights (the EMA is what is
 exported). Validation compares against copying h_t forward (the cache): `val_mse_identity`.
 
@@ -43,6 +46,8 @@ class TrainConfig:
     ema: float = 0.999
     grad_clip: float = 1.0
     kl_weight: float = 0.0
+    step_balance: float = 0.0  # alpha: each pair's MSE is divided by (its cache MSE)^alpha (1: late steps count as much as early ones)
+    unroll: int = 1  # chain this many shortcut steps from the recorded h_t, as at generation, and average their losses
     kl_temperature: float = 1.0
     val_fraction: float = 0.05
     val_every: int = 500
@@ -53,11 +58,13 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        for name in ("max_steps", "batch_size", "val_every", "checkpoint_every", "buffer"):
+        for name in ("max_steps", "batch_size", "val_every", "checkpoint_every", "buffer", "unroll"):
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise UserError(f"--lr must be > 0, got {self.lr}")
+        if not 0 <= self.step_balance <= 1:
+            raise UserError(f"train.step_balance must be in [0, 1], got {self.step_balance}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"train.val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -89,6 +96,7 @@ class ShortcutInputs:
             new_emb = (base.embed_tokens(ids) + base.embed_positions(pos)).float()
             cond = self.conditions(batch["condition"], batch["branch"])
             cond_emb = base.embed_conditions(cond).float()
+            query_pos = base.grid_position_embeddings().float()
         return dict(
             h=batch["h"].to(dev),
             new_emb=new_emb,
@@ -96,12 +104,39 @@ class ShortcutInputs:
             mask_ratio=batch["mask_ratio"].to(dev),
             cond_emb=cond_emb,
             cond_mask=base.condition_mask(cond),
+            query_pos=query_pos,
         )
+
+
+class Rollout(torch.nn.Module):
+    """The shortcut chained over consecutive steps, each from the previous prediction (one module, for DDP)."""
+
+    def __init__(self, net: Shortcut):
+        super().__init__()
+        self.net = net
+
+    def forward(self, steps: list[dict]) -> list[torch.Tensor]:
+        preds, h = [], steps[0]["h"]
+        for x in steps:
+            h = self.net(**{**x, "h": h})
+            preds.append(h)
+        return preds
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     per_pos = (pred - target).pow(2).mean(-1)
     return (per_pos * mask).sum() / mask.sum().clamp_min(1)
+
+
+def balanced_mse(pred, target, h, mask, alpha: float) -> torch.Tensor:
+    """Mean over pairs of MSE / (the cache's MSE)^alpha: alpha 0 is plain MSE; 1 weighs every step's relative error alike."""
+    if alpha == 0:
+        return masked_mse(pred, target, mask)
+    count = mask.sum(1).clamp_min(1)
+    err = ((pred - target).pow(2).mean(-1) * mask).sum(1) / count
+    base = ((h - target).pow(2).mean(-1) * mask).sum(1) / count
+    keep = mask.any(1)
+    return (err / base.clamp_min(1e-8).pow(alpha))[keep].mean()
 
 
 def head_kl(base, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, temperature: float):
@@ -248,11 +283,15 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> 
             raise CheckpointError(f"--resume: {out} does not match this shortcut architecture ({err})") from None
         step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    rollout = Rollout(model)
+    ddp = torch.nn.parallel.DistributedDataParallel(rollout) if world > 1 else rollout
     train_idx, val_idx = store.split(cfg.val_fraction, seed=cfg.seed)
     if len(val_idx) == 0 or len(train_idx) == 0:
         raise StoreError(f"{store_url}: too few trajectories for a train/val split at val_fraction {cfg.val_fraction}")
-    data = PairDataset(store, train_idx, seed=cfg.seed + step, epochs=None, buffer=cfg.buffer, rank=rank, world=world)
+    if cfg.unroll >= store.steps:
+        raise UserError(f"train.unroll must be below the store's step count ({store.steps}), got {cfg.unroll}")
+    data = PairDataset(store, train_idx, seed=cfg.seed + step, epochs=None, buffer=cfg.buffer, rank=rank, world=world,
+                       window=cfg.unroll)
     loader = iter(pair_loader(data, cfg.batch_size, cfg.num_workers))
     val_data = PairDataset(store, val_idx, seed=cfg.seed, shuffle=True, buffer=cfg.buffer, rank=0, world=1)
     inputs = ShortcutInputs(base, device)
@@ -268,14 +307,15 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> 
     t0, pairs_seen, start_step = time.perf_counter(), 0, step
     while step < cfg.max_steps:
         batch = next(loader)
-        x = inputs(batch)
-        target = batch["h_next"].to(device)
-        mask = batch["loss_mask"].to(device)
-        pred = ddp(**x)
-        loss = masked_mse(pred, target, mask)
-        if cfg.kl_weight > 0:
-            kl, _ = head_kl(base, pred, target, mask, cfg.kl_temperature)
-            loss = loss + cfg.kl_weight * kl
+        window = batch if isinstance(batch, list) else [batch]
+        xs = [inputs(b) for b in window]
+        loss = 0.0
+        for b, x, pred in zip(window, xs, ddp(xs)):
+            target, mask = b["h_next"].to(device), b["loss_mask"].to(device)
+            loss = loss + balanced_mse(pred, target, x["h"], mask, cfg.step_balance) / len(window)
+            if cfg.kl_weight > 0:
+                kl, _ = head_kl(base, pred, target, mask, cfg.kl_temperature)
+                loss = loss + cfg.kl_weight * kl / len(window)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
@@ -287,7 +327,7 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> 
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - d)
         step += 1
-        pairs_seen += len(pred) * world
+        pairs_seen += len(pred) * len(window) * world
         if log is not None and rank == 0:
             log(step, {"loss": loss.item(), "pairs_per_s": pairs_seen / (time.perf_counter() - t0)})
         last = step == cfg.max_steps

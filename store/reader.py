@@ -6,7 +6,9 @@
     loader = pair_loader(data, batch_size=64, num_workers=2)
     for batch in loader: ...                               # dicts, see `collate_pairs`
 
-A pair (trajectory i, branch b, step t), for t = 0 .. steps-2:
+A pair (trajectory i, branch b, step t), for t = 0 .. steps-2 (with `window=k`, an item is
+instead the list of the k consecutive pairs t .. t+k-1 of one trajectory and branch, for
+unrolled training, and a batch is the list of their k batches):
     h          (L, D) float32   features at step t (input of step t's head)
     h_next     (L, D) float32   features at step t+1 (the regression target)
     new_ids    (M,)   int64     token ids fixed at step t (tokens[i][order[i] == t])
@@ -173,12 +175,13 @@ class PairDataset(IterableDataset):
     buffer: trajectories held at once (pairs are drawn at random across them);
     branches: which CFG branches (default all); rank/world: DDP sharding (default: from
     torch.distributed when initialized); even: with world > 1, drop the permutation's tail so
-    every rank gets as many trajectories (and so as many pairs) per epoch.
+    every rank gets as many trajectories (and so as many pairs) per epoch; window: yield runs of
+    this many consecutive pairs (starting steps 0 .. steps-1-window).
     """
 
     def __init__(self, store, indices=None, *, seed: int = 0, epoch: int = 0, epochs: int | None = 1,
                  shuffle: bool = True, buffer: int = 16, branches=None, rank: int | None = None,
-                 world: int | None = None, even: bool = True):
+                 world: int | None = None, even: bool = True, window: int = 1):
         super().__init__()
         opened = store if isinstance(store, TrajectoryStore) else TrajectoryStore(store)
         self.url = opened.url
@@ -187,6 +190,9 @@ class PairDataset(IterableDataset):
         self.branches = tuple(range(opened.branches)) if branches is None else tuple(int(b) for b in branches)
         if any(not 0 <= b < opened.branches for b in self.branches):
             raise UserError(f"branches {self.branches}: the store has {opened.branches}")
+        if not 1 <= window < opened.steps:
+            raise UserError(f"window must be between 1 and {opened.steps - 1} steps, got {window}")
+        self.window = window
         if buffer < 1:
             raise UserError(f"buffer must be >= 1 trajectory, got {buffer}")
         if rank is None or world is None:
@@ -210,7 +216,7 @@ class PairDataset(IterableDataset):
 
     @property
     def pairs_per_trajectory(self) -> int:
-        return len(self.branches) * (self.steps - 1)
+        return len(self.branches) * (self.steps - self.window)
 
     def rank_indices(self, epoch: int) -> np.ndarray:
         """This rank's trajectories in epoch `epoch`, in reading order (before worker sharding)."""
@@ -245,7 +251,7 @@ class PairDataset(IterableDataset):
         def load():
             for i in todo:
                 raw = store.read_raw(i)
-                pairs = [(b, t) for b in self.branches for t in range(self.steps - 1)]
+                pairs = [(b, t) for b in self.branches for t in range(self.steps - self.window)]
                 if self.shuffle:
                     rng.shuffle(pairs)
                 else:
@@ -263,7 +269,7 @@ class PairDataset(IterableDataset):
                 j = 0
             traj, pairs = active[j]
             b, t = pairs.pop()
-            yield traj.pair(b, t)
+            yield traj.pair(b, t) if self.window == 1 else [traj.pair(b, t + j) for j in range(self.window)]
             if not pairs:
                 item = load()
                 if item is None:
@@ -299,8 +305,13 @@ class _Prepared:
         }
 
 
-def collate_pairs(pairs: list[dict]) -> dict:
-    """Stack pairs into a batch; new_ids/new_pos are padded to the batch's largest M with new_mask."""
+def collate_pairs(pairs: list) -> dict | list[dict]:
+    """Stack pairs into a batch; new_ids/new_pos are padded to the batch's largest M with new_mask.
+
+    Windows (lists of k consecutive pairs) become the list of k batches, one per window position.
+    """
+    if pairs and isinstance(pairs[0], list):
+        return [collate_pairs([w[j] for w in pairs]) for j in range(len(pairs[0]))]
     B = len(pairs)
     M = max((len(p["new_ids"]) for p in pairs), default=0)
     new_ids = torch.zeros(B, M, dtype=torch.long)

@@ -75,6 +75,29 @@ def test_rollout_errors_shapes_and_identity_baseline(store, debug_base):
     np.testing.assert_allclose(same["shortcut"].mse, same["cache"].mse, rtol=1e-5, equal_nan=True)
 
 
+def test_rollout_kl_is_of_the_guided_distribution_the_sampler_draws_from(store, debug_base):
+    N = store.steps
+    idx = store.complete_indices()[:3]
+    errors = ss.rollout_errors(store, idx, debug_base, perturbed_shortcut(debug_base))
+    for err in errors.values():
+        finite = np.isfinite(err.kl)
+        assert (err.kl[finite] >= -1e-6).all() and np.isnan(err.kl[N - 1, 1])
+    # recomputed by hand for one (s, k): CFG-guided logits at step s + k over the masked positions
+    s, k = 1, 2
+    sampler = store.recipe().sampler
+    w = sampler.cfg_weight(s + k)
+    kl_sum, count = 0.0, 0
+    for i in idx:
+        traj = store.read(int(i))
+        feats, mask = traj["features"], traj["order"] >= s + k
+        guided = lambda f: (1 + w) * debug_base.head(f[0]) - w * debug_base.head(f[1])  # noqa: E731
+        true = torch.log_softmax(guided(feats[:, s + k])[mask] / sampler.temperature, -1)
+        cache = torch.log_softmax(guided(feats[:, s])[mask] / sampler.temperature, -1)
+        kl_sum += (true.exp() * (true - cache)).sum().item()
+        count += int(mask.sum())
+    assert errors["cache"].kl[s, k] == pytest.approx(kl_sum / count, rel=1e-4)
+
+
 def test_saved_schedules_round_trip_and_go_stale_with_new_weights(store, debug_base, tmp_path):
     net = perturbed_shortcut(debug_base)
     ck = tmp_path / "ck"

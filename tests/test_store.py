@@ -213,6 +213,25 @@ def test_trajectory_store_metadata_and_split(store_dir):
         s.split(1.5)
 
 
+def test_windows_are_runs_of_consecutive_pairs_of_one_trajectory_and_branch(store_dir):
+    """`window=k` (unrolled training): each item is the k pairs t .. t+k-1 of one trajectory and branch."""
+    s = TrajectoryStore(store_dir)
+    N, k = s.steps, 3
+    data = PairDataset(s, seed=0, window=k)
+    windows = list(data)
+    assert len(windows) == len(data) == NUM * 2 * (N - k)
+    for w in windows:
+        assert len(w) == k and len({(p["index"], p["branch"]) for p in w}) == 1
+        assert [p["step"] for p in w] == list(range(w[0]["step"], w[0]["step"] + k))
+        for a, b in zip(w, w[1:]):
+            assert torch.equal(a["h_next"], b["h"])
+    batches = collate_pairs(windows[:5])
+    assert len(batches) == k and all(b["h"].shape[0] == 5 for b in batches)
+    assert torch.equal(batches[1]["step"], batches[0]["step"] + 1)
+    with pytest.raises(Exception, match="window"):
+        PairDataset(s, window=N)
+
+
 def test_pairs_are_consistent_with_the_recorded_run(store_dir):
     s = TrajectoryStore(store_dir)
     N = s.steps

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -38,6 +39,52 @@ def test_train_beats_the_cache_and_writes_a_loadable_checkpoint(store, tmp_path,
     model, meta = load_shortcut(tmp_path / "ck", debug_base)
     assert meta["base_fingerprint"] == debug_base.fingerprint and meta["step"] == 60
     assert meta["summary"]["val_mse"] == pytest.approx(result["val_mse"], rel=1e-3)
+
+
+def test_unrolled_balanced_training_beats_the_cache_over_chained_calls(store, tmp_path, debug_base):
+    """train.unroll chains shortcut calls from its own predictions, as generation does."""
+    from migmcut import schedule_search as ss
+
+    res = train("--store", str(store), "--out", str(tmp_path / "ck"), "--max-steps", "60", "--json",
+                "--set", "train.unroll=3", "--set", "train.step_balance=1")
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert result["steps"] == 60 and result["val_mse"] < result["val_mse_identity"]
+    model, meta = load_shortcut(tmp_path / "ck", debug_base)
+    assert meta["train"]["unroll"] == 3
+    from migmcut.store.reader import TrajectoryStore
+
+    opened = TrajectoryStore(store)
+    errors = ss.rollout_errors(opened, opened.complete_indices()[:4], debug_base, model)
+    two_step = lambda e: np.nanmean(e.mse[:, 2])  # noqa: E731
+    assert two_step(errors["shortcut"]) < two_step(errors["cache"])
+
+
+def test_balanced_mse_weighs_every_pair_by_its_cache_error():
+    from migmcut.train import balanced_mse, masked_mse
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 5, 4, generator=g)
+    target = h + torch.tensor([1.0, 0.1, 0.01])[:, None, None] * torch.randn(3, 5, 4, generator=g)
+    pred = h + 0.5 * (target - h)  # every pair a quarter of its cache error
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[2, 3:] = False
+    assert balanced_mse(pred, target, h, mask, 0.0) == pytest.approx(masked_mse(pred, target, mask).item())
+    assert balanced_mse(pred, target, h, mask, 1.0).item() == pytest.approx(0.25, rel=1e-5)
+    mask[1] = False  # a pair with nothing left to predict does not count
+    assert balanced_mse(pred, target, h, mask, 1.0).item() == pytest.approx(0.25, rel=1e-5)
+
+
+def test_a_checkpoint_from_before_query_positions_still_loads(tmp_path, debug_base):
+    from migmcut.shortcut import Shortcut, ShortcutConfig
+
+    old = Shortcut(ShortcutConfig(feature_dim=debug_base.feature_dim, heads=2, query_positions=False))
+    old.save(tmp_path / "ck", {"base_fingerprint": debug_base.fingerprint})
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    del config["shortcut"]["query_positions"]
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(config))
+    model, _ = load_shortcut(tmp_path / "ck", debug_base)
+    assert model.config.query_positions is False and not hasattr(model, "pos_proj")
 
 
 def test_a_bf16_base_trains_the_same_shortcut_checkpoint_format(store, tmp_path, debug_base):
@@ -85,6 +132,8 @@ def test_resume_continues_from_the_saved_step(store, tmp_path):
         (lambda s, t: ["--store", str(s), "--out", str(t / "o"), "--set", "base.init_seed=7"], "recorded with base"),
         (lambda s, t: ["--store", str(s), "--out", str(t / "o"), "--max-steps", "0"], "max-steps must be >= 1"),
         (lambda s, t: ["--store", str(s), "--out", str(t / "o"), "--lr", "-1"], "--lr must be > 0"),
+        (lambda s, t: ["--store", str(s), "--out", str(t / "o"), "--set", "train.unroll=99"], "train.unroll must be below"),
+        (lambda s, t: ["--store", str(s), "--out", str(t / "o"), "--set", "train.step_balance=2"], "step_balance must be in"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(store, tmp_path, make_args, message):

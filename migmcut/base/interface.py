@@ -59,6 +59,10 @@ class BaseModel(torch.nn.Module):
     def embed_conditions(self, cond: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def grid_position_embeddings(self) -> torch.Tensor:
+        """(L, D): the position embeddings of every grid position in raster order (the shortcut's queries)."""
+        return self.embed_positions(torch.arange(self.num_tokens, device=self.device))
+
     def condition_mask(self, cond: torch.Tensor) -> torch.Tensor | None:
         """(B, P) bool: the condition positions the shortcut may attend to (None: all of them)."""
         return None
