@@ -33,7 +33,7 @@ class ShortcutConfig:
     cross_attention: bool = True  # ablation switch: False drops the new-token cross-attention
     mask_ratio_embedding: bool = True  # ablation switch: False drops the r_t modulation
     attend_condition: bool = True  # also attend over the prompt tokens (text-conditioned bases)
-    query_positions: bool = True  # add the base's position embeddings to the features it updates
+    query_positions: bool = False  # add the base's position embeddings to the features it updates
 
     @classmethod
     def from_recipe(cls, section, feature_dim: int) -> "ShortcutConfig":
@@ -188,8 +188,7 @@ def load_shortcut(directory: str | Path, base=None) -> tuple[Shortcut, dict]:
         raise CheckpointError(f"{directory} is not a shortcut checkpoint (needs shortcut.safetensors and config.json)")
     try:
         meta = json.loads(config.read_text())
-        # checkpoints from before `query_positions` existed were trained without them
-        model = Shortcut(ShortcutConfig(**{"query_positions": False, **meta["shortcut"]}))
+        model = Shortcut(ShortcutConfig(**meta["shortcut"]))  # configs without query_positions: off
         model.load_state_dict(load_file(weights))
     except (ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
         raise CheckpointError(f"{directory}: unreadable shortcut checkpoint ({type(err).__name__}: {err})") from None

@@ -42,16 +42,21 @@ def test_train_beats_the_cache_and_writes_a_loadable_checkpoint(store, tmp_path,
 
 
 def test_unrolled_balanced_training_beats_the_cache_over_chained_calls(store, tmp_path, debug_base):
-    """train.unroll chains shortcut calls from its own predictions, as generation does."""
+    """train.unroll chains shortcut calls from its own predictions, as generation does; a shortcut
+    with query positions trains, rolls out and generates."""
     from migmcut import schedule_search as ss
 
     res = train("--store", str(store), "--out", str(tmp_path / "ck"), "--max-steps", "60", "--json",
-                "--set", "train.unroll=3", "--set", "train.step_balance=1")
+                "--set", "train.unroll=3", "--set", "train.step_balance=1", "--set", "shortcut.query_positions=true")
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     assert result["steps"] == 60 and result["val_mse"] < result["val_mse_identity"]
     model, meta = load_shortcut(tmp_path / "ck", debug_base)
-    assert meta["train"]["unroll"] == 3
+    assert meta["train"]["unroll"] == 3 and model.config.query_positions
+    gen = runner.invoke(app, ["generate", "--recipe", "debug", "--device", "cpu", "--prompt", "a large red circle",
+                              "--shortcut", str(tmp_path / "ck"), "--budget", "2", "--out", str(tmp_path / "img"), "--json"])
+    assert gen.exit_code == 0, gen.output
+    assert json.loads(gen.stdout)["shortcut_calls"] > 0
     from migmcut.store.reader import TrajectoryStore
 
     opened = TrajectoryStore(store)
