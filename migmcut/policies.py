@@ -63,9 +63,10 @@ class BudgetPolicy:
         emb = emb.repeat(branches, 1, 1).to(self.features.dtype)
         new_mask = torch.ones(emb.shape[:2], dtype=torch.bool, device=emb.device)
         ratio = torch.full((emb.shape[0],), state.mask_ratio, device=emb.device)
+        wants_pos = self.shortcut.config.query_positions
         return self.shortcut(
             self.features, emb, new_mask, ratio,
             cond_emb=base.embed_conditions(state.cond),
             cond_mask=base.condition_mask(state.cond),
-            query_pos=base.grid_position_embeddings().to(self.features.dtype),
+            query_pos=base.grid_position_embeddings().to(self.features.dtype) if wants_pos else None,
         )

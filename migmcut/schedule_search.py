@@ -110,6 +110,7 @@ def rollout_errors(store, indices, base, shortcut=None, *, device="cpu", chunk: 
         raise UserError("no validation trajectories to measure rollout errors on: record more or raise the val fraction")
     net = None if shortcut is None else shortcut.to(device=device, dtype=torch.float32).eval()
     sampler = store.recipe().sampler
+    query_pos = base.grid_position_embeddings().to(device=device, dtype=torch.float32)
     for lo in range(0, len(indices), chunk):
         trajs = [store.read(i) for i in indices[lo : lo + chunk]]
         feats = torch.stack([t["features"] for t in trajs]).to(device)  # (n, br, N, L, D)
@@ -123,7 +124,6 @@ def rollout_errors(store, indices, base, shortcut=None, *, device="cpu", chunk: 
         cond_emb = base.embed_conditions(cond).to(device=device, dtype=torch.float32)
         cond_mask = base.condition_mask(cond)
         cond_mask = None if cond_mask is None else cond_mask.to(device)
-        query_pos = base.grid_position_embeddings().to(device=device, dtype=torch.float32)
         steps_in = []
         for t in range(N - 1):
             ids, pos, valid = _new_tokens(tokens, order, t)

@@ -46,7 +46,7 @@ class TrainConfig:
     ema: float = 0.999
     grad_clip: float = 1.0
     kl_weight: float = 0.0
-    step_balance: float = 0.0  # alpha: each pair's MSE is divided by (its cache MSE)^alpha (1: late steps count as much as early ones)
+    step_balance: float = 0.0  # alpha: each pair's MSE / (its cache MSE)^alpha (1: late steps count like early ones)
     unroll: int = 1  # chain this many shortcut steps from the recorded h_t, as at generation, and average their losses
     kl_temperature: float = 1.0
     val_fraction: float = 0.05
@@ -81,7 +81,8 @@ class ShortcutInputs:
 
     def __init__(self, base, device):
         self.base, self.device = base, device
-        self._cond: dict = {}
+        with torch.no_grad():
+            self.query_pos = base.grid_position_embeddings().float().to(device)  # the same for every batch
 
     def conditions(self, conditions: list, branch: torch.Tensor) -> torch.Tensor:
         cond = self.base.encode_conditions(list(conditions))
@@ -96,7 +97,6 @@ class ShortcutInputs:
             new_emb = (base.embed_tokens(ids) + base.embed_positions(pos)).float()
             cond = self.conditions(batch["condition"], batch["branch"])
             cond_emb = base.embed_conditions(cond).float()
-            query_pos = base.grid_position_embeddings().float()
         return dict(
             h=batch["h"].to(dev),
             new_emb=new_emb,
@@ -104,7 +104,7 @@ class ShortcutInputs:
             mask_ratio=batch["mask_ratio"].to(dev),
             cond_emb=cond_emb,
             cond_mask=base.condition_mask(cond),
-            query_pos=query_pos,
+            query_pos=self.query_pos,
         )
 
 
@@ -129,7 +129,8 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 
 def balanced_mse(pred, target, h, mask, alpha: float) -> torch.Tensor:
-    """Mean over pairs of MSE / (the cache's MSE)^alpha: alpha 0 is plain MSE; 1 weighs every step's relative error alike."""
+    """Mean over pairs of MSE / (the cache's MSE)^alpha; 1 weighs every step's relative error alike.
+    alpha 0 is `masked_mse` (pooled over positions, as without balancing)."""
     if alpha == 0:
         return masked_mse(pred, target, mask)
     count = mask.sum(1).clamp_min(1)
@@ -327,7 +328,7 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> 
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - d)
         step += 1
-        pairs_seen += len(pred) * len(window) * world
+        pairs_seen += len(window[0]["h"]) * len(window) * world
         if log is not None and rank == 0:
             log(step, {"loss": loss.item(), "pairs_per_s": pairs_seen / (time.perf_counter() - t0)})
         last = step == cfg.max_steps
