@@ -110,7 +110,7 @@ def rollout_errors(store, indices, base, shortcut=None, *, device="cpu", chunk: 
         raise UserError("no validation trajectories to measure rollout errors on: record more or raise the val fraction")
     net = None if shortcut is None else shortcut.to(device=device, dtype=torch.float32).eval()
     sampler = store.recipe().sampler
-    query_pos = base.grid_position_embeddings().to(device=device, dtype=torch.float32)
+    inputs = ShortcutInputs(base, device)  # looks up the grid position embeddings once
     for lo in range(0, len(indices), chunk):
         trajs = [store.read(i) for i in indices[lo : lo + chunk]]
         feats = torch.stack([t["features"] for t in trajs]).to(device)  # (n, br, N, L, D)
@@ -120,7 +120,7 @@ def rollout_errors(store, indices, base, shortcut=None, *, device="cpu", chunk: 
         order = torch.stack([t["order"] for t in trajs]).repeat_interleave(br, 0)
         conds = [t["condition"] for t in trajs for _ in range(br)]
         branch = torch.arange(br).repeat(n)
-        cond = ShortcutInputs(base, device).conditions(conds, branch)
+        cond = inputs.conditions(conds, branch)
         cond_emb = base.embed_conditions(cond).to(device=device, dtype=torch.float32)
         cond_mask = base.condition_mask(cond)
         cond_mask = None if cond_mask is None else cond_mask.to(device)
@@ -141,7 +141,7 @@ def rollout_errors(store, indices, base, shortcut=None, *, device="cpu", chunk: 
                     continue
                 if net is not None:
                     emb, valid, ratio = steps_in[t - 1]
-                    h_sc = net(h_sc, emb, valid, ratio, cond_emb, cond_mask, query_pos)
+                    h_sc = net(h_sc, emb, valid, ratio, cond_emb, cond_mask, inputs.query_pos)
                 true_logp = _sampler_logp(base, target, mask, br, sampler, t)
                 true_top = true_logp.argmax(-1)
                 preds = {"cache": feats[:, s]}

@@ -269,7 +269,7 @@ class PairDataset(IterableDataset):
                 j = 0
             traj, pairs = active[j]
             b, t = pairs.pop()
-            yield traj.pair(b, t) if self.window == 1 else [traj.pair(b, t + j) for j in range(self.window)]
+            yield traj.pair(b, t) if self.window == 1 else [traj.pair(b, t + d) for d in range(self.window)]
             if not pairs:
                 item = load()
                 if item is None:

@@ -65,6 +65,24 @@ def test_unrolled_balanced_training_beats_the_cache_over_chained_calls(store, tm
     assert two_step(errors["shortcut"]) < two_step(errors["cache"])
 
 
+def test_rollout_chains_each_call_from_the_previous_prediction():
+    """train.unroll's module: call j reads call j-1's output, not the recorded h of its own step."""
+    from migmcut.shortcut import Shortcut, ShortcutConfig
+    from migmcut.train import Rollout
+
+    torch.manual_seed(0)
+    net = Shortcut(ShortcutConfig(feature_dim=8, heads=2)).eval()
+    torch.nn.init.normal_(net.out_proj.weight)  # an untrained shortcut is the identity: chaining would not show
+    steps = [dict(h=torch.randn(2, 6, 8), new_emb=torch.randn(2, 3, 8), new_mask=torch.ones(2, 3, dtype=torch.bool),
+                  mask_ratio=torch.full((2,), r)) for r in (0.8, 0.5, 0.2)]
+    preds = Rollout(net)(steps)
+    expect = steps[0]["h"]
+    for x, got in zip(steps, preds):
+        expect = net(**{**x, "h": expect})
+        torch.testing.assert_close(got, expect)
+    assert not torch.allclose(preds[1], net(**steps[1]))  # not from the recorded h of step 1
+
+
 def test_balanced_mse_weighs_every_pair_by_its_cache_error():
     from migmcut.train import balanced_mse, masked_mse
 
