@@ -7,6 +7,7 @@ budget on the store's validation trajectories and save it beside the shortcut ch
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -23,23 +24,38 @@ def _short(name: str) -> str:
     return name.replace("_accuracy", " acc").replace("prompt acc", "prompt")
 
 
-def _print_rows(rows: list[dict], timing: dict, metrics: list[str]) -> None:
-    """The table shows each metric's main figure; bench.json / bench.csv hold them all."""
+def _print_rows(rows: list[dict], timing: dict, metrics: list[str], compared: list[str]) -> None:
+    """The table shows each metric's main figure (with its interval); bench.json / bench.csv hold them all."""
     from rich.table import Table
 
     table = Table(title="migmcut bench", title_justify="left")
-    for col in ("configuration", "base calls", "s / image", "speedup", "bound"):
-        table.add_column(col, justify="left" if col == "configuration" else "right")
+    for col in ("configuration", "base calls", "s / image", "speedup", "front", "front speedup", "ceiling", "bound"):
+        table.add_column(col, justify="left" if col in ("configuration", "front") else "right")
     for m in metrics:
         table.add_column(_short(m), justify="right")
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+
+    def quality(r, m):
+        iv = r.get("interval", {}).get(m)
+        text = fmt(r["quality"].get(m), ".3f" if m.endswith("accuracy") else ".4g")
+        return text if not iv else f"{text} [{iv[0]:.3g}, {iv[1]:.3g}]"
+
     for r in rows:
+        front = r.get("front_vanilla")
         table.add_row(
             r["label"] + (" *" if r.get("images") == "store" else ""), str(r["base_calls"]),
-            fmt(r["seconds_per_image"], ".4f"), fmt(r["speedup"], ".2f") + "x", fmt(r.get("bound"), ".2f"),
-            *[fmt(r["quality"].get(m), ".3f") for m in metrics],
+            fmt(r["seconds_per_image"], ".4f"), fmt(r["speedup"], ".2f") + "x",
+            "-" if front is None else (">" if r.get("front_beyond") else "") + front,
+            "-" if r.get("front_speedup") is None else fmt(r["front_speedup"], ".2f") + "x",
+            fmt(r.get("ceiling"), ".2f"), fmt(r.get("bound"), ".2f"), *[quality(r, m) for m in metrics],
         )
-    console.print(table)
+    from rich.console import Console
+
+    (console if console.is_terminal else Console(file=console.file, width=220)).print(table)  # off a terminal: unwrapped
+    if compared:
+        console.print(f"front: the fastest vanilla at least as good on {' and '.join(compared)} (a tie inside the "
+                      "paired bootstrap interval counts); ceiling: the front speedup at vanilla-N's quality; "
+                      "> : better than every vanilla run")
     if timing:
         console.print(
             f"c = {timing['c']:.3f} (shortcut call {timing['shortcut_s'] * 1e3:.2f} ms / base forward "
@@ -82,7 +98,6 @@ def _print_schedules(results) -> None:
 
 
 def _open_store(url: str, base, recipe, steps: int):
-    import dataclasses
 
     from migmcut.errors import StoreError
     from migmcut.store.reader import TrajectoryStore
@@ -106,13 +121,14 @@ def bench(
     shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory (default: the recipe's).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps N (default: the recipe's bench.steps or sampler.steps).")] = None,
     budgets: Annotated[Optional[str], typer.Option(help="Full-step budgets B, comma-separated, e.g. 2,4,8.")] = None,
-    methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of vanilla,cache,shortcut (vanilla-N always runs).")] = None,
-    prompts: Annotated[Optional[Path], typer.Option(help="Text file, one prompt a line (default: the recipe's bench prompts).")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of vanilla,cache,shortcut (vanilla always runs: it is the front).")] = None,
+    vanilla_steps: Annotated[Optional[str], typer.Option(help="Vanilla step counts for the front, comma-separated, each in [1, N] (default: N and every budget, then whatever the front needs).")] = None,
+    prompts: Annotated[Optional[str], typer.Option(help="Text file, one prompt a line, or bench-set / selection-set (tiny-shapes' shipped held-out sets; default: the recipe's bench.prompts).")] = None,
     classes: Annotated[Optional[str], typer.Option(help="Class ids, comma-separated (class-conditional bases).")] = None,
     num_samples: Annotated[Optional[int], typer.Option(help="Images per configuration (prompts are cycled).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Sampler batch size, the same for every configuration.")] = None,
     repeats: Annotated[Optional[int], typer.Option(help="Timed repeats per configuration (median reported).")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="Shortcut full-step placement: uniform, searched or both.")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="Shortcut full-step placement: auto (as generate: searched where saved beside the shortcut, else uniform), uniform, searched or both.")] = None,
     metrics: Annotated[Optional[str], typer.Option(help="Comma-separated metrics (default: by base kind).")] = None,
     store: Annotated[Optional[str], typer.Option(help="Trajectory store: recorded rollouts as the vanilla-N reference, plus a rollout-error report.")] = None,
     search_schedule: Annotated[bool, typer.Option("--search-schedule", help="Only search schedules on --store's validation trajectories and save them beside the shortcut.")] = False,
@@ -140,7 +156,8 @@ def bench(
     budget_list = lib.parse_int_list(budgets, "--budgets") if budgets is not None else list(cfg.budgets)
     method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else list(cfg.methods)
     mode = schedule or cfg.schedule
-    lib.check_plan(N, budget_list, method_list, mode)
+    front_steps = lib.parse_int_list(vanilla_steps, "--vanilla-steps") if vanilla_steps is not None else cfg.vanilla_steps
+    lib.check_plan(N, budget_list, method_list, mode, front_steps)
     bs = batch_size if batch_size is not None else (cfg.batch_size or rec.generate.batch_size)
     reps = repeats if repeats is not None else cfg.repeats
     for name, value, low in (("--batch-size", bs, 1), ("--repeats", reps, 1), ("--num-samples", num_samples, 1)):
@@ -152,7 +169,9 @@ def bench(
         raise UserError("--store takes its prompts and seeds from the store: drop --prompts / --classes")
     if search_schedule and store is None:
         raise UserError("--search-schedule needs --store STORE (validation trajectories to measure rollout errors on)")
-    file_prompts = lib.read_prompts_file(prompts) if prompts is not None else None
+    file_prompts = None
+    if prompts is not None:
+        file_prompts = lib.default_prompts(dataclasses.replace(rec, bench=dataclasses.replace(cfg, prompts=prompts)))
     class_ids = lib.parse_int_list(classes, "--classes") if classes is not None else None
     metric_names = ([m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None
                     else list(cfg.metrics) or default_metric_names(rec.base.kind))
@@ -204,7 +223,7 @@ def bench(
 
     searched: dict[int, list[int]] = {}
     errors = None
-    if "shortcut" in method_list and mode in ("searched", "both"):
+    if "shortcut" in method_list and mode in ("auto", "searched", "both"):
         missing = []
         for B in budget_list:
             full = ss.load_schedule(checkpoint, N, B)
@@ -212,13 +231,13 @@ def bench(
                 missing.append(B)
             else:
                 searched[B] = full
-        if missing:
+        if missing and mode != "auto":
             if opened is None:
                 raise UserError(f"no searched schedule for N={N}, B={','.join(map(str, missing))} in {checkpoint}: "
                                 f"run migmcut bench --search-schedule --store STORE (or pass --store)")
             results, _, errors = search_now(missing)
             searched.update({r.budget: r.full_steps for r in results})
-    configs = lib.configurations(N, budget_list, method_list, mode, searched)
+    configs = lib.configurations(N, budget_list, method_list, mode, searched, front_steps)
 
     reference = None
     if opened is not None:
@@ -236,7 +255,7 @@ def bench(
         elif class_ids is not None:
             conditions = lib.expand(class_ids, n)
         else:
-            conditions = lib.expand(lib.default_prompts(rec, n, seed), n)
+            conditions = lib.expand(lib.default_prompts(rec), n)
         seeds = lib.sample_seeds(seed, len(conditions))
     for c in conditions:
         if isinstance(c, str) and not c.strip():
@@ -246,8 +265,8 @@ def bench(
                               clip_model=cfg.clip_model, device=str(dev))
     metric_list = build_metrics(metric_names, settings, warn=lambda line: console.print(line, highlight=False))
 
-    plan = lib.Plan(sampler=rec.sampler, configs=configs, conditions=conditions, seeds=seeds,
-                    batch_size=bs, repeats=reps, warmup=cfg.warmup)
+    plan = lib.Plan(sampler=rec.sampler, configs=configs, conditions=conditions, seeds=seeds, batch_size=bs,
+                    repeats=reps, warmup=cfg.warmup, bootstrap=cfg.bootstrap, refine=front_steps is None)
     with progress(not json_) as bar:
         task = bar.add_task("bench", total=None)
 
@@ -265,7 +284,7 @@ def bench(
         files.update(lib.write_rollout(out_dir, errors, {"store": store, "val_trajectories": int(len(val_idx)),
                                                          "steps": N}))
     if not json_:
-        _print_rows(result.rows, result.timing, [m.primary for m in metric_list])
+        _print_rows(result.rows, result.timing, [m.primary for m in metric_list], list(result.higher))
         if errors is not None:
             _print_rollout(errors)
         console.print(f"wrote {', '.join(Path(p).name for p in files.values())} to {out_dir}")

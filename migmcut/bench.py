@@ -1,17 +1,22 @@
 """`migmcut bench` as a library: every configuration on the same prompts and seeds, timed and scored.
 
-    result = run_bench(recipe, base, BenchSpec(steps=16, budgets=[4], ...), shortcut=net)
+    plan = Plan(recipe.sampler, configurations(16, [4, 6], ["cache", "shortcut"]), prompts, seeds, 16)
+    result = run_bench(base, plan, build_metrics(["prompt_accuracy", "fd"]), shortcut=net)
     write_outputs(out_dir, result)           # bench.json, bench.csv, pareto.png
 
-Configurations: vanilla at N steps (the reference, always run), vanilla at each budget B (as
-many base calls), the cache at (N, B) and the shortcut at (N, B) with the uniform and/or the
-searched schedule. Timing: seconds per image of the sampler (decoding excluded, it is the same
-for every configuration), on one batch of the bench batch size, after `warmup` untimed runs,
-median over `repeats` runs; the repeats go round-robin over the configurations so that a drift
-in machine load hits them all alike. Quality: every configuration generates all the samples
-(same conditions, same per-sample seeds) and the metrics score them. `speedup` is vanilla-N's
-seconds per image over the row's. Shortcut rows also carry `bound` = N / (B + (N - B) c), with c
-one shortcut call over one base forward, measured at the bench batch size (both CFG branches).
+Configurations: vanilla at N steps (the reference) and at the other step counts of the front
+(default: every budget B, then refined: see `migmcut.front`), the cache at (N, B) and the shortcut
+at (N, B) with the searched schedule where one is saved (`auto`, as generate does), the uniform one,
+or both. Quality: every configuration generates all the samples (same conditions, same
+per-sample seeds) and the metrics score them, with paired bootstrap intervals. Timing: seconds
+per image of the sampler (decoding excluded, it is the same for every configuration), on one
+batch of the bench batch size, after `warmup` untimed runs, median over `repeats` runs; the
+repeats go round-robin over all configurations at the end, so that a drift in machine load hits
+them all alike. `speedup` is vanilla-N's seconds per image over the row's; `front_speedup` that of
+the fastest vanilla run at least as good on every metric; `ceiling` the front_speedup the row
+would have at vanilla-N's quality (a perfect shortcut at the same cost). Shortcut rows also carry
+`bound` = N / (B + (N - B) c), with c one shortcut call over one base forward, measured at the
+bench batch size (both CFG branches).
 """
 
 from __future__ import annotations
@@ -30,12 +35,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from migmcut import front
 from migmcut.errors import UserError
 from migmcut.generate import METHODS
 from migmcut.policies import BudgetPolicy, FullPolicy, budget_schedule
 from migmcut.sampler import SamplerConfig, sample, trajectory_seed
 
-SCHEDULE_MODES = ("uniform", "searched", "both")
+SCHEDULE_MODES = ("auto", "uniform", "searched", "both")  # auto: as generate (searched where saved)
 
 
 @dataclass
@@ -65,41 +71,51 @@ def parse_int_list(text: str, flag: str) -> list[int]:
     return values
 
 
-def check_plan(steps: int, budgets: list[int], methods: list[str], schedule: str) -> None:
+def check_plan(steps: int, budgets: list[int], methods: list[str], schedule: str,
+               vanilla_steps: list[int] | None = None) -> None:
     if steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
     for m in methods:
         if m not in METHODS:
             raise UserError(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
     if not methods:
-        raise UserError("--methods is empty: choose from vanilla, cache, shortcut")
+        raise UserError(f"--methods is empty: choose from {', '.join(METHODS)}")
     for b in budgets:
         if not 1 <= b <= steps:
             raise UserError(f"budget {b} must be between 1 and the step count ({steps})")
+    for v in vanilla_steps or ():
+        if not 1 <= v <= steps:
+            raise UserError(f"--vanilla-steps {v} must be between 1 and the step count ({steps})")
     if schedule not in SCHEDULE_MODES:
-        raise UserError(f"--schedule {schedule!r}: choose uniform, searched or both")
+        raise UserError(f"--schedule {schedule!r}: choose {', '.join(SCHEDULE_MODES[:-1])} or {SCHEDULE_MODES[-1]}")
 
 
 def configurations(steps: int, budgets: list[int], methods: list[str], schedule: str = "uniform",
-                   searched: dict[int, list[int]] | None = None) -> list[Configuration]:
-    """The bench plan: vanilla-N first, then per budget vanilla-B, cache (N, B), shortcut (N, B)."""
-    check_plan(steps, budgets, methods, schedule)
+                   searched: dict[int, list[int]] | None = None,
+                   vanilla_steps: list[int] | None = None) -> list[Configuration]:
+    """The bench plan: vanilla-N first, then vanilla at the other front step counts (default: every
+    budget), then per budget the cache and the shortcut at (N, B).
+
+    Vanilla runs whatever `methods` says: it is what every accelerated row is judged against.
+    `schedule` auto takes the searched placement where `searched` has one for B (as generate does).
+    """
+    check_plan(steps, budgets, methods, schedule, vanilla_steps)
     out = [Configuration("vanilla", steps, steps, reference=True)]
-    seen = {("vanilla", steps)}
+    out += [Configuration("vanilla", n, n) for n in sorted(set(vanilla_steps or budgets) - {steps})]
     for B in dict.fromkeys(budgets):
-        if "vanilla" in methods and ("vanilla", B) not in seen:
-            out.append(Configuration("vanilla", B, B))
-            seen.add(("vanilla", B))
         if "cache" in methods:
             out.append(Configuration("cache", steps, B, budget_schedule(steps, B), "uniform"))
-        if "shortcut" in methods:
-            if schedule in ("uniform", "both"):
+        if "shortcut" not in methods:
+            continue
+        found = (searched or {}).get(B)
+        modes = {"both": ("uniform", "searched"), "auto": ("searched" if found else "uniform",)}.get(schedule, (schedule,))
+        for mode in modes:
+            if mode == "uniform":
                 out.append(Configuration("shortcut", steps, B, budget_schedule(steps, B), "uniform"))
-            if schedule in ("searched", "both"):
-                full = (searched or {}).get(B)
-                if full is None:
-                    raise UserError(f"no searched schedule for N={steps}, B={B}: run migmcut bench --search-schedule")
-                out.append(Configuration("shortcut", steps, B, list(full), "searched"))
+            elif found is None:
+                raise UserError(f"no searched schedule for N={steps}, B={B}: run migmcut bench --search-schedule")
+            else:
+                out.append(Configuration("shortcut", steps, B, list(found), "searched"))
     return out
 
 
@@ -120,13 +136,17 @@ def read_prompts_file(path: str | Path) -> list[str]:
     return prompts
 
 
-def default_prompts(recipe, num: int, seed: int) -> list[str]:
-    """The recipe's bench prompts: held-out world prompts for tiny-shapes (half one-, half two-shape)."""
-    if recipe.bench.prompts == "heldout" and recipe.base.kind == "tiny-shapes":
-        from migmcut.world.evaluate import heldout_prompts
+def default_prompts(recipe) -> list[str]:
+    """The recipe's bench prompts (`bench.prompts`): a shipped held-out set, the recipe's, or a file."""
+    source = recipe.bench.prompts
+    if source in ("bench-set", "selection-set"):
+        if recipe.base.kind != "tiny-shapes":
+            raise UserError(f"bench.prompts {source} is tiny-shapes' held-out set: pass --prompts FILE for {recipe.name}")
+        from migmcut.world import prompt_sets
 
-        one = num // 2
-        return heldout_prompts(one, 1, seed) + heldout_prompts(num - one, 2, seed)
+        return prompt_sets.load(source.removesuffix("-set"))
+    if source != "recipe":
+        return read_prompts_file(source)
     prompts = list(recipe.generate.prompts)
     if not prompts:
         raise UserError(f"recipe {recipe.name} has no default prompts: pass --prompts FILE or --classes IDS")
@@ -152,6 +172,9 @@ class Plan:
     batch_size: int
     repeats: int = 3
     warmup: int = 1
+    bootstrap: int = 1000  # paired resamples for the intervals (0: none)
+    refine: bool = True  # add vanilla step counts until each row's front vanilla is pinned
+    level: float = 0.95
 
 
 def _policy(cfg: Configuration, shortcut):
@@ -251,10 +274,11 @@ class BenchResult:
     higher_is_better: bool = True
     timing: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    higher: dict = field(default_factory=dict)  # every compared metric -> higher is better
 
     def to_dict(self) -> dict:
         return {"rows": self.rows, "primary": self.primary, "higher_is_better": self.higher_is_better,
-                "timing": self.timing, "settings": self.settings}
+                "higher": self.higher, "timing": self.timing, "settings": self.settings}
 
 
 def _round(x, n=6):
@@ -263,11 +287,51 @@ def _round(x, n=6):
 
 def run_bench(base, plan: Plan, metrics: list, *, shortcut=None, reference: dict | None = None,
               progress: Callable[[str, int, int], None] | None = None) -> BenchResult:
-    """Run the plan. `reference`: {"images": ...} to take vanilla-N's images (e.g. from a store)."""
-    from migmcut.metrics import measure
+    """Sample and score every configuration, add vanilla step counts the front needs, then time all.
+
+    `reference`: {"images": ...} to take vanilla-N's images (e.g. from a store) instead of sampling.
+    """
+    from migmcut.metrics import measure_resampled
 
     step = progress or (lambda *a: None)
-    runs = len(plan.configs) * (plan.warmup + plan.repeats)
+    higher = {m.primary: m.higher_is_better for m in metrics}
+    n = len(plan.conditions)
+    indices = front.bootstrap_indices(n, plan.bootstrap) if plan.bootstrap and n > 1 else None
+    configs = list(plan.configs)
+    sampled: dict[str, dict] = {}
+
+    def score(cfg: Configuration) -> None:
+        step(f"sampling {cfg.label}", len(sampled), len(configs))
+        if cfg.reference and reference is not None:
+            images, counts, source = reference["images"], {"full": cfg.steps}, "store"
+        else:
+            images, counts = generate_images(base, plan, cfg, shortcut)
+            source = "sampled"
+        quality, resamplers = measure_resampled(metrics, images, plan.conditions)
+        point = {m: quality[m] for m in higher if quality.get(m) is not None}
+        sampled[cfg.label] = {"quality": quality, "scores": front.scores(point, resamplers, indices),
+                              "counts": counts, "source": source}
+
+    for cfg in configs:
+        score(cfg)
+    accelerated = [c for c in configs if c.method != "vanilla"]
+
+    def vanilla_scores() -> dict[int, front.Scores]:
+        return {c.steps: sampled[c.label]["scores"] for c in configs if c.method == "vanilla"}
+
+    while plan.refine and accelerated:
+        rows = [sampled[c.label]["scores"] for c in accelerated]
+        rows.append(sampled[configs[0].label]["scores"])  # also pin the vanilla that matches vanilla-N
+        new = front.steps_to_refine(rows, vanilla_scores(), higher, plan.level)
+        if not new:
+            break
+        for steps in sorted(new):
+            configs.append(Configuration("vanilla", steps, steps))
+            score(configs[-1])
+        others = sorted((c for c in configs if c.method == "vanilla" and not c.reference), key=lambda c: c.steps)
+        configs = [configs[0], *others, *accelerated]
+
+    runs = len(configs) * (plan.warmup + plan.repeats)
     done = 0
 
     def tick():
@@ -275,42 +339,54 @@ def run_bench(base, plan: Plan, metrics: list, *, shortcut=None, reference: dict
         done += 1
         step("timing", done, runs)
 
-    seconds = time_configurations(base, plan, shortcut, on_run=tick)
+    seconds = time_configurations(base, dataclasses.replace(plan, configs=configs), shortcut, on_run=tick)
     timing = {}
-    if shortcut is not None and any(c.method == "shortcut" for c in plan.configs):
-        timing = measure_c(base, shortcut, plan.sampler, min(plan.batch_size, len(plan.conditions)),
-                           repeats=max(3, 2 * plan.repeats))
-    ref_s = seconds[plan.configs[0].label]
+    if shortcut is not None and any(c.method == "shortcut" for c in configs):
+        timing = measure_c(base, shortcut, plan.sampler, min(plan.batch_size, n), repeats=max(3, 2 * plan.repeats))
+    vanilla = vanilla_scores()
+    cost = {c.steps: seconds[c.label] for c in configs if c.method == "vanilla"}
+    ref = configs[0]
+    ref_s = seconds[ref.label]
+    # what a perfect shortcut would reach: vanilla-N's quality at the row's cost
+    ceiling_of = front.front_vanilla(sampled[ref.label]["scores"], vanilla, cost, higher, plan.level)
     rows = []
-    for i, cfg in enumerate(plan.configs):
-        step(f"sampling {cfg.label}", i, len(plan.configs))
-        if cfg.reference and reference is not None:
-            images, base_calls, shortcut_calls, source = reference["images"], cfg.steps, 0, "store"
-        else:
-            images, counts = generate_images(base, plan, cfg, shortcut)
-            base_calls, shortcut_calls, source = counts.get("full", 0), counts.get("shortcut", 0), "sampled"
+    for cfg in configs:
+        got = sampled[cfg.label]
+        sc: front.Scores = got["scores"]
+        s = seconds[cfg.label]
         row = {
             "method": cfg.method,
             "steps": cfg.steps,
             "budget": cfg.budget,
-            "base_calls": base_calls,
-            "shortcut_calls": shortcut_calls,
+            "base_calls": got["counts"].get("full", 0),
+            "shortcut_calls": got["counts"].get("shortcut", 0),
             "schedule": cfg.schedule,
             "full_steps": cfg.full_steps,
             "label": cfg.label,
-            "seconds_per_image": _round(seconds[cfg.label]),
-            "speedup": 1.0 if cfg.reference else _round(ref_s / seconds[cfg.label], 4),
-            "quality": {k: _round(v) for k, v in measure(metrics, images, plan.conditions).items()},
-            "images": source,
+            "seconds_per_image": _round(s),
+            "speedup": 1.0 if cfg.reference else _round(ref_s / s, 4),
+            "quality": {k: _round(v) for k, v in got["quality"].items()},
+            "interval": {m: [_round(v) for v in iv] for m in higher if (iv := sc.interval(m, plan.level))},
+            "matches_reference": front.at_least_as_good(sc, sampled[ref.label]["scores"], higher, plan.level),
+            "images": got["source"],
         }
+        if cfg.method != "vanilla":
+            v = front.front_vanilla(sc, vanilla, cost, higher, plan.level)
+            # a row better than every vanilla run is judged against the most steps run (a lower bound)
+            row["front_vanilla"] = f"vanilla-{v if v is not None else max(vanilla)}"
+            row["front_speedup"] = _round(cost[v if v is not None else max(vanilla)] / s, 4)
+            row["front_beyond"] = v is None
+            if ceiling_of is not None:
+                row["ceiling"] = _round(cost[ceiling_of] / s, 4)
         if cfg.method == "shortcut" and timing:
             row["bound"] = _round(bound(cfg.steps, cfg.budget, timing["c"]), 4)
         rows.append(row)
     primary = metrics[0].primary if metrics else None
-    higher = metrics[0].higher_is_better if metrics else True
-    settings = {"num_samples": len(plan.conditions), "batch_size": plan.batch_size, "repeats": plan.repeats,
-                "warmup": plan.warmup, "steps": plan.sampler.steps}
-    return BenchResult(rows, primary, higher, {k: _round(v) for k, v in timing.items()}, settings)
+    higher_is_better = metrics[0].higher_is_better if metrics else True
+    settings = {"num_samples": n, "batch_size": plan.batch_size, "repeats": plan.repeats, "warmup": plan.warmup,
+                "steps": plan.sampler.steps, "bootstrap": plan.bootstrap if indices is not None else 0,
+                "level": plan.level, "vanilla_steps": sorted(vanilla)}
+    return BenchResult(rows, primary, higher_is_better, {k: _round(v) for k, v in timing.items()}, settings, higher)
 
 
 # ---------------------------------------------------------------------------------- outputs
@@ -321,12 +397,12 @@ def pareto_front(xs: list[float], ys: list[float], higher_is_better: bool = True
     sign = 1.0 if higher_is_better else -1.0
     pts = [(x, sign * y, i) for i, (x, y) in enumerate(zip(xs, ys)) if x is not None and y is not None]
     pts.sort(key=lambda p: (p[0], -p[1]))
-    front, best = [], -np.inf
+    front_idx, best = [], -np.inf
     for x, y, i in pts:
         if y > best:
-            front.append(i)
+            front_idx.append(i)
             best = y
-    return front
+    return front_idx
 
 
 def _atomic(path: Path, data: bytes) -> None:
@@ -335,45 +411,129 @@ def _atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+CSV_COLUMNS = ["label", "method", "schedule", "steps", "budget", "base_calls", "shortcut_calls",
+               "seconds_per_image", "speedup", "front_vanilla", "front_speedup", "ceiling", "bound"]
+
+
 def csv_text(rows: list[dict]) -> str:
     metrics = list(dict.fromkeys(k for r in rows for k in r["quality"]))
-    cols = ["label", "method", "schedule", "steps", "budget", "base_calls", "shortcut_calls",
-            "seconds_per_image", "speedup", "bound"]
+    compared = list(dict.fromkeys(k for r in rows for k in r.get("interval", {})))
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(cols + metrics)
+    w.writerow(CSV_COLUMNS + metrics + [f"{m}_{end}" for m in compared for end in ("lo", "hi")])
+    blank = lambda v: "" if v is None else v  # noqa: E731
     for r in rows:
-        w.writerow([("" if r.get(c) is None else r.get(c)) for c in cols]
-                   + [("" if r["quality"].get(m) is None else r["quality"][m]) for m in metrics])
+        iv = r.get("interval", {})
+        w.writerow([blank(r.get(c)) for c in CSV_COLUMNS] + [blank(r["quality"].get(m)) for m in metrics]
+                   + [blank(iv[m][j]) if m in iv else "" for m in compared for j in (0, 1)])
     return buf.getvalue()
 
 
-def pareto_png(result: BenchResult) -> bytes:
+COLORS = {"vanilla": "tab:blue", "cache": "tab:orange", "shortcut": "tab:green"}
+
+
+def place_labels(ax, points: list[tuple[float, float, str]], fontsize: int = 7) -> list:
+    """Annotate each point with its label at the nearest of rings of offsets whose box overlaps no
+    label or marker placed before it and stays inside the axes (a leader line joins far labels).
+    Returns the annotations."""
+    import math
+
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes_box = ax.get_window_extent(renderer)
+    to_px = ax.transData.transform
+    markers = []
+    for x, y, _ in points:  # the markers themselves, a few pixels each way
+        px, py = to_px((x, y))
+        markers.append(matplotlib_bbox(px - 4, py - 4, px + 4, py + 4))
+    offsets = [(0.0, 0.0)] + [(r * math.cos(a), r * math.sin(a)) for r in (6, 14, 24, 36, 50, 66, 84, 104, 126)
+                               for a in (math.pi * k / 8 for k in range(16))]
+    placed, out = [], []
+    for x, y, text in sorted(points, key=lambda p: p[0]):
+        best = None
+        for dx, dy in offsets[1:]:
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                              ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
+                              arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "gray"} if math.hypot(dx, dy) > 10 else None)
+            box = label_box(ann, renderer)
+            inside = axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1 and axes_box.y0 <= box.y0 and box.y1 <= axes_box.y1
+            clashes = sum(box.overlaps(p) for p in placed + markers) + (0 if inside else 100)
+            if best is None or clashes < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (clashes, ann, box)
+            else:
+                ann.remove()
+            if clashes == 0:
+                break
+        placed.append(best[2])
+        out.append(best[1])
+    return out
+
+
+def label_box(ann, renderer):
+    """The text's own box, without its leader line (which may cross other labels)."""
+    from matplotlib.text import Text
+
+    ann.update_positions(renderer)  # places the text at its offset (Annotation's own extent does this first)
+    return Text.get_window_extent(ann, renderer)
+
+
+def matplotlib_bbox(x0, y0, x1, y1):
+    from matplotlib.transforms import Bbox
+
+    return Bbox([[x0, y0], [x1, y1]])
+
+
+def pareto_figure(result: BenchResult):
+    """One panel per compared metric: quality (with its interval) against seconds per image, the
+    vanilla front as a line, every point labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows, metric = result.rows, result.primary
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
-    xs = [r["seconds_per_image"] for r in rows]
-    ys = [r["quality"].get(metric) if metric else None for r in rows]
-    colors = {"vanilla": "tab:blue", "cache": "tab:orange", "shortcut": "tab:green"}
-    for r, x, y in zip(rows, xs, ys):
-        if y is None:
-            continue
-        ax.scatter([x], [y], color=colors.get(r["method"], "gray"), marker="s" if r.get("schedule") == "searched" else "o")
-        ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    front = pareto_front(xs, ys, result.higher_is_better)
-    if front:
-        ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", color="black", lw=1, label="Pareto front")
-        ax.legend(loc="best")
-    ax.set_xlabel("seconds per image (sampler)")
-    ax.set_ylabel(f"{metric or 'quality'} ({'higher' if result.higher_is_better else 'lower'} is better)")
-    ax.set_title("speed / quality")
-    ax.grid(alpha=0.3)
-    buf = io.BytesIO()
+    rows = result.rows
+    metrics = list(result.higher) or ([result.primary] if result.primary else [])
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(7.5 * max(1, len(metrics)), 5.5), dpi=110,
+                             squeeze=False)
+    panels = []
+    for ax, metric in zip(axes[0], metrics or [None]):
+        up = result.higher.get(metric, result.higher_is_better)
+        pts = []
+        for r in rows:
+            y = r["quality"].get(metric) if metric else None
+            if y is None or r["seconds_per_image"] is None:
+                continue
+            x = r["seconds_per_image"]
+            iv = r.get("interval", {}).get(metric)
+            yerr = [[max(y - iv[0], 0)], [max(iv[1] - y, 0)]] if iv else None
+            ax.errorbar([x], [y], yerr=yerr, fmt="s" if r.get("schedule") == "searched" else "o",
+                        color=COLORS.get(r["method"], "gray"), ms=5, capsize=3, lw=1)
+            pts.append((x, y, r["label"]))
+        van = [r for r in rows if r["method"] == "vanilla" and r["quality"].get(metric) is not None]
+        van = [van[i] for i in pareto_front([r["seconds_per_image"] for r in van], [r["quality"][metric] for r in van], up)]
+        if van:
+            ax.plot([r["seconds_per_image"] for r in van], [r["quality"][metric] for r in van], "--",
+                    color=COLORS["vanilla"], lw=1, label="vanilla front")
+            ax.legend(loc="lower right" if up else "upper right", fontsize=8)
+        ax.set_xlabel("seconds per image (sampler)")
+        ax.set_ylabel(f"{metric or 'quality'} ({'higher' if up else 'lower'} is better)")
+        ax.set_title(f"speed / {metric or 'quality'} (bars: {int(result.settings.get('level', 0.95) * 100)}% paired bootstrap)",
+                     fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.15, y=0.15)
+        panels.append((ax, pts))
     fig.tight_layout()
+    return fig, [ann for ax, pts in panels for ann in place_labels(ax, pts)]
+
+
+def pareto_png(result: BenchResult) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, _ = pareto_figure(result)
+    buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()

@@ -5,6 +5,8 @@
 
 A metric maps (uint8 images (N, H, W, 3), conditions) to a dict of named figures; its
 `primary` figure is the one bench plots, with `higher_is_better` saying which way is better.
+`evaluate` also returns a resampler: the primary figure recomputed on any multiset of the
+samples (an index array), which bench uses for paired bootstrap intervals (None: no interval).
 
 - `prompt_accuracy` (tiny-shapes): the deterministic checker's prompt accuracy plus one accuracy
   per attribute (count, color, kind, size, relation).
@@ -77,6 +79,10 @@ class Metric:
         return None
 
     def __call__(self, images: np.ndarray, conditions: list) -> dict:
+        return self.evaluate(images, conditions)[0]
+
+    def evaluate(self, images: np.ndarray, conditions: list) -> tuple[dict, Callable[[np.ndarray], float] | None]:
+        """(figures, resampler): resampler(idx) is the primary figure over samples idx, or None."""
         raise NotImplementedError
 
 
@@ -90,11 +96,13 @@ class PromptAccuracy(Metric):
     name = primary = "prompt_accuracy"
     higher_is_better = True
 
-    def __call__(self, images, conditions):
-        from migmcut.world.checker import score
+    def evaluate(self, images, conditions):
+        from migmcut.world.checker import check, summarize
 
-        out = score(images, _prompts(conditions, self.name))
-        return {k: v for k, v in out.items() if k.endswith("accuracy")}
+        results = [check(im, p) for im, p in zip(images, _prompts(conditions, self.name), strict=True)]
+        ok = np.array([r.ok for r in results], dtype=np.float64)
+        figures = {k: v for k, v in summarize(results).items() if k.endswith("accuracy")}
+        return figures, lambda idx: float(ok[idx].mean())
 
 
 class ShapesFD(Metric):
@@ -109,14 +117,17 @@ class ShapesFD(Metric):
             return f"no world classifier weights at {path}"
         return None
 
-    def __call__(self, images, conditions):
-        from migmcut.world.classifier import fd, load_classifier
+    def evaluate(self, images, conditions):
+        from migmcut.world.classifier import frechet_distance, image_features, load_classifier
 
         prompts = _prompts(conditions, self.name)
         classifier = load_classifier(self.settings.classifier) if self.settings.classifier else None
         if len(images) < 2:
             raise UserError("metric fd needs at least 2 images: raise --num-samples")
-        return {"fd": float(fd(images, reference_images(prompts), classifier=classifier))}
+        # the ground truth is rendered for the same prompts, so a resample takes both sides' rows
+        gen = image_features(images, classifier)
+        ref = image_features(reference_images(prompts), classifier)
+        return {"fd": frechet_distance(gen, ref)}, lambda idx: frechet_distance(gen[idx], ref[idx])
 
 
 def _load_reference_images(path: Path) -> np.ndarray:
@@ -171,7 +182,7 @@ class FID(Metric):
             return "torchmetrics is not installed"
         return None
 
-    def __call__(self, images, conditions):
+    def evaluate(self, images, conditions):
         import torch
         from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -186,7 +197,7 @@ class FID(Metric):
             fid.update(to_t(real[lo : lo + 64]), real=True)
         for lo in range(0, len(images), 64):
             fid.update(to_t(images[lo : lo + 64]), real=False)
-        return {"fid": float(fid.compute())}
+        return {"fid": float(fid.compute())}, None
 
 
 class CLIPScoreMetric(Metric):
@@ -203,7 +214,7 @@ class CLIPScoreMetric(Metric):
             return "torchmetrics is not installed"
         return None
 
-    def __call__(self, images, conditions):
+    def evaluate(self, images, conditions):
         import torch
         from torchmetrics.multimodal.clip_score import CLIPScore
         from transformers import CLIPModel, CLIPProcessor
@@ -220,7 +231,7 @@ class CLIPScoreMetric(Metric):
         for lo in range(0, len(images), 32):
             batch = torch.from_numpy(np.ascontiguousarray(images[lo : lo + 32])).permute(0, 3, 1, 2)
             metric.update(batch.to(self.settings.device), prompts[lo : lo + 32])
-        return {"clip_score": float(metric.compute())}
+        return {"clip_score": float(metric.compute())}, None
 
 
 REGISTRY: dict[str, type[Metric]] = {
@@ -256,7 +267,16 @@ def build_metrics(names, settings: MetricSettings | None = None, warn: Callable[
 
 
 def measure(metrics: list[Metric], images: np.ndarray, conditions: list) -> dict:
+    return measure_resampled(metrics, images, conditions)[0]
+
+
+def measure_resampled(metrics: list[Metric], images: np.ndarray, conditions: list) -> tuple[dict, dict]:
+    """(every figure, {primary figure: resampler}) for the metrics that give one."""
     quality: dict = {}
+    resamplers: dict = {}
     for metric in metrics:
-        quality.update(metric(images, conditions))
-    return quality
+        figures, resampler = metric.evaluate(images, conditions)
+        quality.update(figures)
+        if resampler is not None:
+            resamplers[metric.primary] = resampler
+    return quality, resamplers

@@ -4,7 +4,8 @@
 - `BudgetPolicy(full_steps, shortcut)`: full base calls only at `full_steps`; every other step
   predicts the features from the last (full or predicted) ones and the tokens just fixed, with
   the shortcut network (`kind == "shortcut"`) or by reusing them unchanged (`shortcut=None`:
-  the feature cache, `kind == "cache"`). Logits at skipped steps come from the base's own head.
+  the feature cache, `kind == "cache"`). Logits at skipped steps come from the base's own head,
+  which the sampler runs only at the still-masked positions (policies return logits None).
 
 `budget_schedule(N, B)` places B full steps among N: step 0, then max(prev + 1, round(N k / B)).
 """
@@ -52,7 +53,7 @@ class BudgetPolicy:
             return "full", logits, self.features
         if self.shortcut is not None:
             self.features = self.predict(base, state, branches)
-        return self.kind, base.head(self.features), self.features
+        return self.kind, None, self.features  # the sampler runs the head where it reads logits
 
     def predict(self, base, state, branches: int) -> torch.Tensor:
         B = state.tokens.shape[0]

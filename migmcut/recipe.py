@@ -55,9 +55,11 @@ class BenchConfig:
     batch_size: int | None = None  # default: generate.batch_size
     repeats: int = 3  # timed repeats per configuration (the median is reported)
     warmup: int = 1  # untimed runs before timing
-    schedule: str = "uniform"  # uniform | searched | both
+    schedule: str = "auto"  # auto (as generate: searched where saved beside the shortcut) | uniform | searched | both
     metrics: list[str] = field(default_factory=list)  # default: by base kind (migmcut.metrics)
-    prompts: str = "heldout"  # heldout (held-out world prompts) | recipe (generate.prompts)
+    prompts: str = "bench-set"  # bench-set | selection-set (tiny-shapes' shipped held-out sets) | recipe (generate.prompts) | a text file
+    vanilla_steps: list[int] | None = None  # vanilla step counts for the front (default: N, every budget, then refined)
+    bootstrap: int = 1000  # paired bootstrap resamples for the intervals (0: none)
     fid_inception: str | None = None  # TorchScript Inception file for `fid`
     fid_reference: str | None = None  # reference images (directory or .npz) for `fid`
     clip_model: str | None = None  # local transformers CLIP directory for `clip_score`

@@ -1,8 +1,9 @@
 """Confidence-based parallel decoding (MaskGIT / Lumina-DiMOO) with per-step policies.
 
-At step t the policy supplies logits and features for the current token state (a full base
-call, or later a shortcut / cache prediction), the sampler draws a candidate for every masked
-position from softmax(logits / temperature), scores confidence as log p(candidate) plus Gumbel
+At step t the policy supplies features for the current token state (a full base call, or a
+shortcut / cache prediction) and the logits, or leaves the head to the sampler, which then runs
+it only at the still-masked positions (the only ones it reads). The sampler draws a candidate for
+every masked position from softmax(logits / temperature), scores confidence as log p(candidate) plus Gumbel
 noise of scale `r_temp * (1 - t / N)`, and fixes the k_t most confident masked positions.
 With classifier-free guidance both branches run in one batch and
 logits = (1 + w_t) l_cond - w_t l_uncond.
@@ -117,6 +118,13 @@ def sample(
         state = StepState(t, tokens, cond, new_tokens, masked[0].float().mean().item())
         kind, logits, features = policy.step(base, state)
         counts[kind] = counts.get(kind, 0) + 1
+        # every row has the same number of masked positions: the sampler reads logits only there
+        where = masked.nonzero()[:, 1].view(B, -1)  # (B, M), ascending
+        at = where.repeat(config.branches, 1)
+        if logits is None:  # the policy left the head to us: run it on the masked positions alone
+            logits = base.head(features.gather(1, at[..., None].expand(-1, -1, features.shape[-1])))
+        else:
+            logits = logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
         logits = _split_branches(logits.float(), config.branches)
         if config.branches == 2:
             w = config.cfg_weight(t)
@@ -125,8 +133,8 @@ def sample(
             logits = logits[:, 0]
         # per-trajectory noise: one uniform per position for the candidate (inverse-CDF draw)
         # and one for the confidence, so a trajectory's draws do not depend on its batch
-        u_tok = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device)
-        u_conf = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device)
+        u_tok = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device).gather(1, where)
+        u_conf = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device).gather(1, where)
         logp = torch.log_softmax(logits / max(config.temperature, 1e-6), dim=-1)
         if config.temperature > 0:
             cdf = logp.exp().cumsum(-1)
@@ -136,10 +144,9 @@ def sample(
         conf = logp.gather(-1, candidate[..., None]).squeeze(-1)
         noise = -torch.log(-torch.log(u_conf.clamp_min(1e-20)))
         conf = conf + config.r_temp * (1 - t / config.steps) * noise
-        conf = conf.masked_fill(~masked, float("-inf"))
-        pick = conf.topk(k, dim=-1).indices
+        pick = where.gather(1, conf.topk(k, dim=-1).indices)
         fixed = torch.zeros_like(masked).scatter_(1, pick, True)
-        tokens = torch.where(fixed, candidate, tokens)
+        tokens = tokens.scatter(1, where, candidate).where(fixed, tokens)
         order = torch.where(fixed, t, order)
         new_tokens = fixed
         event = StepEvent(t, kind, _split_branches(features, config.branches), tokens, fixed, state.mask_ratio)

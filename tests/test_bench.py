@@ -34,16 +34,26 @@ def test_bench_runs_every_configuration_and_writes_parseable_files(trained, tmp_
     res = bench("--shortcut", str(ck), "--budgets", "2,4", "--num-samples", "4", "--batch-size", "4",
                 "--out", str(out), "--json")
     assert res.exit_code == 0, res.output
-    rows = json.loads(res.stdout)["rows"]
+    result = json.loads(res.stdout)
+    rows = result["rows"]
     got = {(r["method"], r["steps"], r["budget"]): r for r in rows}
-    assert set(got) == {("vanilla", 8, 8), ("vanilla", 2, 2), ("vanilla", 4, 4), ("cache", 8, 2), ("cache", 8, 4),
-                        ("shortcut", 8, 2), ("shortcut", 8, 4)}
+    vanilla = sorted(k[1] for k in got if k[0] == "vanilla")
+    assert {8, 2, 4} <= set(vanilla)  # N and every budget, plus the step counts the front needed
+    assert set(got) - {("vanilla", n, n) for n in vanilla} == {("cache", 8, 2), ("cache", 8, 4),
+                                                                ("shortcut", 8, 2), ("shortcut", 8, 4)}
+    seconds = {n: got[("vanilla", n, n)]["seconds_per_image"] for n in vanilla}
     for (method, steps, budget), r in got.items():
         assert r["base_calls"] == budget
         assert r["shortcut_calls"] == (steps - budget if method == "shortcut" else 0)
         assert r["seconds_per_image"] > 0 and r["speedup"] > 0
         assert {"prompt_accuracy", "fd"} <= set(r["quality"])
         assert ("bound" in r) == (method == "shortcut")
+        for m in ("prompt_accuracy", "fd"):
+            lo, hi = r["interval"][m]
+            assert lo <= r["quality"][m] + 1e-9 and r["quality"][m] <= hi + 1e-9
+        if method != "vanilla":  # judged against the fastest vanilla that is as good
+            front = int(r["front_vanilla"].split("-")[1])
+            assert r["front_speedup"] == pytest.approx(seconds[front] / r["seconds_per_image"], rel=1e-3)
     assert got[("vanilla", 8, 8)]["speedup"] == 1.0
     saved = json.loads((out / "bench.json").read_text())
     assert [r["label"] for r in saved["rows"]] == [r["label"] for r in rows]
@@ -51,6 +61,7 @@ def test_bench_runs_every_configuration_and_writes_parseable_files(trained, tmp_
     with open(out / "bench.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and float(table[0]["speedup"]) == 1.0
+    assert {"front_vanilla", "front_speedup", "ceiling", "fd_lo", "fd_hi", "prompt_accuracy_lo"} <= set(table[0])
     assert Image.open(out / "pareto.png").size[0] > 100
     assert torch.is_grad_enabled()  # the in-process command leaves global state alone
 
@@ -63,7 +74,7 @@ def test_bench_store_reference_searched_schedule_and_rollout_report(trained, tmp
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)["rows"]
     assert rows[0]["label"] == "vanilla-8" and rows[0]["images"] == "store" and rows[0]["speedup"] == 1.0
-    assert [r["label"] for r in rows[1:]] == ["cache-8/2", "shortcut-8/2", "shortcut-8/2 (searched)"]
+    assert [r["label"] for r in rows if r["method"] != "vanilla"] == ["cache-8/2", "shortcut-8/2", "shortcut-8/2 (searched)"]
     schedules = json.loads((ck / "schedules.json").read_text())["schedules"]["8"]["2"]
     assert rows[-1]["full_steps"] == schedules["full_steps"]
     report = json.loads((out / "rollout.json").read_text())
@@ -119,6 +130,10 @@ def fresh_copy(ck, tmp):
         (lambda t, ck: ["--out", str(t / "file")], "cannot write there"),
         (lambda t, ck: ["--schedule", "searched", "--shortcut", fresh_copy(ck, t)], "no searched schedule"),
         (lambda t, ck: ["--methods", "cache", "--steps", "-1"], "--steps must be >= 1"),
+        (lambda t, ck: ["--vanilla-steps", "0,4"], "--vanilla-steps 0 must be between 1 and the step count (8)"),
+        (lambda t, ck: ["--vanilla-steps", "9"], "--vanilla-steps 9 must be between 1 and the step count (8)"),
+        (lambda t, ck: ["--vanilla-steps", "4,x"], "--vanilla-steps '4,x': expected comma-separated integers"),
+        (lambda t, ck: ["--vanilla-steps", "2.5"], "expected comma-separated integers"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path, make_args, message):
@@ -162,3 +177,37 @@ def test_generate_uses_a_searched_schedule_and_refuses_a_missing_one(trained, tm
     assert json.loads(cache.stdout)["full_steps"] == searched
     cache = runner.invoke(app, [*auto, "--budget", "3", "--method", "cache"])
     assert json.loads(cache.stdout)["full_steps"] == budget_schedule(8, 3)
+
+
+def test_explicit_vanilla_steps_are_exactly_the_front_and_the_default_schedule_is_generates(trained, tmp_path):
+    store, ck = trained
+    assert bench("--shortcut", str(ck), "--store", str(store), "--budgets", "3", "--search-schedule").exit_code == 0
+    from migmcut.schedule_search import load_schedule
+
+    res = bench("--shortcut", str(ck), "--budgets", "3", "--methods", "shortcut", "--vanilla-steps", "5,3",
+                "--num-samples", "4", "--batch-size", "4", "--out", str(tmp_path / "b"), "--json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)["rows"]
+    assert [r["label"] for r in rows] == ["vanilla-8", "vanilla-3", "vanilla-5", "shortcut-8/3 (searched)"]
+    # bench's default schedule is generate's: the searched placement saved beside the shortcut
+    assert rows[-1]["full_steps"] == load_schedule(ck, 8, 3)
+
+
+def test_plot_labels_do_not_overlap():
+    from migmcut.bench import BenchResult, label_box, pareto_figure
+
+    rows = []
+    for i in range(12):  # points crowded into one corner, as real bench runs put them
+        rows.append({"label": f"shortcut-16/{i} (searched)", "method": "shortcut", "schedule": "searched",
+                     "seconds_per_image": 0.10 + 0.002 * i, "quality": {"prompt_accuracy": 0.80 + 0.001 * i, "fd": 500 + i},
+                     "interval": {"prompt_accuracy": [0.75, 0.85], "fd": [450, 560]}})
+    rows += [{"label": f"vanilla-{n}", "method": "vanilla", "seconds_per_image": 0.03 * n,
+              "quality": {"prompt_accuracy": 0.5 + 0.03 * n, "fd": 1500 - 60 * n}, "interval": {}} for n in range(2, 17)]
+    result = BenchResult(rows, "prompt_accuracy", True, higher={"prompt_accuracy": True, "fd": False})
+    fig, labels = pareto_figure(result)
+    renderer = fig.canvas.get_renderer()
+    boxes = [label_box(a, renderer) for a in labels]
+    assert len(labels) == 2 * len(rows)
+    per_panel = len(rows)
+    for panel in (boxes[:per_panel], boxes[per_panel:]):
+        assert not any(a.overlaps(b) for i, a in enumerate(panel) for b in panel[i + 1 :])

@@ -82,3 +82,17 @@ def test_bad_sampler_settings_are_refused(debug_base, debug_recipe):
         run(debug_base, dataclasses.replace(debug_recipe.sampler, steps=0))
     with pytest.raises(ValueError):
         run(debug_base, dataclasses.replace(debug_recipe.sampler, steps=debug_base.num_tokens + 1))
+
+
+def test_head_at_masked_positions_only_samples_what_the_full_head_does(debug_base, debug_recipe):
+    """Policies may leave the head to the sampler, which runs it only where it reads logits."""
+    from migmcut.policies import FullPolicy
+
+    class FeaturesOnly(FullPolicy):
+        def step(self, base, state):
+            kind, _, features = super().step(base, state)
+            return kind, None, features
+
+    full = run(debug_base, debug_recipe.sampler)
+    lazy = run(debug_base, debug_recipe.sampler, policy=FeaturesOnly())
+    assert torch.equal(full.tokens, lazy.tokens) and torch.equal(full.order, lazy.order)

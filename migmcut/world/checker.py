@@ -233,7 +233,11 @@ def score(images, prompts: list[str]) -> dict:
     `relation_accuracy` is over the two-shape prompts only, and None when there are none;
     `n` and `n_two_shape` give the counts behind the averages.
     """
-    results = [check(im, p) for im, p in zip(images, prompts, strict=True)]
+    return summarize([check(im, p) for im, p in zip(images, prompts, strict=True)])
+
+
+def summarize(results: list[CheckResult]) -> dict:
+    """`score`'s figures from per-image check results."""
     mean = lambda xs: float(np.mean(xs)) if len(xs) else None  # noqa: E731
     rel = [r.relation for r in results if r.relation is not None]
     return {
