@@ -22,8 +22,8 @@ def _maskgit(tmp_path):
     return base, lambda p: p, 16 + 1, [3, 7], [attn for attn, _ in base.net.transformer.layers]  # + class token
 
 
-def _dimoo(tmp_path):
-    sets = dimoo.write_random_checkpoint(tmp_path, words=["a", "red", "fox", "in", "snow"])
+def _dimoo(tmp_path, **arch):
+    sets = dimoo.write_random_checkpoint(tmp_path, words=["a", "red", "fox", "in", "snow"], **arch)
     sets |= {"base.height": 8, "base.width": 8, "base.max_prompt_tokens": 32}
     base = load_base(load_recipe("dimoo-t2i", [f"{k}={v}" for k, v in sets.items()]).base)
     P, (h, w) = base.prompt_length, base.grid  # prompt [BOA] [BOI] (w image tokens [NEWLINE]) x h [EOI] [EOA]
@@ -31,7 +31,8 @@ def _dimoo(tmp_path):
 
 
 # each: (base, grid position -> sequence index, sequence length, two conditions, the library's layers)
-ADAPTERS = {"tiny-shapes": _tiny, "maskgit": _maskgit, "dimoo": _dimoo}
+ADAPTERS = {"tiny-shapes": _tiny, "maskgit": _maskgit, "dimoo": _dimoo,
+            "dimoo-gqa": lambda tmp_path: _dimoo(tmp_path, n_heads=4, n_kv_heads=2)}  # 2 query heads per K/V head
 
 
 @pytest.fixture(scope="module", params=list(ADAPTERS))

@@ -356,7 +356,7 @@ SPECIAL_WORDS = ["<system>", "</system>", "<user>", "</user>", "<uncondition>"]
 
 
 def write_random_checkpoint(folder: Path, *, d_model: int = 32, n_layers: int = 2, n_heads: int = 2,
-                            mlp_hidden: int = 64, codebook: int = 16, words: list[str] = (), seed: int = 0,
+                            n_kv_heads: int | None = None, mlp_hidden: int = 64, codebook: int = 16, words: list[str] = (), seed: int = 0,
                             std: float = 0.5, shards: int = 2) -> dict:
     """A tiny Lumina-DiMOO directory: LLaDA config.json, sharded safetensors with the official key
     names, a WordLevel tokenizer, and vqvae/. Returns the `--set` overrides for the dimoo recipe."""
@@ -379,7 +379,7 @@ def write_random_checkpoint(folder: Path, *, d_model: int = 32, n_layers: int = 
                                    bos_token="<|startoftext|>", additional_special_tokens=SPECIAL_WORDS)
     fast.save_pretrained(str(folder))
     config = {"architectures": ["LLaDAModelLM"], "model_type": "llada", "d_model": d_model, "n_heads": n_heads,
-              "n_kv_heads": n_heads, "n_layers": n_layers, "mlp_hidden_size": mlp_hidden, "mlp_ratio": 4,
+              "n_kv_heads": n_kv_heads or n_heads, "n_layers": n_layers, "mlp_hidden_size": mlp_hidden, "mlp_ratio": 4,
               "vocab_size": vocab_size, "embedding_size": vocab_size, "max_sequence_length": 4096,
               "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "weight_tying": False, "include_bias": False,
               "block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "rope": True,
