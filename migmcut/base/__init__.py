@@ -7,6 +7,7 @@ import torch
 from migmcut.base.interface import BaseModel
 from migmcut.base.dimoo import DiMOOBase, DiMOOConfig
 from migmcut.base.maskgit import MaskGITBase, MaskGITConfig
+from migmcut.base.partial import KVCache
 from migmcut.base.tiny_shapes import TinyShapesBase, TinyShapesConfig
 
 BASE_CONFIGS = {"tiny-shapes": TinyShapesConfig, "maskgit": MaskGITConfig, "dimoo": DiMOOConfig}
@@ -21,4 +22,4 @@ def load_base(config, device: str | torch.device = "cpu", dtype: torch.dtype = t
     return BASE_CLASSES[config.kind].from_config(config, dtype=dtype).to(device=device, dtype=dtype)
 
 
-__all__ = ["BaseModel", "load_base", "BASE_CONFIGS"]
+__all__ = ["BaseModel", "KVCache", "load_base", "BASE_CONFIGS"]

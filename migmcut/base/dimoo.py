@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from migmcut.base.interface import BaseModel, fingerprint_of
+from migmcut.base.partial import Sequence, split_heads
 from migmcut.base.statedict import KeyMap, load_into, require_path
 from migmcut.errors import CheckpointError, UserError
 
@@ -133,18 +134,20 @@ class BidirectionalLlama(nn.Module):
     def forward(self, ids: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
         """ids (B, T) -> final-norm hidden states (B, T, D); `keep` (B, T) bool marks real tokens."""
         x = self.embed_tokens(ids)
-        if keep is None:
-            pos = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
-            mask = None
-        else:
-            pos = (keep.long().cumsum(1) - 1).clamp_min(0)
-            mask = keep[:, None, None, :]  # (B, 1, 1, T): keys to attend to
+        pos, mask = positions_and_mask(ids, keep)
         rope = self.rotary_emb(x, pos)
         for layer in self.layers:
             x = layer(x, attention_mask=mask, position_ids=pos, position_embeddings=rope)
             if isinstance(x, tuple):
                 x = x[0]
         return self.norm(x)
+
+
+def positions_and_mask(ids: torch.Tensor, keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Position ids counted from each row's first real token, and the (B, 1, 1, T) key mask (None: all keys)."""
+    if keep is None:
+        return torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1), None
+    return (keep.long().cumsum(1) - 1).clamp_min(0), keep[:, None, None, :]
 
 
 def _sinusoids(n: int, d: int) -> torch.Tensor:
@@ -302,6 +305,43 @@ class DiMOOBase(BaseModel):
     def condition_mask(self, cond: torch.Tensor) -> torch.Tensor:
         return cond != PAD  # the shortcut does not attend to prompt padding
 
+    # -- partial evaluation: LlamaDecoderLayer by hand (pre-RMSNorm, RoPE, SwiGLU) --------------------
+    supports_partial = True
+
+    def partial_sequence(self, tokens: torch.Tensor, cond: torch.Tensor) -> Sequence:
+        ids, keep = self.sequence(tokens, cond)
+        return Sequence(ids, *positions_and_mask(ids, keep))
+
+    def image_rows(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.prompt_length + self.image_index[positions]
+
+    def embed_rows(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.net.embed_tokens(ids)
+
+    def partial_blocks(self) -> list:
+        return list(self.net.layers)
+
+    def block_qkv(self, block, x, pos):
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        att = block.self_attn
+        h = block.input_layernorm(x)
+        q, k, v = (split_heads(m(h), att.head_dim) for m in (att.q_proj, att.k_proj, att.v_proj))
+        q, k = apply_rotary_pos_emb(q, k, *self.net.rotary_emb(x, pos))
+        return q, k, v
+
+    def block_out(self, block, x, attn):
+        x = x + block.self_attn.o_proj(attn)
+        return x + block.mlp(block.post_attention_layernorm(x))
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.norm(x)
+
+    def kv_layout(self) -> tuple[int, int, int]:
+        c = self.net.config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return c.num_hidden_layers, self.prompt_length + len(self.tail), c.num_key_value_heads * head_dim
+
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> np.ndarray:
         h, w = self.grid
@@ -316,7 +356,7 @@ SPECIAL_WORDS = ["<system>", "</system>", "<user>", "</user>", "<uncondition>"]
 
 
 def write_random_checkpoint(folder: Path, *, d_model: int = 32, n_layers: int = 2, n_heads: int = 2,
-                            mlp_hidden: int = 64, codebook: int = 16, words: list[str] = (), seed: int = 0,
+                            n_kv_heads: int | None = None, mlp_hidden: int = 64, codebook: int = 16, words: list[str] = (), seed: int = 0,
                             std: float = 0.5, shards: int = 2) -> dict:
     """A tiny Lumina-DiMOO directory: LLaDA config.json, sharded safetensors with the official key
     names, a WordLevel tokenizer, and vqvae/. Returns the `--set` overrides for the dimoo recipe."""
@@ -339,7 +379,7 @@ def write_random_checkpoint(folder: Path, *, d_model: int = 32, n_layers: int = 
                                    bos_token="<|startoftext|>", additional_special_tokens=SPECIAL_WORDS)
     fast.save_pretrained(str(folder))
     config = {"architectures": ["LLaDAModelLM"], "model_type": "llada", "d_model": d_model, "n_heads": n_heads,
-              "n_kv_heads": n_heads, "n_layers": n_layers, "mlp_hidden_size": mlp_hidden, "mlp_ratio": 4,
+              "n_kv_heads": n_kv_heads or n_heads, "n_layers": n_layers, "mlp_hidden_size": mlp_hidden, "mlp_ratio": 4,
               "vocab_size": vocab_size, "embedding_size": vocab_size, "max_sequence_length": 4096,
               "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "weight_tying": False, "include_bias": False,
               "block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "rope": True,

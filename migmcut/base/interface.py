@@ -9,6 +9,17 @@ K entries. The sampler only ever talks to it through this class:
     logits = base.head(features)                          # the output head alone
     images = base.decode(tokens)                          # uint8 (B, H_img, W_img, 3)
 
+Partial evaluation (ReCAP, ML-Cache; adapters with `supports_partial`):
+
+    logits, features, cache = base.forward_with_cache(tokens, cond)    # a full step that keeps K/V
+    logits, features = base.partial_forward(tokens, cond, positions, cache)  # (B, n, K), (B, n, D)
+    base.kv_cache_bytes_per_image(torch.bfloat16, branches=2)           # what one image's cache costs
+
+`positions` (B, n) are distinct image-grid positions per row. Their hidden states are recomputed
+from the current tokens, layer by layer, and attend to their fresh keys/values plus the cached
+ones of every other position (other image tokens and prompt/condition positions, frozen at the
+cached full step). The cache holds whatever batch the full step ran (under CFG: every branch).
+
 `tokens` hold image token ids in [0, K) and `mask_id` (== K) where a position is still masked.
 `embed_tokens`, `embed_positions` and `embed_conditions` expose the frozen embeddings the
 shortcut reads new tokens and prompts with. `fingerprint` identifies config + weights: stores
@@ -21,6 +32,9 @@ import hashlib
 import json
 
 import torch
+
+from migmcut.base.partial import KVCache, Sequence, run_layers
+from migmcut.errors import UserError
 
 
 class BaseModel(torch.nn.Module):
@@ -69,6 +83,84 @@ class BaseModel(torch.nn.Module):
 
     def decode(self, tokens: torch.Tensor):
         raise NotImplementedError
+
+    # -- partial evaluation -------------------------------------------------------------------
+    supports_partial: bool = False
+
+    def forward_with_cache(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, KVCache]:
+        """`forward` (same logits and features) that also returns every layer's K/V."""
+        self._require_partial()
+        seq = self.partial_sequence(tokens, cond)
+        x, cache = run_layers(self, self.embed_rows(seq.ids, seq.pos), seq.pos, None, seq.mask)
+        grid = torch.arange(self.num_tokens, device=tokens.device).expand(tokens.shape[0], -1)
+        features = self.final_norm(_rows(x, self.image_rows(grid)))
+        return self.head(features), features, cache
+
+    def partial_forward(self, tokens: torch.Tensor, cond: torch.Tensor, positions: torch.Tensor,
+                        cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, n, K) and features (B, n, D) at grid `positions` (B, n), other positions from `cache`."""
+        self._require_partial()
+        if positions.dim() != 2 or not positions.shape[0] == tokens.shape[0] == cache.batch:
+            raise ValueError(f"positions {tuple(positions.shape)} and a cache of {cache.batch} rows "
+                             f"do not match tokens {tuple(tokens.shape)}")
+        seq = self.partial_sequence(tokens, cond)
+        rows = self.image_rows(positions)
+        pos = _rows(seq.pos, rows)
+        x, _ = run_layers(self, self.embed_rows(_rows(seq.ids, rows), pos), pos, rows, seq.mask, cache)
+        features = self.final_norm(x)
+        return self.head_at(features, positions), features
+
+    def kv_cache_bytes_per_image(self, dtype: torch.dtype | None = None, branches: int = 1) -> int:
+        """Bytes of one image's KVCache in `dtype` (default: the model's); `branches=2` under CFG."""
+        self._require_partial()
+        layers, length, width = self.kv_layout()
+        itemsize = (dtype or next(self.parameters()).dtype).itemsize
+        return branches * layers * 2 * length * width * itemsize
+
+    def head_at(self, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """`head` of features (B, n, D) that sit at grid `positions` (B, n) (for position-dependent heads)."""
+        return self.head(features)
+
+    def _require_partial(self) -> None:
+        if not self.supports_partial:
+            raise UserError(f"the {type(self).__name__} base has no partial evaluation (forward_with_cache, "
+                            f"partial_forward), which recap, mlcache and hybrid need: use vanilla, cache or shortcut")
+
+    # the hooks `migmcut.base.partial.run_layers` drives; an adapter with `supports_partial` defines them
+    def partial_sequence(self, tokens: torch.Tensor, cond: torch.Tensor) -> Sequence:
+        """The input sequence: ids, position ids and key mask."""
+        raise NotImplementedError
+
+    def image_rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """Grid positions (B, n) -> their indices in the input sequence (B, n)."""
+        raise NotImplementedError
+
+    def embed_rows(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """ids and position ids (B, t) -> the first block's input (B, t, D)."""
+        raise NotImplementedError
+
+    def partial_blocks(self) -> list:
+        raise NotImplementedError
+
+    def block_qkv(self, block, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, heads, t, hd), k and v (B, kv_heads, t, hd) of the rows x (B, t, D) at position ids pos."""
+        raise NotImplementedError
+
+    def block_out(self, block, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """The block's output from its input x and its attention result (B, t, heads * hd)."""
+        raise NotImplementedError
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def kv_layout(self) -> tuple[int, int, int]:
+        """(layers, sequence length, kv_heads * head_dim) of the cache of one sequence."""
+        raise NotImplementedError
+
+
+def _rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x (B, T) or (B, T, D) at rows (B, n)."""
+    return x.gather(1, rows if x.dim() == 2 else rows[..., None].expand(-1, -1, x.shape[-1]))
 
 
 # config entries that say where or how weights were loaded, not what they are

@@ -25,6 +25,7 @@ import yaml
 from torch import nn
 
 from migmcut.base.interface import BaseModel, fingerprint_of
+from migmcut.base.partial import Sequence, split_heads
 from migmcut.base.statedict import load_into, read_tensors, require_path
 from migmcut.errors import CheckpointError, UserError
 
@@ -265,7 +266,7 @@ class MaskGITBase(BaseModel):
         self.num_classes = net.nclass
         self.grid = (grid, grid)
         self.feature_dim = net.tok_emb.embedding_dim
-        self.fingerprint = fingerprint_of(meta, self)
+        self.fingerprint = fingerprint_of(meta, self) if net.pos_emb.device.type != "meta" else "meta"
 
     @staticmethod
     def build_transformer(cfg: MaskGITConfig) -> MaskGITTransformer:
@@ -334,6 +335,42 @@ class MaskGITBase(BaseModel):
 
     def embed_conditions(self, cond: torch.Tensor) -> torch.Tensor:
         return self.net.tok_emb(cond)
+
+    # -- partial evaluation: the pre-norm encoder layers by hand ------------------------------------
+    supports_partial = True
+
+    def partial_sequence(self, tokens: torch.Tensor, cond: torch.Tensor) -> Sequence:
+        ids = torch.cat([tokens, cond], 1)  # the class token is last
+        return Sequence(ids, torch.arange(ids.shape[1], device=ids.device).expand_as(ids), None)
+
+    def image_rows(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions
+
+    def embed_rows(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.net.first_layer(self.net.tok_emb(ids) + self.net.pos_emb[0][pos])
+
+    def partial_blocks(self) -> list:
+        return list(self.net.transformer.layers)
+
+    def block_qkv(self, block, x, pos):
+        attn = block[0]
+        mha = attn.fn.mha
+        qkv = torch.nn.functional.linear(attn.norm(x), mha.in_proj_weight, mha.in_proj_bias)
+        return tuple(split_heads(t, mha.head_dim) for t in qkv.chunk(3, dim=-1))
+
+    def block_out(self, block, x, attn):
+        x = x + block[0].fn.mha.out_proj(attn)
+        return x + block[1](x)
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.last_layer(x)
+
+    def head_at(self, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        K = self.codebook_size
+        return torch.nn.functional.linear(features, self.net.tok_emb.weight[:K]) + self.net.bias[positions, :K]
+
+    def kv_layout(self) -> tuple[int, int, int]:
+        return len(self.net.transformer.layers), self.num_tokens + 1, self.feature_dim
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> np.ndarray:

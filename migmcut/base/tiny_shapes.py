@@ -24,6 +24,7 @@ from diffusers import VQModel
 from transformers import BertConfig, BertForMaskedLM
 
 from migmcut.base.interface import BaseModel, fingerprint_of
+from migmcut.base.partial import Sequence, split_heads
 from migmcut.errors import UserError
 from migmcut.world import shapes
 from migmcut.world import tokenizer as tok
@@ -174,6 +175,34 @@ class TinyShapesBase(BaseModel):
 
     def embed_conditions(self, cond: torch.Tensor) -> torch.Tensor:
         return self.mlm.bert.embeddings.word_embeddings(cond)
+
+    # -- partial evaluation: BertLayer by hand (post-norm attention and MLP, as modeling_bert) ------
+    supports_partial = True
+
+    def partial_sequence(self, tokens: torch.Tensor, cond: torch.Tensor) -> Sequence:
+        ids = self.input_ids(tokens, cond)
+        return Sequence(ids, torch.arange(ids.shape[1], device=ids.device).expand_as(ids), None)
+
+    def image_rows(self, positions: torch.Tensor) -> torch.Tensor:
+        return positions + self.prompt_length
+
+    def embed_rows(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.mlm.bert.embeddings(input_ids=ids, position_ids=pos)  # word + token type + position, LayerNorm
+
+    def partial_blocks(self) -> list:
+        return list(self.mlm.bert.encoder.layer)
+
+    def block_qkv(self, block, x, pos):
+        att = block.attention.self
+        return tuple(split_heads(m(x), att.attention_head_size) for m in (att.query, att.key, att.value))
+
+    def block_out(self, block, x, attn):
+        x = block.attention.output(attn, x)  # dense, LayerNorm(. + x)
+        return block.output(block.intermediate(x), x)
+
+    def kv_layout(self) -> tuple[int, int, int]:
+        c = self.mlm.config
+        return c.num_hidden_layers, self.prompt_length + self.num_tokens, c.hidden_size
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> np.ndarray:
