@@ -174,9 +174,9 @@ class PlainProgress:
             t["shown"], t["at"] = done, now
 
 
-def progress(enabled: bool):
-    """A progress bar on a terminal, plain lines on stderr off one, nothing when not `enabled`."""
-    if enabled and not console.is_terminal:
+def progress(enabled: bool, plain: bool = False):
+    """A progress bar on a terminal; off one, plain lines on stderr if `plain` (long jobs); nothing if not `enabled`."""
+    if enabled and plain and not console.is_terminal:
         return PlainProgress()
     return Progress(
         TextColumn("{task.description}"),

@@ -61,7 +61,7 @@ def _record(out, num, batch_size, steps, codec, block_size, overwrite, dry_run, 
         elif rank == 0:
             _print_plan(plan)
         return
-    with progress(not json_ and rank == 0) as bar:
+    with progress(not json_ and rank == 0, plain=True) as bar:
         state = {}
 
         def on_start(k, dist):

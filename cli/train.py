@@ -47,7 +47,7 @@ def train(
     dev = resolve_device(device)
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     out_dir = writable_dir(out, "--out") if not resume else Path(out)
-    with progress(main_rank and not json_) as bar:
+    with progress(main_rank and not json_, plain=True) as bar:
         task = bar.add_task("training", total=cfg.max_steps)
 
         def log(step, stats):
