@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from migmcut.errors import CheckpointError, StoreError, UserError
 from migmcut.files import atomic_write, dir_lock, is_disk_full
-from migmcut.shortcut import Shortcut, ShortcutConfig
+from migmcut.shortcut import Shortcut, ShortcutConfig, load_weights
 
 
 @dataclass
@@ -289,12 +289,13 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> 
         summary = {k: v for k, v in meta.get("summary", {}).items() if k != "steps"}  # if nothing is left to do
         if meta.get("base_fingerprint") not in (None, base.fingerprint):
             raise CheckpointError(f"--resume: {out} belongs to base {meta['base_fingerprint']}, not {base.fingerprint}")
+        what = f"--resume: {out} does not match this shortcut architecture"
         try:
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
+            load_weights(model, state["model"], what)
+            load_weights(ema, state["ema"], what)
             opt.load_state_dict(state["opt"])
         except (RuntimeError, ValueError, KeyError) as err:
-            raise CheckpointError(f"--resume: {out} does not match this shortcut architecture ({err})") from None
+            raise CheckpointError(f"{what} ({type(err).__name__})") from None
         step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
     rollout = Rollout(model)

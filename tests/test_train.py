@@ -291,3 +291,18 @@ def test_checkpoint_files_have_the_same_umask_mode(store, tmp_path):
     assert train("--store", str(store), "--out", str(out), "--max-steps", "2").exit_code == 0
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert len(set(modes.values())) == 1 and modes["shortcut.safetensors"] & 0o044, modes
+
+
+def test_a_checkpoint_whose_config_does_not_match_its_weights_is_one_line(tmp_path, debug_base):
+    from migmcut.shortcut import Shortcut, ShortcutConfig
+
+    Shortcut(ShortcutConfig(feature_dim=debug_base.feature_dim, heads=2)).save(
+        tmp_path / "ck", {"base_fingerprint": debug_base.fingerprint})
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    config["shortcut"]["ratio"] = 1  # twice the width the weights have
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(config))
+    res = runner.invoke(app, ["generate", "--recipe", "debug", "--device", "cpu", "--prompt", "a large red circle",
+                              "--shortcut", str(tmp_path / "ck"), "--budget", "2", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(r"tensor \S+ has shape \(\d+, \d+\), the architecture wants", lines[0]), lines
