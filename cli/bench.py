@@ -13,8 +13,8 @@ from typing import Annotated, Optional
 import typer
 
 from migmcut.cli.common import (
-    DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, console, emit, handle_errors, load,
-    progress, resolve_device, resolve_dtype, writable_dir,
+    BATCH_MAX, COUNT_MAX, SEED_MAX, DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, check_range, console,
+    emit, handle_errors, load, progress, resolve_device, resolve_dtype, writable_dir,
 )
 from migmcut.errors import UserError
 
@@ -105,11 +105,11 @@ def _open_store(url: str, base, recipe, steps: int):
 def bench(
     shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory (default: the recipe's).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps N (default: the recipe's bench.steps or sampler.steps).")] = None,
-    budgets: Annotated[Optional[str], typer.Option(help="Full-step budgets B, comma-separated, e.g. 2,4,8.")] = None,
+    budgets: Annotated[Optional[str], typer.Option(help="Full-step budgets B, comma-separated, e.g. 2,4,8 (default: the recipe's bench.budgets, 4,6 on tiny-shapes).")] = None,
     methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of vanilla,cache,shortcut (vanilla-N always runs).")] = None,
     prompts: Annotated[Optional[Path], typer.Option(help="Text file, one prompt a line (default: the recipe's bench prompts).")] = None,
     classes: Annotated[Optional[str], typer.Option(help="Class ids, comma-separated (class-conditional bases).")] = None,
-    num_samples: Annotated[Optional[int], typer.Option(help="Images per configuration (prompts are cycled).")] = None,
+    num_samples: Annotated[Optional[int], typer.Option(help="Images per configuration, prompts cycled (default: the recipe's bench.num_samples, 96 on tiny-shapes).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Sampler batch size, the same for every configuration.")] = None,
     repeats: Annotated[Optional[int], typer.Option(help="Timed repeats per configuration (median reported).")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="Shortcut full-step placement: uniform, searched or both.")] = None,
@@ -143,15 +143,17 @@ def bench(
     lib.check_plan(N, budget_list, method_list, mode)
     bs = batch_size if batch_size is not None else (cfg.batch_size or rec.generate.batch_size)
     reps = repeats if repeats is not None else cfg.repeats
-    for name, value, low in (("--batch-size", bs, 1), ("--repeats", reps, 1), ("--num-samples", num_samples, 1)):
-        if value is not None and value < low:
-            raise UserError(f"{name} must be >= {low}, got {value}")
+    for name, value, low, high in (("--batch-size", bs, 1, BATCH_MAX), ("--repeats", reps, 1, 1000),
+                                   ("--num-samples", num_samples, 1, COUNT_MAX), ("--seed", seed, 0, SEED_MAX)):
+        check_range(name, value, low, high)  # --steps and --budgets: check_plan above
     if prompts is not None and classes is not None:
         raise UserError("give --prompts or --classes, not both")
     if store is not None and (prompts is not None or classes is not None):
         raise UserError("--store takes its prompts and seeds from the store: drop --prompts / --classes")
     if search_schedule and store is None:
         raise UserError("--search-schedule needs --store STORE (validation trajectories to measure rollout errors on)")
+    if search_schedule:
+        ss.check_writable(shortcut or resolve_checkpoint(rec.shortcut.checkpoint))
     file_prompts = lib.read_prompts_file(prompts) if prompts is not None else None
     class_ids = lib.parse_int_list(classes, "--classes") if classes is not None else None
     metric_names = ([m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from migmcut.errors import UserError
+from migmcut.errors import UserError, quote  # noqa: F401 - quote: shared with the library
 from migmcut.files import is_disk_full
 
 console = Console(stderr=True)  # progress, warnings, errors
@@ -32,12 +32,6 @@ def check_range(name: str, value, low, high, *, low_open: bool = False) -> None:
         return
     if not ((low < value if low_open else low <= value) and value <= high):  # NaN fails both
         raise UserError(f"{name} must be {'>' if low_open else '>='} {low} and <= {high}, got {value}")
-
-
-def quote(text, limit: int = 60) -> str:
-    """User input quoted in a message, shortened to `limit` characters."""
-    text = str(text)
-    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Built-in recipe name or a YAML path.")]
 SetOpt = Annotated[
