@@ -92,3 +92,55 @@ def test_no_command_writes_under_the_installed_package(tmp_path):
         assert res.exit_code == code, (args, res.output)
     assert "shipped shortcut, which is never written" in res.stderr and "--shortcut DIR" in res.stderr
     assert _snapshot(package) == before
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    store, ck = root / "store", root / "ck"
+    assert runner.invoke(app, ["record", *COMMON, "--out", str(store), "--num", "8", "--json"]).exit_code == 0
+    assert runner.invoke(app, ["train", *COMMON, "--store", str(store), "--out", str(ck), "--max-steps", "3",
+                               "--json"]).exit_code == 0
+    return store, ck
+
+
+def _full_disk(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("target, args", [
+    ("migmcut.bench._atomic", lambda s, ck, t: ["bench", *COMMON, "--methods", "vanilla", "--budgets", "2",
+                                                "--num-samples", "2", "--batch-size", "2", "--repeats", "1",
+                                                "--out", str(t / "b")]),
+    ("pathlib.Path.write_text", lambda s, ck, t: ["bench", *COMMON, "--shortcut", str(ck), "--store", str(s),
+                                                  "--budgets", "2", "--search-schedule"]),
+    ("migmcut.store.inspect.open_group", lambda s, ck, t: ["store", "verify", str(s), "--repair"]),
+])
+def test_a_full_disk_in_the_other_writing_commands_is_one_line_exit_2(trained, tmp_path, monkeypatch, target, args):
+    store, ck = trained
+    if "verify" in args(store, ck, tmp_path):  # something to repair
+        import shutil
+
+        store = Path(shutil.copytree(store, tmp_path / "s"))
+        next(p for p in (store / "features" / "c").rglob("*") if p.is_file()).write_bytes(b"damage")
+    monkeypatch.setattr(target, _full_disk)
+    res = runner.invoke(app, args(store, ck, tmp_path))
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no space left" in lines[0], res.output
+    assert not list(ck.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("command, option, default", [
+    ("generate", "--method", "default: shortcut when the recipe has a shortcut checkpoint"),
+    ("generate", "--budget", "default: the recipe's shortcut.budget, 4 on tiny-shapes"),
+    ("bench", "--budgets", "default: the recipe's bench.budgets, 4,6 on tiny-shapes"),
+    ("bench", "--num-samples", "default: the recipe's bench.num_samples, 96 on tiny-shapes"),
+])
+def test_help_shows_the_recipe_derived_defaults(command, option, default):
+    res = runner.invoke(app, [command, "--help"])
+    assert res.exit_code == 0
+    text = " ".join(res.stdout.replace("│", " ").split())  # the help cell, wrapped over rows, as one line
+    assert default in text.split(f" {option} ", 1)[1], text
