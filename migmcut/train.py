@@ -232,12 +232,13 @@ def train(
     """Train a shortcut for `recipe`'s base from the store at `store_url`; returns the summary.
 
     `dtype` is the frozen base's (its embeddings and head); the shortcut trains in fp32. A
-    non-empty `out` is refused unless `resume` or `overwrite`; one process (rank 0) at a time
-    holds `out`'s lock. A full disk is a `CheckpointError`: the last checkpoint written is intact.
+    non-empty `out` (hidden files aside: write probes, temporary files) is refused unless `resume`
+    or `overwrite`; one process (rank 0) at a time holds `out`'s lock. A full disk is a
+    `CheckpointError`: the last checkpoint written is intact.
     """
     cfg.validate()
     out = Path(out).expanduser()
-    if not resume and not overwrite and out.is_dir() and any(out.iterdir()):
+    if not resume and not overwrite and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
         raise CheckpointError(f"--out {out} is not empty (an earlier checkpoint?): pass --resume to continue it, "
                               "--overwrite to replace it, or choose another --out")
     busy = f"--out {out} is being trained into by another migmcut process; wait for it or choose another --out"

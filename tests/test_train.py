@@ -247,6 +247,7 @@ def test_resume_reports_only_its_own_steps_and_a_finished_run_keeps_its_summary(
     res = train("--store", str(store), "--out", out, "--max-steps", "6", "--resume")
     assert res.exit_code == 0, res.output
     assert "trained 2 steps (to step 6)" in res.stdout, res.output
+    assert re.fullmatch(r"(training loss \S+ \d+ pairs/s: \d/6\n)+", res.stderr), res.stderr  # off a terminal
     res = train("--store", str(store), "--out", out, "--max-steps", "6", "--resume")
     assert res.exit_code == 0, res.output
     assert "nothing to do" in res.stdout and "val_mse" in res.stdout, res.output
