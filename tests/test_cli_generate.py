@@ -52,7 +52,7 @@ def test_steps_and_seed_change_the_images(tmp_path):
         (["--prompt", "a red circle", "--method", "magic"], "--method 'magic'"),
         (["--prompt", "a red circle", "--recipe", "nope"], "unknown recipe"),
         (["--prompt", "a red circle", "--set", "sampler.stepz=3"], "unknown key 'sampler.stepz'"),
-        (["--prompt", "a tiny red circle"], "does not know: tiny"),
+        (["--prompt", "a tiny red circle"], "does not know: 'tiny'"),
         ([], "nothing to generate"),
         (["--class", "3"], "text-conditioned"),
         (["--prompt", "a red circle", "-n", "0"], "--num-images"),
