@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from migmcut.errors import UserError, quote  # noqa: F401 - quote: shared with the library
+from migmcut.errors import UserError
 from migmcut.files import is_disk_full
 
 console = Console(stderr=True)  # progress, warnings, errors

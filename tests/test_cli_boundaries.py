@@ -7,9 +7,9 @@ import pytest
 from typer.testing import CliRunner
 
 import migmcut
-from migmcut.cli.common import BATCH_MAX, COUNT_MAX, SEED_MAX, check_range, quote
+from migmcut.cli.common import BATCH_MAX, COUNT_MAX, SEED_MAX, check_range
 from migmcut.cli.main import app
-from migmcut.errors import UserError
+from migmcut.errors import UserError, quote
 
 runner = CliRunner()
 COMMON = ["--recipe", "debug", "--device", "cpu"]
