@@ -14,8 +14,8 @@ from typing import Annotated, Optional
 import typer
 
 from migmcut.cli.common import (
-    DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, console, emit, handle_errors, load,
-    progress, resolve_device, resolve_dtype, writable_dir,
+    BATCH_MAX, COUNT_MAX, SEED_MAX, DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, check_range, console, results,
+    emit, handle_errors, load, progress, resolve_device, resolve_dtype, writable_dir,
 )
 from migmcut.errors import UserError
 
@@ -51,18 +51,18 @@ def _print_rows(rows: list[dict], timing: dict, metrics: list[str], compared: li
         )
     from rich.console import Console
 
-    (console if console.is_terminal else Console(file=console.file, width=220)).print(table)  # off a terminal: unwrapped
+    (results if results.is_terminal else Console(highlight=False, width=220)).print(table)  # off a terminal: unwrapped
     if compared:
-        console.print(f"front: the fastest vanilla at least as good on {' and '.join(compared)} (a tie inside the "
+        results.print(f"front: the fastest vanilla at least as good on {' and '.join(compared)} (a tie inside the "
                       "paired bootstrap interval counts); ceiling: the front speedup at vanilla-N's quality; "
                       "> : better than every vanilla run")
     if timing:
-        console.print(
+        results.print(
             f"c = {timing['c']:.3f} (shortcut call {timing['shortcut_s'] * 1e3:.2f} ms / base forward "
             f"{timing['base_forward_s'] * 1e3:.2f} ms at the bench batch size)"
         )
     if any(r.get("images") == "store" for r in rows):
-        console.print("* quality from the store's recorded rollouts (timing measured)")
+        results.print("* quality from the store's recorded rollouts (timing measured)")
 
 
 def _print_rollout(errors: dict) -> None:
@@ -80,7 +80,7 @@ def _print_rollout(errors: dict) -> None:
     cols = {(n, m): e.by_k(m) for n, e in errors.items() for m in ss.METRICS}
     for k in range(1, steps):
         table.add_row(str(k), *[f"{cols[(n, m)][k - 1]:.4g}" for n in errors for m in ss.METRICS])
-    console.print(table)
+    results.print(table)
 
 
 def _print_schedules(results) -> None:
@@ -94,7 +94,7 @@ def _print_schedules(results) -> None:
     for r in results:
         table.add_row(str(r.steps), str(r.budget), str(r.full_steps), f"{r.objective:.4g}",
                       str(r.uniform_steps), f"{r.uniform_objective:.4g}")
-    console.print(table)
+    results.print(table)
 
 
 def _open_store(url: str, base, recipe, steps: int):
@@ -120,12 +120,12 @@ def _open_store(url: str, base, recipe, steps: int):
 def bench(
     shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory (default: the recipe's).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps N (default: the recipe's bench.steps or sampler.steps).")] = None,
-    budgets: Annotated[Optional[str], typer.Option(help="Full-step budgets B, comma-separated, e.g. 2,4,8.")] = None,
+    budgets: Annotated[Optional[str], typer.Option(help="Full-step budgets B, comma-separated, e.g. 2,4,8 (default: the recipe's bench.budgets, 4,6 on tiny-shapes).")] = None,
     methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of vanilla,cache,shortcut (vanilla always runs: it is the front).")] = None,
     vanilla_steps: Annotated[Optional[str], typer.Option(help="Vanilla step counts for the front, comma-separated, each in [1, N] (default: N and every budget, then whatever the front needs).")] = None,
     prompts: Annotated[Optional[str], typer.Option(help="Text file, one prompt a line, or bench-set / selection-set (tiny-shapes' shipped held-out sets; default: the recipe's bench.prompts).")] = None,
     classes: Annotated[Optional[str], typer.Option(help="Class ids, comma-separated (class-conditional bases).")] = None,
-    num_samples: Annotated[Optional[int], typer.Option(help="Images per configuration (prompts are cycled).")] = None,
+    num_samples: Annotated[Optional[int], typer.Option(help="Images per configuration, prompts cycled (default: the recipe's bench.num_samples, 384 on tiny-shapes).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Sampler batch size, the same for every configuration.")] = None,
     repeats: Annotated[Optional[int], typer.Option(help="Timed repeats per configuration (median reported).")] = None,
     schedule: Annotated[Optional[str], typer.Option(help="Shortcut full-step placement: auto (as generate: searched where saved beside the shortcut, else uniform), uniform, searched or both.")] = None,
@@ -160,15 +160,17 @@ def bench(
     lib.check_plan(N, budget_list, method_list, mode, front_steps)
     bs = batch_size if batch_size is not None else (cfg.batch_size or rec.generate.batch_size)
     reps = repeats if repeats is not None else cfg.repeats
-    for name, value, low in (("--batch-size", bs, 1), ("--repeats", reps, 1), ("--num-samples", num_samples, 1)):
-        if value is not None and value < low:
-            raise UserError(f"{name} must be >= {low}, got {value}")
+    for name, value, low, high in (("--batch-size", bs, 1, BATCH_MAX), ("--repeats", reps, 1, 1000),
+                                   ("--num-samples", num_samples, 1, COUNT_MAX), ("--seed", seed, 0, SEED_MAX)):
+        check_range(name, value, low, high)  # --steps and --budgets: check_plan above
     if prompts is not None and classes is not None:
         raise UserError("give --prompts or --classes, not both")
     if store is not None and (prompts is not None or classes is not None):
         raise UserError("--store takes its prompts and seeds from the store: drop --prompts / --classes")
     if search_schedule and store is None:
         raise UserError("--search-schedule needs --store STORE (validation trajectories to measure rollout errors on)")
+    if search_schedule:
+        ss.check_writable(shortcut or resolve_checkpoint(rec.shortcut.checkpoint))
     file_prompts = None
     if prompts is not None:
         file_prompts = lib.default_prompts(dataclasses.replace(rec, bench=dataclasses.replace(cfg, prompts=prompts)))
@@ -216,7 +218,7 @@ def bench(
         results, path, _ = search_now(budget_list)
         if not json_:
             _print_schedules(results)
-            console.print(f"saved to {path}")
+            results.print(f"saved to {path}")
         emit(json_, {"schedules": [{"steps": r.steps, "budget": r.budget, **r.to_dict()} for r in results],
                      "file": str(path)})
         return
@@ -287,6 +289,6 @@ def bench(
         _print_rows(result.rows, result.timing, [m.primary for m in metric_list], list(result.higher))
         if errors is not None:
             _print_rollout(errors)
-        console.print(f"wrote {', '.join(Path(p).name for p in files.values())} to {out_dir}")
+        results.print(f"wrote {', '.join(Path(p).name for p in files.values())} to {out_dir}")
     emit(json_, {"rows": result.rows, "timing": result.timing, "files": files})
 

@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,8 +16,22 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from migmcut.errors import UserError
+from migmcut.files import is_disk_full
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # progress, warnings, errors
+results = Console(highlight=False, soft_wrap=True)  # human results (stdout; nothing with --json)
+
+SEED_MAX = 2**32 - 1
+COUNT_MAX = 10**9  # trajectories, steps, images ...: anything above is a typo
+BATCH_MAX = 2**16
+
+
+def check_range(name: str, value, low, high, *, low_open: bool = False) -> None:
+    """Every numeric option is checked here, at the boundary: `low <= value <= high` (`low < value` if open)."""
+    if value is None:
+        return
+    if not ((low < value if low_open else low <= value) and value <= high):  # NaN fails both
+        raise UserError(f"{name} must be {'>' if low_open else '>='} {low} and <= {high}, got {value}")
 
 RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Built-in recipe name or a YAML path.")]
 SetOpt = Annotated[
@@ -45,21 +60,31 @@ def handle_errors(fn):
         except UserError as err:
             console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except OSError as err:
+            if not is_disk_full(err):
+                return _internal(err)
+            console.print(f"[red]error:[/red] no space left on the device ({err.strerror}); nothing half-written "
+                          "is left: free some space and run the same command again", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("interrupted")
             raise typer.Exit(130) from None
         except Exception as err:  # noqa: BLE001 - the last line of defence
-            if debug_enabled():
-                traceback.print_exc()
-            console.print(
-                f"[red]internal error:[/red] {type(err).__name__}: {err} "
-                "(run with --debug or MIGMCUT_DEBUG=1 for the traceback)",
-                highlight=False,
-                soft_wrap=True,
-            )
-            raise typer.Exit(1) from None
+            _internal(err)
 
     return wrapper
+
+
+def _internal(err: BaseException):
+    if debug_enabled():
+        traceback.print_exc()
+    console.print(
+        f"[red]internal error:[/red] {type(err).__name__}: {err} "
+        "(run with --debug or MIGMCUT_DEBUG=1 for the traceback)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(1) from None
 
 
 def resolve_device(device: str | None):
@@ -112,7 +137,41 @@ def emit(as_json: bool, payload: dict) -> None:
         sys.stdout.flush()
 
 
-def progress(enabled: bool) -> Progress:
+class PlainProgress:
+    """Off a terminal: a plain line on stderr every 10% or 30 s per task (the `Progress` calls used here)."""
+
+    def __init__(self, every_s: float = 30.0):
+        self.every_s, self.tasks = every_s, {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, description: str, total=None) -> int:
+        self.tasks[len(self.tasks)] = {"description": description, "total": total, "completed": 0,
+                                       "shown": 0, "at": time.monotonic()}
+        return len(self.tasks) - 1
+
+    def advance(self, task: int, n=1) -> None:
+        self.update(task, completed=self.tasks[task]["completed"] + n)
+
+    def update(self, task: int, *, completed=None, description=None, total=None) -> None:
+        t = self.tasks[task]
+        t.update({k: v for k, v in (("completed", completed), ("description", description), ("total", total))
+                  if v is not None})
+        now, done, total = time.monotonic(), t["completed"], t["total"]
+        tenth = total and int(10 * done / total) > int(10 * t["shown"] / total)
+        if done > t["shown"] and (tenth or now - t["at"] >= self.every_s):
+            console.print(f"{t['description']}: {done}" + (f"/{total}" if total else ""), highlight=False)
+            t["shown"], t["at"] = done, now
+
+
+def progress(enabled: bool, plain: bool = False):
+    """A progress bar on a terminal; off one, plain lines on stderr if `plain` (long jobs); nothing if not `enabled`."""
+    if enabled and plain and not console.is_terminal:
+        return PlainProgress()
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),

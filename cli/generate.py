@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import re
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from migmcut.cli.common import (
-    DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, console, emit, handle_errors, load,
-    progress, resolve_device, resolve_dtype, writable_dir,
+    BATCH_MAX, COUNT_MAX, SEED_MAX, DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, check_range, emit,
+    handle_errors, load, progress, resolve_device, resolve_dtype, results, writable_dir,
 )
+from migmcut.files import atomic_write
 from migmcut.errors import UserError
 
 
@@ -25,8 +26,8 @@ def generate(
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A text prompt (repeatable).")] = None,
     class_id: Annotated[Optional[list[int]], typer.Option("--class", help="A class id, for class-conditional bases (repeatable).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps N (default: the recipe's).")] = None,
-    budget: Annotated[Optional[int], typer.Option(help="Full base steps B out of N (shortcut/cache).")] = None,
-    method: Annotated[Optional[str], typer.Option(help="vanilla, cache or shortcut.")] = None,
+    budget: Annotated[Optional[int], typer.Option(help="Full base steps B out of N (shortcut/cache; default: the recipe's shortcut.budget, 4 on tiny-shapes).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="vanilla, cache or shortcut (default: shortcut when the recipe has a shortcut checkpoint, as tiny-shapes does, else vanilla).")] = None,
     shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory.")] = None,
     schedule: Annotated[str, typer.Option(help="Full-step placement: auto (searched when saved beside the shortcut, else uniform), uniform, or searched (saved by bench --search-schedule).")] = "auto",
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images per prompt.")] = 1,
@@ -45,17 +46,25 @@ def generate(
     from migmcut.generate import generate as run_generate
     from migmcut.shortcut import resolve_checkpoint
 
+    started = time.perf_counter()
     if prompt and class_id:
         raise UserError("give --prompt or --class, not both")
     conditions = list(prompt or class_id or [])
     if not conditions:
         raise UserError("nothing to generate: give --prompt TEXT (or --class ID for class-conditional bases)")
-    if batch_size is not None and batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    for name, value, low, high in (("--steps", steps, 1, COUNT_MAX), ("--budget", budget, 1, COUNT_MAX),
+                                   ("--num-images", num_images, 1, COUNT_MAX), ("--batch-size", batch_size, 1, BATCH_MAX),
+                                   ("--seed", seed, 0, SEED_MAX)):
+        check_range(name, value, low, high)
     rec = load(recipe, set_)
     checkpoint = shortcut or resolve_checkpoint(rec.shortcut.checkpoint)
     method = method or ("shortcut" if checkpoint else "vanilla")
-    budget = budget if budget is not None or method == "vanilla" else rec.shortcut.budget
+    n = steps if steps is not None else rec.sampler.steps
+    if budget is None and method != "vanilla":
+        budget = rec.shortcut.budget
+        if budget is not None and budget > n:
+            raise UserError(f"the recipe's default budget ({budget} full steps) does not fit --steps {n}: "
+                            f"pass --budget B with 1 <= B <= {n}")
     full_steps = None
     if schedule not in ("auto", "uniform", "searched"):
         raise UserError(f"--schedule {schedule!r}: choose auto, uniform or searched")
@@ -63,7 +72,6 @@ def generate(
     if schedule == "searched" or (schedule == "auto" and method == "shortcut"):
         from migmcut.schedule_search import load_schedule
 
-        n = steps if steps is not None else rec.sampler.steps
         if checkpoint is not None and budget is not None:
             full_steps = load_schedule(checkpoint, n, budget)
         if schedule == "searched" and full_steps is None:
@@ -75,28 +83,33 @@ def generate(
             )
     dev = resolve_device(device)
     out_dir = writable_dir(out, "--out")
-    total = len(conditions) * max(num_images, 1)
+    names = [f"{_slug(c)}.png" for c in conditions for _ in range(num_images)]
+    paths = []
     with progress(not json_) as bar:
-        task = bar.add_task("generating", total=total)
+        task = bar.add_task("generating", total=len(names))
+
+        def write(images):  # each batch as it finishes: an interrupted run keeps what it made
+            for image in images:
+                path = out_dir / f"{len(paths):04d}-{names[len(paths)]}"
+                atomic_write(path, lambda p: Image.fromarray(image).save(p, format="PNG"))
+                paths.append(str(path))
+            bar.advance(task, len(images))
+
         result = run_generate(
             rec, conditions, num_images=num_images, seed=seed, steps=steps, method=method,
-            budget=budget, shortcut=checkpoint, full_steps=full_steps, device=dev, dtype=resolve_dtype(dtype, dev), batch_size=batch_size,
-            on_batch=lambda n: bar.advance(task, n),
+            budget=budget, shortcut=checkpoint, full_steps=full_steps, device=dev, dtype=resolve_dtype(dtype, dev),
+            batch_size=batch_size, on_batch=write,
         )
-    paths = []
-    for i, (image, cond) in enumerate(zip(result.images, result.conditions)):
-        path = out_dir / f"{i:04d}-{_slug(cond)}.png"
-        tmp = path.with_name(path.name + ".tmp")
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-        paths.append(str(path))
+    seconds = time.perf_counter() - started
+    per_image = result.seconds / len(paths)
     if not json_:
-        console.print(
+        results.print(
             f"wrote {len(paths)} image(s) to {out_dir} ({result.method}, {result.steps} steps, "
-            f"{result.seconds / len(paths):.2f} s/image)"
+            f"{per_image:.3f} s/image sampling; loading {result.load_seconds:.2f} s, {seconds:.2f} s in all)"
         )
     emit(json_, {
         "images": paths, "method": result.method, "steps": result.steps, "budget": result.budget,
         "full_steps": result.full_steps,
-        "base_calls": result.base_calls, "shortcut_calls": result.shortcut_calls, "seconds": round(result.seconds, 4),
+        "base_calls": result.base_calls, "shortcut_calls": result.shortcut_calls, "seconds": round(seconds, 4),
+        "load_seconds": round(result.load_seconds, 4), "sampling_seconds_per_image": round(per_image, 5),
     })

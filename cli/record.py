@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from migmcut.cli.common import (
-    DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, console, emit, handle_errors, load, progress,
-    resolve_device, resolve_dtype,
+    BATCH_MAX, COUNT_MAX, SEED_MAX, DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, check_range, emit,
+    handle_errors, load, progress, resolve_device, resolve_dtype, results,
 )
 from migmcut.errors import UserError
 
@@ -46,6 +46,10 @@ def _record(out, num, batch_size, steps, codec, block_size, overwrite, dry_run, 
             json_, rank):
     from migmcut import record as job
 
+    for name, value, low, high in (("--num", num, 1, COUNT_MAX), ("--batch-size", batch_size, 1, BATCH_MAX),
+                                   ("--steps", steps, 1, COUNT_MAX), ("--block-size", block_size, 1, BATCH_MAX),
+                                   ("--seed", seed, 0, SEED_MAX)):
+        check_range(name, value, low, high)  # before anything is created
     rec = load(recipe, set_)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -57,7 +61,7 @@ def _record(out, num, batch_size, steps, codec, block_size, overwrite, dry_run, 
         elif rank == 0:
             _print_plan(plan)
         return
-    with progress(not json_ and rank == 0) as bar:
+    with progress(not json_ and rank == 0, plain=True) as bar:
         state = {}
 
         def on_start(k, dist):
@@ -77,9 +81,9 @@ def _record(out, num, batch_size, steps, codec, block_size, overwrite, dry_run, 
         return
     if not json_:
         if result.written == 0:
-            console.print(f"{result.store}: all {result.trajectories} trajectories already recorded; nothing to do")
+            results.print(f"{result.store}: all {result.trajectories} trajectories already recorded; nothing to do")
         else:
-            console.print(
+            results.print(
                 f"recorded {result.written} trajectories into {result.store} "
                 f"({result.trajectories} in the store, {result.bytes / 1e6:.1f} MB, {result.seconds:.1f} s)"
             )
@@ -95,8 +99,8 @@ def _print_plan(plan: dict) -> None:
     for a in plan["arrays"]:
         table.add_row(a["name"], str(tuple(a["shape"])), a["dtype"], str(tuple(a["chunks"])),
                       str(tuple(a["shards"])) if a["shards"] else "-", _human(a["raw_bytes"]))
-    console.print(table)
-    console.print(
+    results.print(table)
+    results.print(
         f"estimated store size {_human(plan['bytes_estimated'])} "
         f"({_human(plan['bytes_per_trajectory_estimated'])} per trajectory; raw {_human(plan['bytes_raw'])}, "
         f"fp32 features {_human(plan['fp32_bytes_per_trajectory'])} per trajectory)"

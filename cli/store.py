@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from migmcut.cli.common import JsonOpt, console, emit, handle_errors, progress
+from migmcut.cli.common import JsonOpt, console, emit, handle_errors, progress, results
 from migmcut.errors import StoreError
 
 app = typer.Typer(help="Inspect and check trajectory stores.", no_args_is_help=True)
@@ -26,12 +26,12 @@ def info(store: StoreArg, json_: JsonOpt = False):
         return
     from rich.table import Table
 
-    console.print(
+    results.print(
         f"[bold]{summary['store']}[/bold]: {summary['complete']} of {summary['num']} trajectories complete, "
         f"recipe {summary['recipe']}, base {summary['fingerprint']}, codec {summary['codec']}",
         highlight=False,
     )
-    console.print(
+    results.print(
         f"steps {summary['steps']}, branches {summary['branches']}, L {summary['num_tokens']}, "
         f"D {summary['feature_dim']}, seed {summary['seed']}, {summary['condition']}, "
         f"block {summary['block_size']}, {summary['chunk_steps']} steps per chunk",
@@ -44,10 +44,10 @@ def info(store: StoreArg, json_: JsonOpt = False):
         table.add_row(a["name"], str(tuple(a["shape"])), a["dtype"], str(tuple(a["chunks"])),
                       str(tuple(a["shards"])) if a["shards"] else "-",
                       "missing" if a.get("missing") else f"{a['bytes_stored'] / 1e6:.2f} MB")
-    console.print(table)
+    results.print(table)
     per = summary["feature_bytes_per_trajectory"]
     extra = f"; features {per / 1e6:.2f} MB per trajectory, {summary['ratio_vs_fp32']}x smaller than fp32" if per else ""
-    console.print(f"{summary['bytes'] / 1e6:.2f} MB on disk{extra}", highlight=False)
+    results.print(f"{summary['bytes'] / 1e6:.2f} MB on disk{extra}")
     if summary["unreadable_complete_blocks"]:
         console.print("[yellow]some complete flags are unreadable: run `migmcut store verify`[/yellow]")
 
@@ -73,12 +73,15 @@ def verify(
         first = report["problems"][0]
         more = f" (+{len(report['problems']) - 1} more)" if len(report["problems"]) > 1 else ""
         where = f"trajectories {ranges(report['damaged'])} damaged: " if report["damaged"] else ""
+        if report.get("repaired"):  # done what was asked: not an error
+            if not json_:
+                results.print(f"{report['store']}: {where}{first}{more}; marked incomplete: run the same "
+                              "`migmcut record` command to recompute them")
+            return
         if not report["damaged"]:
             todo = "the store's layout is damaged: record it again with --overwrite"
-        elif report.get("repaired"):
-            todo = "marked incomplete: run the same `migmcut record` command to recompute them"
         else:
             todo = "run `migmcut store verify --repair`, then the same `migmcut record` command"
         raise StoreError(f"{report['store']}: {where}{first}{more}; {todo}")
     if not json_:
-        console.print(f"{report['store']}: {report['checked']} complete trajectories verified, no damage", highlight=False)
+        results.print(f"{report['store']}: {report['checked']} complete trajectories verified, no damage")

@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from migmcut.cli.common import (
-    DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, console, emit, handle_errors, load, progress,
-    resolve_device, resolve_dtype, writable_dir,
+    BATCH_MAX, COUNT_MAX, SEED_MAX, DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, check_range, emit,
+    handle_errors, load, progress, resolve_device, resolve_dtype, results, writable_dir,
 )
 
 
@@ -24,6 +24,7 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's).")] = None,
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: the recipe's).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT's trainer state.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the checkpoint already in OUT (a non-empty OUT is refused otherwise).")] = False,
     recipe: RecipeOpt = "tiny-shapes",
     set_: SetOpt = None,
     device: DeviceOpt = None,
@@ -34,6 +35,10 @@ def train(
     """Train a shortcut for the recipe's base model from recorded trajectories."""
     from migmcut.train import train as run_train
 
+    for name, value, low, high in (("--max-steps", max_steps, 1, COUNT_MAX), ("--batch-size", batch_size, 1, BATCH_MAX),
+                                   ("--workers", workers, 0, 256), ("--seed", seed, 0, SEED_MAX)):
+        check_range(name, value, low, high)
+    check_range("--lr", lr, 0, 10, low_open=True)
     rec = load(recipe, set_)
     overrides = {k: v for k, v in dict(max_steps=max_steps, batch_size=batch_size, lr=lr, num_workers=workers).items()
                  if v is not None}
@@ -42,7 +47,7 @@ def train(
     dev = resolve_device(device)
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 reports
     out_dir = writable_dir(out, "--out") if not resume else Path(out)
-    with progress(main_rank and not json_) as bar:
+    with progress(main_rank and not json_, plain=True) as bar:
         task = bar.add_task("training", total=cfg.max_steps)
 
         def log(step, stats):
@@ -50,11 +55,14 @@ def train(
                        description=f"training loss {stats['loss']:.4f} {stats['pairs_per_s']:.0f} pairs/s")
 
         result = run_train(rec, store, out_dir, cfg, device=dev, dtype=resolve_dtype(dtype, dev), resume=resume,
-                           log=log)
+                           overwrite=overwrite, log=log)
     if not main_rank:
         return
     if not json_:
         keys = ("val_mse", "val_mse_identity", "val_cos", "val_cos_identity", "val_top1", "val_top1_identity")
         figures = ", ".join(f"{k} {result[k]:.4g}" for k in keys if k in result)
-        console.print(f"trained {result['steps']} steps in {result['seconds']:.1f}s -> {out_dir}: {figures}")
+        done = result["steps"] - result["start_step"]
+        what = (f"trained {done} steps (to step {result['steps']}) in {result['seconds']:.1f}s" if done
+                else f"already trained to step {result['steps']}: nothing to do")
+        results.print(f"{what} -> {out_dir}: {figures}")
     emit(json_, result)

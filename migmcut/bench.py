@@ -25,7 +25,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import torch
 
 from migmcut import front
 from migmcut.errors import UserError
+from migmcut.files import atomic_write
 from migmcut.generate import METHODS
 from migmcut.policies import BudgetPolicy, FullPolicy, budget_schedule
 from migmcut.sampler import SamplerConfig, sample, trajectory_seed
@@ -406,9 +406,7 @@ def pareto_front(xs: list[float], ys: list[float], higher_is_better: bool = True
 
 
 def _atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 CSV_COLUMNS = ["label", "method", "schedule", "steps", "budget", "base_calls", "shortcut_calls",

@@ -15,3 +15,9 @@ class StoreError(UserError):
 
 class CheckpointError(UserError):
     pass
+
+
+def quote(text, limit: int = 60) -> str:
+    """User input quoted in a message, shortened to `limit` characters ("…" marks the cut)."""
+    text = str(text)
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")

@@ -29,7 +29,8 @@ class Generated:
     full_steps: list[int]  # the steps that ran the base
     base_calls: int  # full base steps per image
     shortcut_calls: int  # shortcut steps per image
-    seconds: float
+    seconds: float  # sampling and decoding, every batch (not `on_batch`)
+    load_seconds: float = 0.0  # loading the base and the shortcut, checking the conditions
 
     @property
     def budget(self) -> int:
@@ -79,8 +80,10 @@ def generate(
 ) -> Generated:
     """Generate `num_images` images per condition; image j of condition i uses seed index i*num_images+j.
 
+    `on_batch(images)` is called after each batch with its uint8 images, in order (e.g. to write them).
     `shortcut` is a checkpoint directory or a loaded `Shortcut` module, for method `shortcut`; `budget` is the number of full base steps for `cache` and `shortcut`; `full_steps` places them explicitly (e.g. `schedule_search.load_schedule(checkpoint, N, B)`) instead of uniformly.
     """
+    loading = time.perf_counter()
     if not conditions:
         raise UserError("nothing to generate: give at least one --prompt (or --class)")
     if num_images < 1:
@@ -105,16 +108,17 @@ def generate(
     jobs = [(c, trajectory_seed(seed, i * num_images + j)) for i, c in enumerate(conditions) for j in range(num_images)]
     base.encode_conditions(conditions)  # validate every condition before any work
     bs = batch_size or recipe.generate.batch_size
-    images, counts = [], {}
-    start = time.perf_counter()
+    images, counts, seconds = [], {}, 0.0
+    load_seconds = time.perf_counter() - loading
     for lo in range(0, len(jobs), bs):
         chunk = jobs[lo : lo + bs]
+        start = time.perf_counter()
         result = sample(base, [c for c, _ in chunk], [s for _, s in chunk], config, policy=policy_factory())
         images.append(base.decode(result.tokens))
+        seconds += time.perf_counter() - start
         counts = result.counts
         if on_batch:
-            on_batch(len(chunk))
-    seconds = time.perf_counter() - start
+            on_batch(images[-1])
     return Generated(
         images=np.concatenate(images),
         conditions=[c for c, _ in jobs],
@@ -125,4 +129,5 @@ def generate(
         base_calls=counts.get("full", 0),
         shortcut_calls=counts.get("shortcut", 0),
         seconds=seconds,
+        load_seconds=load_seconds,
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import os
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import torch
 
 from migmcut.base import load_base
 from migmcut.errors import StoreError, UserError
+from migmcut.files import is_disk_full
 from migmcut.recipe import Recipe
 from migmcut.sampler import StepEvent, sample, trajectory_seed
 from migmcut.store import location
@@ -306,7 +306,7 @@ def record(
         size = dist.broadcast(size)
         return RecordResult(str(loc), spec.num, total, seconds, size, action)
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if not is_disk_full(err):
             raise
         raise StoreError(
             f"{out}: no space left on the device ({err.strerror}); every trajectory marked complete is "

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from migmcut.errors import UserError
+from migmcut.files import atomic_write, is_shipped
 from migmcut.policies import budget_schedule
 from migmcut.train import ShortcutInputs
 
@@ -248,8 +248,16 @@ def search(errors: RolloutErrors, budgets: list[int]) -> list[SearchResult]:
     return out
 
 
+def check_writable(checkpoint: str | Path | None) -> None:
+    """A shipped checkpoint (under the installed package) is never written: its schedules are searched on a copy."""
+    if checkpoint is not None and is_shipped(checkpoint):
+        raise UserError(f"{checkpoint} is the shipped shortcut, which is never written: copy it "
+                        f"(cp -r {checkpoint} DIR) and pass --shortcut DIR to save the searched schedules beside the copy")
+
+
 def save_schedules(checkpoint: str | Path, results: list[SearchResult], meta: dict) -> Path:
     """Merge `results` into CHECKPOINT/schedules.json (atomically)."""
+    check_writable(checkpoint)
     checkpoint = Path(checkpoint)
     path = checkpoint / SCHEDULES_FILE
     digest = weights_digest(checkpoint)
@@ -265,9 +273,7 @@ def save_schedules(checkpoint: str | Path, results: list[SearchResult], meta: di
     table = data.setdefault("schedules", {})
     for r in results:
         table.setdefault(str(r.steps), {})[str(r.budget)] = r.to_dict()
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
     return path
 
 

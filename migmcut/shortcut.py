@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from migmcut.files import atomic_write
+
 
 @dataclass
 class ShortcutConfig:
@@ -157,9 +159,9 @@ class Shortcut(nn.Module):
 
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, directory / "shortcut.safetensors")
+        atomic_write(directory / "shortcut.safetensors", lambda p: save_file(tensors, p))
         meta = {"shortcut": asdict(self.config), **(extra or {})}
-        (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        atomic_write(directory / "config.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
 
 
 BUILTIN = Path(__file__).resolve().parent / "weights"
@@ -173,6 +175,24 @@ def resolve_checkpoint(value: str | None) -> Path | None:
         path = BUILTIN / value.split(":", 1)[1] / "shortcut"
         return path if (path / "shortcut.safetensors").is_file() else None
     return Path(value).expanduser()
+
+
+def load_weights(module: nn.Module, state: dict, what: str) -> None:
+    """`module.load_state_dict(state)`, or one line naming the first tensor that disagrees."""
+    from migmcut.errors import CheckpointError
+
+    own = module.state_dict()
+    bad = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if k in state and state[k].shape != v.shape]
+    missing, extra = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    more = len(bad) + len(missing) + len(extra) - 1
+    more = f" (+{more} more)" if more > 0 else ""
+    if bad:
+        k, got, want = bad[0]
+        raise CheckpointError(f"{what}: tensor {k} has shape {got}, the architecture wants {want}{more}")
+    if missing or extra:
+        k = (missing or extra)[0]
+        raise CheckpointError(f"{what}: tensor {k} is {'missing' if missing else 'not in the architecture'}{more}")
+    module.load_state_dict(state)
 
 
 def load_shortcut(directory: str | Path, base=None) -> tuple[Shortcut, dict]:
@@ -189,9 +209,10 @@ def load_shortcut(directory: str | Path, base=None) -> tuple[Shortcut, dict]:
     try:
         meta = json.loads(config.read_text())
         model = Shortcut(ShortcutConfig(**meta["shortcut"]))  # configs without query_positions: off
-        model.load_state_dict(load_file(weights))
+        tensors = load_file(weights)
     except (ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
         raise CheckpointError(f"{directory}: unreadable shortcut checkpoint ({type(err).__name__}: {err})") from None
+    load_weights(model, tensors, f"{directory}: config.json does not match shortcut.safetensors")
     if base is not None:
         want = meta.get("base_fingerprint")
         if want != base.fingerprint:

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from migmcut.errors import CheckpointError, StoreError, UserError
-from migmcut.shortcut import Shortcut, ShortcutConfig
+from migmcut.files import atomic_write, dir_lock, is_disk_full
+from migmcut.shortcut import Shortcut, ShortcutConfig, load_weights
 
 
 @dataclass
@@ -176,12 +178,6 @@ def evaluate(model, base, loader, inputs: ShortcutInputs, max_pairs: int, temper
     return {k: v / seen for k, v in sums.items()}
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(out: Path, model: Shortcut, ema: Shortcut, opt, step: int, meta: dict) -> None:
     from safetensors.torch import save_file
 
@@ -193,11 +189,11 @@ def save_checkpoint(out: Path, model: Shortcut, ema: Shortcut, opt, step: int, m
         "step": step,
         "torch_rng": torch.get_rng_state(),
     }
-    _atomic_write(out / "trainer.pt", lambda p: torch.save(state, p))
+    atomic_write(out / "trainer.pt", lambda p: torch.save(state, p))
     tensors = {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
-    _atomic_write(out / "shortcut.safetensors", lambda p: save_file(tensors, p))
+    atomic_write(out / "shortcut.safetensors", lambda p: save_file(tensors, p))
     config = {"shortcut": dataclasses.asdict(ema.config), **meta, "step": step}
-    _atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
 
 
 def load_trainer_state(out: Path) -> dict:
@@ -229,23 +225,40 @@ def train(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     resume: bool = False,
+    overwrite: bool = False,
     base=None,
     log=None,
 ) -> dict:
     """Train a shortcut for `recipe`'s base from the store at `store_url`; returns the summary.
 
-    `dtype` is the frozen base's (its embeddings and head); the shortcut trains in fp32.
+    `dtype` is the frozen base's (its embeddings and head); the shortcut trains in fp32. A
+    non-empty `out` (hidden files aside: write probes, temporary files) is refused unless `resume`
+    or `overwrite`; one process (rank 0) at a time holds `out`'s lock. A full disk is a
+    `CheckpointError`: the last checkpoint written is intact.
     """
-    with torch.enable_grad():  # callers (bench, notebooks) may have switched autograd off
-        return _train(recipe, store_url, out, cfg, device=device, dtype=dtype, resume=resume, base=base, log=log)
+    cfg.validate()
+    out = Path(out).expanduser()
+    if not resume and not overwrite and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise CheckpointError(f"--out {out} is not empty (an earlier checkpoint?): pass --resume to continue it, "
+                              "--overwrite to replace it, or choose another --out")
+    busy = f"--out {out} is being trained into by another migmcut process; wait for it or choose another --out"
+    main = int(os.environ.get("RANK", "0")) == 0
+    # callers (bench, notebooks) may have switched autograd off
+    with torch.enable_grad(), dir_lock(out, busy, error=CheckpointError) if main else nullcontext():
+        try:
+            return _train(recipe, store_url, out, cfg, device=device, dtype=dtype, resume=resume, base=base, log=log)
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            again = "with --resume" if (out / "trainer.pt").is_file() else "again"
+            raise CheckpointError(f"{out}: no space left on the device ({err.strerror}); the last checkpoint is "
+                                  f"intact: free some space and run the same command {again}") from None
 
 
 def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> dict:
     from migmcut.base import load_base
     from migmcut.store.reader import PairDataset, TrajectoryStore, pair_loader
 
-    cfg.validate()
-    out = Path(out).expanduser()
     store = TrajectoryStore(store_url)
     complete = store.complete_indices()
     if len(complete) == 0:
@@ -270,18 +283,20 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> 
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
     )
-    step = 0
+    step, summary = 0, {}
     if resume:
         state = load_trainer_state(out)
         meta = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
+        summary = {k: v for k, v in meta.get("summary", {}).items() if k != "steps"}  # if nothing is left to do
         if meta.get("base_fingerprint") not in (None, base.fingerprint):
             raise CheckpointError(f"--resume: {out} belongs to base {meta['base_fingerprint']}, not {base.fingerprint}")
+        what = f"--resume: {out} does not match this shortcut architecture"
         try:
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
+            load_weights(model, state["model"], what)
+            load_weights(ema, state["ema"], what)
             opt.load_state_dict(state["opt"])
         except (RuntimeError, ValueError, KeyError) as err:
-            raise CheckpointError(f"--resume: {out} does not match this shortcut architecture ({err})") from None
+            raise CheckpointError(f"{what} ({type(err).__name__})") from None
         step = int(state["step"])
         torch.set_rng_state(state["torch_rng"])
     rollout = Rollout(model)
@@ -304,7 +319,6 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> 
         "train_trajectories": int(len(train_idx)),
         "val_trajectories": int(len(val_idx)),
     }
-    summary: dict = {}
     t0, pairs_seen, start_step = time.perf_counter(), 0, step
     while step < cfg.max_steps:
         batch = next(loader)
@@ -343,6 +357,7 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> 
     seconds = time.perf_counter() - t0
     return {
         "steps": step,
+        "start_step": start_step,
         **{k: round(v, 6) for k, v in summary.items()},
         "pairs_per_s": round(pairs_seen / seconds, 1) if step > start_step else 0.0,
         "seconds": round(seconds, 3),

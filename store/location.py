@@ -6,7 +6,6 @@ other URLs (`memory://`, `s3://`, `gs://` ... whatever fsspec has installed) use
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 from contextlib import contextmanager
@@ -15,6 +14,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from migmcut.errors import StoreError
+from migmcut.files import dir_lock
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -98,44 +98,17 @@ def size_bytes(loc: Location) -> int:
 
 @contextmanager
 def writer_lock(loc: Location):
-    """Hold the one-writer-job lock of a local store for the duration of the block.
+    """Hold the one-writer-job lock of a local store (`migmcut.files.dir_lock`) for the duration of the block.
 
-    An exclusive `flock` on the store's directory: the kernel drops it when the process ends,
-    kill -9 included, so a dead run never leaves a stale lock. A directory created here for a
-    new store is removed again if it is still empty on the way out (a refused or failed job
-    leaves nothing behind). fsspec URLs have no lock: coordinate writers with torchrun.
+    fsspec URLs have no lock: coordinate writers with torchrun.
     """
     if not loc.local:
         yield
         return
-    import fcntl
-
-    if loc.path.exists() and not loc.path.is_dir():
-        raise StoreError(f"{loc}: exists and is not a directory; choose another --out")
-    created = not loc.path.exists()
-    try:
-        loc.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(loc.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError as err:
-        raise StoreError(f"--out {loc}: cannot write there ({err.strerror or err}); choose another location") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise StoreError(
-                f"{loc} is being recorded by another migmcut process; wait for it to finish or stop it "
-                "(to record one store with many processes, launch them together under torchrun)"
-            ) from None
+    busy = (f"{loc} is being recorded by another migmcut process; wait for it to finish or stop it "
+            "(to record one store with many processes, launch them together under torchrun)")
+    with dir_lock(loc.path, busy, error=StoreError):
         yield
-    finally:
-        if created:
-            try:
-                loc.path.rmdir()  # only succeeds while empty
-            except OSError:
-                pass
-        os.close(fd)
 
 
 def remove_partials(loc: Location) -> int:

@@ -126,6 +126,8 @@ def _ensure_arrays(group, spec: StoreSpec) -> None:
 
 def read_complete(group, spec: StoreSpec) -> tuple[np.ndarray, list[int]]:
     """(complete flags (n,) bool, blocks whose `complete` chunk could not be read)."""
+    if "complete" not in group.array_keys():  # a damaged layout (`store verify` names it): nothing is complete
+        return np.zeros(spec.num, dtype=bool), list(range(spec.num_blocks))
     arr = group["complete"]
     try:
         with quiet():

@@ -45,14 +45,14 @@ def test_steps_and_seed_change_the_images(tmp_path):
         (["--prompt", ""], "empty prompt"),
         (["--prompt", "a red circle", "--steps", "0"], "--steps must be >= 1"),
         (["--prompt", "a red circle", "--budget", "99"], "--budget 99"),
-        (["--prompt", "a red circle", "--budget", "0"], "--budget 0"),
+        (["--prompt", "a red circle", "--budget", "0"], "--budget must be >= 1"),
         (["--prompt", "a red circle", "--method", "shortcut", "--budget", "2"], "needs a shortcut checkpoint"),
         (["--prompt", "a red circle", "--method", "cache"], "needs --budget"),
         (["--prompt", "a red circle", "--shortcut", "/nonexistent", "--budget", "2"], "not a shortcut checkpoint"),
         (["--prompt", "a red circle", "--method", "magic"], "--method 'magic'"),
         (["--prompt", "a red circle", "--recipe", "nope"], "unknown recipe"),
         (["--prompt", "a red circle", "--set", "sampler.stepz=3"], "unknown key 'sampler.stepz'"),
-        (["--prompt", "a tiny red circle"], "does not know: tiny"),
+        (["--prompt", "a tiny red circle"], "does not know: 'tiny'"),
         ([], "nothing to generate"),
         (["--class", "3"], "text-conditioned"),
         (["--prompt", "a red circle", "-n", "0"], "--num-images"),
@@ -117,3 +117,52 @@ def test_unexpected_errors_exit_1_with_the_traceback_only_under_debug(tmp_path, 
     assert loud.exit_code == 1 and "Traceback" in loud.stderr
     monkeypatch.delenv("MIGMCUT_DEBUG", raising=False)
     assert runner.invoke(app, ["--version"]).stdout.startswith("migmcut ")
+
+
+def test_each_batch_is_written_as_it_finishes_so_an_interrupt_keeps_them(tmp_path, monkeypatch):
+    import migmcut.generate as lib
+
+    real, calls = lib.sample, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lib, "sample", interrupted)
+    out = tmp_path / "imgs"
+    res = invoke("--prompt", "a large red circle", "-n", "4", "--batch-size", "1", "--out", str(out))
+    assert res.exit_code == 130, res.output
+    assert sorted(os.listdir(out)) == ["0000-a-large-red-circle.png", "0001-a-large-red-circle.png"]
+
+
+def test_a_full_disk_is_one_line_exit_2_and_leaves_no_tmp_file(tmp_path, monkeypatch):
+    import errno
+
+    def full(self, fp, *args, **kwargs):
+        open(fp, "wb").write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    out = tmp_path / "imgs"
+    res = invoke("--prompt", "a large red circle", "--out", str(out), "--json")
+    assert res.exit_code == 2 and not res.stdout, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no space left" in lines[0], res.stderr
+    assert os.listdir(out) == []
+
+
+def test_json_reports_loading_and_sampling_apart(tmp_path):
+    res = invoke("--prompt", "a large red circle", "--out", str(tmp_path), "--json")
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert 0 < payload["sampling_seconds_per_image"] and 0 < payload["load_seconds"]
+    assert payload["load_seconds"] + payload["sampling_seconds_per_image"] <= payload["seconds"]
+
+
+def test_a_default_budget_that_does_not_fit_the_steps_says_so(tmp_path):
+    res = runner.invoke(app, ["generate", "--device", "cpu", "--prompt", "a large red circle", "--steps", "3",
+                              "--out", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    assert "recipe's default budget (4 full steps) does not fit --steps 3: pass --budget" in res.stderr

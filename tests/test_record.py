@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 
 import fsspec
@@ -55,7 +56,7 @@ def test_record_reports_json_and_a_second_run_does_nothing(reference):
     after = contents(path)
     assert before[0] == after[0] and all((before[1][k][1] == after[1][k][1]).all() for k in before[1])
     human = rec(path)
-    assert human.exit_code == 0 and "nothing to do" in human.stderr and human.stdout == ""
+    assert human.exit_code == 0 and "nothing to do" in human.stdout and human.stderr == ""
 
 
 def test_the_store_does_not_depend_on_batch_size(reference, tmp_path):
@@ -76,8 +77,8 @@ def test_dry_run_describes_the_store_and_writes_nothing(tmp_path):
     assert {"tokens", "order", "prompts", "seeds", "complete"} <= set(arrays)
     assert plan["action"] == "create" and 0 < plan["bytes_estimated"] < plan["bytes_raw"]
     human = invoke("--out", str(out), "--num", "1000", "--dry-run")
-    assert human.exit_code == 0 and "features" in human.stderr and "estimated" in human.stderr
-    assert human.stdout == "" and not out.exists()
+    assert human.exit_code == 0 and "features" in human.stdout and "estimated" in human.stdout
+    assert human.stderr == "" and not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -88,6 +89,7 @@ def test_dry_run_describes_the_store_and_writes_nothing(tmp_path):
         (["--steps", "999"], "exceeds the number of image tokens"),
         (["--codec", "zip"], "--codec 'zip'"),
         (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--seed", "-1"], "--seed must be >= 0"),
         (["--recipe", "nope"], "unknown recipe"),
         (["--set", "sampler.stepz=3"], "unknown key"),
     ],
@@ -214,7 +216,7 @@ def test_disk_full_is_one_line_exit_2_and_the_store_resumes(reference, tmp_path,
 
     with monkeypatch.context() as m:
         m.setattr(StoreWriter, "write_features", full_disk)
-        res = rec(path, "--batch-size", "1")
+        res = rec(path, "--batch-size", "1", "--json")  # --json: no progress lines
     assert res.exit_code == 2, res.output
     assert "no space left" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert "Traceback" not in res.output
@@ -296,3 +298,12 @@ def test_file_url_store(reference, tmp_path):
     assert (tmp_path / "viaurl" / "zarr.json").exists()
     assert_same_store(tmp_path / "viaurl", reference[0])
     assert json.loads(rec(url, "--json").stdout)["written"] == 0
+
+
+def test_off_a_terminal_progress_is_plain_lines_on_stderr_and_the_result_on_stdout(tmp_path):
+    res = rec(tmp_path / "store", "--batch-size", str(BATCH))
+    assert res.exit_code == 0, res.output
+    progress = res.stderr.strip().splitlines()
+    assert progress and all(re.fullmatch(r"recording: \d+/\d+", line) for line in progress), res.stderr
+    assert progress[-1] == f"recording: {NUM}/{NUM}"
+    assert res.stdout.startswith(f"recorded {NUM} trajectories")

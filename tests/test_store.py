@@ -382,8 +382,10 @@ def test_verify_finds_flipped_truncated_and_deleted_shards_then_repair_recompute
     assert res.exit_code == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "2, 6, 11" in lines[0] and "Traceback" not in res.output
+    res = runner.invoke(app, ["store", "verify", str(shutil.copytree(path, tmp_path / "copy")), "--repair"])
+    assert res.exit_code == 0 and res.stderr == "" and "marked incomplete" in res.stdout, res.output  # done as asked
     res = runner.invoke(app, ["store", "verify", str(path), "--repair", "--json"])
-    assert res.exit_code == 2
+    assert res.exit_code == 0, res.output
     import json
 
     assert json.loads(res.stdout)["damaged"] == [2, 6, 11] and json.loads(res.stdout)["repaired"]
@@ -416,3 +418,21 @@ def test_verify_and_info_refuse_what_is_not_a_store(tmp_path):
 def test_contents_helper_sees_everything(store_dir):
     attrs, arrays = contents(store_dir)
     assert "migmcut" in attrs and set(arrays) == {"features", "tokens", "order", "prompts", "seeds", "complete"}
+
+
+@pytest.mark.parametrize("name", ["complete", "tokens", "features"])
+def test_a_store_missing_an_array_is_reported_by_verify_and_shown_by_info(store_dir, tmp_path, name):
+    path = tmp_path / "s"
+    shutil.copytree(store_dir, path)
+    shutil.rmtree(path / name)
+    res = runner.invoke(app, ["store", "verify", str(path)])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"array {name} is missing" in lines[0], res.output
+    res = runner.invoke(app, ["store", "info", str(path)])
+    assert res.exit_code == 0 and "missing" in res.stdout, res.output
+
+
+def test_store_info_prints_its_table_on_stdout(store_dir):
+    res = runner.invoke(app, ["store", "info", str(store_dir)])
+    assert res.exit_code == 0 and res.stderr == "" and "features" in res.stdout, res.output

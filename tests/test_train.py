@@ -226,3 +226,84 @@ def test_ddp_under_torchrun_with_two_processes(store, tmp_path, debug_base):
     assert len(lines) == 1, done.stdout  # rank 0 alone reports
     assert json.loads(lines[0])["steps"] == 6
     load_shortcut(out, debug_base)
+
+
+def test_a_finished_checkpoint_is_never_overwritten_without_resume_or_overwrite(store, tmp_path):
+    out = tmp_path / "ck"
+    assert train("--store", str(store), "--out", str(out), "--max-steps", "4", "--json").exit_code == 0
+    before = (out / "shortcut.safetensors").read_bytes()
+    res = train("--store", str(store), "--out", str(out), "--max-steps", "4", "--seed", "1")
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+    assert "--resume" in res.stderr and "--overwrite" in res.stderr
+    assert (out / "shortcut.safetensors").read_bytes() == before
+    res = train("--store", str(store), "--out", str(out), "--max-steps", "4", "--seed", "1", "--overwrite", "--json")
+    assert res.exit_code == 0, res.output
+    assert (out / "shortcut.safetensors").read_bytes() != before
+
+
+def test_resume_reports_only_its_own_steps_and_a_finished_run_keeps_its_summary(store, tmp_path):
+    out = str(tmp_path / "ck")
+    assert train("--store", str(store), "--out", out, "--max-steps", "4").exit_code == 0
+    res = train("--store", str(store), "--out", out, "--max-steps", "6", "--resume")
+    assert res.exit_code == 0, res.output
+    assert "trained 2 steps (to step 6)" in res.stdout, res.output
+    assert re.fullmatch(r"(training loss \S+ \d+ pairs/s: \d/6\n)+", res.stderr), res.stderr  # off a terminal
+    res = train("--store", str(store), "--out", out, "--max-steps", "6", "--resume")
+    assert res.exit_code == 0, res.output
+    assert "nothing to do" in res.stdout and "val_mse" in res.stdout, res.output
+
+
+def test_a_second_train_on_the_same_out_is_refused_while_the_first_holds_it(store, tmp_path):
+    out = tmp_path / "ck"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from migmcut.files import dir_lock\n"
+         f"with dir_lock({str(out)!r}, 'busy'):\n    print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        res = train("--store", str(store), "--out", str(out), "--max-steps", "2")
+        assert res.exit_code == 2, res.output
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "another migmcut process" in lines[0]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train("--store", str(store), "--out", str(out), "--max-steps", "2").exit_code == 0  # the lock died with it
+
+
+def test_a_full_disk_during_train_is_one_line_and_leaves_no_tmp_file(store, tmp_path, monkeypatch):
+    import errno
+
+    def full(obj, path):
+        open(path, "wb").write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    out = tmp_path / "ck"
+    res = train("--store", str(store), "--out", str(out), "--max-steps", "2", "--json")
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no space left" in lines[0] and not res.stdout, res.stderr
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+def test_checkpoint_files_have_the_same_umask_mode(store, tmp_path):
+    out = tmp_path / "ck"
+    assert train("--store", str(store), "--out", str(out), "--max-steps", "2").exit_code == 0
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert len(set(modes.values())) == 1 and modes["shortcut.safetensors"] & 0o044, modes
+
+
+def test_a_checkpoint_whose_config_does_not_match_its_weights_is_one_line(tmp_path, debug_base):
+    from migmcut.shortcut import Shortcut, ShortcutConfig
+
+    Shortcut(ShortcutConfig(feature_dim=debug_base.feature_dim, heads=2)).save(
+        tmp_path / "ck", {"base_fingerprint": debug_base.fingerprint})
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    config["shortcut"]["ratio"] = 1  # twice the width the weights have
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(config))
+    res = runner.invoke(app, ["generate", "--recipe", "debug", "--device", "cpu", "--prompt", "a large red circle",
+                              "--shortcut", str(tmp_path / "ck"), "--budget", "2", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(r"tensor \S+ has shape \(\d+, \d+\), the architecture wants", lines[0]), lines

@@ -35,7 +35,7 @@ from torch import nn
 from migmcut.base.interface import BaseModel, fingerprint_of
 from migmcut.base.partial import Sequence, split_heads
 from migmcut.base.statedict import KeyMap, load_into, require_path
-from migmcut.errors import CheckpointError, UserError
+from migmcut.errors import CheckpointError, UserError, quote
 
 PAD = -1  # prompt padding inside condition tensors (never a vocabulary id)
 
@@ -257,7 +257,7 @@ class DiMOOBase(BaseModel):
             full = f"<system>{self.cfg.system_prompt}</system><user>{text}</user>"
             ids = self.tokenizer(full)["input_ids"]
             if len(ids) > P:
-                raise UserError(f"prompt {text[:40]!r}... is {len(ids)} tokens with its template; the limit is "
+                raise UserError(f"prompt {quote(text)} is {len(ids)} tokens with its template; the limit is "
                                 f"base.max_prompt_tokens={P}")
             out[i, P - len(ids):] = torch.tensor(ids)
         return out

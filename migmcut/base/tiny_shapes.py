@@ -25,7 +25,7 @@ from transformers import BertConfig, BertForMaskedLM
 
 from migmcut.base.interface import BaseModel, fingerprint_of
 from migmcut.base.partial import Sequence, split_heads
-from migmcut.errors import UserError
+from migmcut.errors import UserError, quote
 from migmcut.world import shapes
 from migmcut.world import tokenizer as tok
 
@@ -87,11 +87,11 @@ def tokenize_prompts(prompts: list[str], length: int) -> torch.Tensor:
         unknown = [w for w in words if w not in WORD_IDS]
         if unknown:
             raise UserError(
-                f"prompt {text!r} has words the tiny-shapes model does not know: {', '.join(unknown)} "
+                f"prompt {quote(text)} has words the tiny-shapes model does not know: {quote(', '.join(unknown))} "
                 f"(known: {' '.join(WORDS)})"
             )
         if len(words) > length:
-            raise UserError(f"prompt {text!r} is longer than {length} words")
+            raise UserError(f"prompt {quote(text)} is longer than {length} words")
         out[i, : len(words)] = torch.tensor([WORD_IDS[w] for w in words])
     return out
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from migmcut.errors import quote
+
 IMAGE_SIZE = 64
 BACKGROUND = (236, 236, 236)
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -87,13 +89,13 @@ def parse_caption(text: str) -> Spec:
         elif rest[0] in ("above", "below"):
             relation, rest = rest[0], rest[1:]
         else:
-            raise ValueError(f"expected a relation, got {rest[0]!r}")
+            raise ValueError(f"expected a relation, got {quote(rest[0])}")
         second, rest = _parse_object(rest)
         if rest:
-            raise ValueError(f"unexpected words {' '.join(rest)!r}")
+            raise ValueError(f"unexpected words {quote(' '.join(rest))}")
         return Spec((first, second), relation)
     except (ValueError, IndexError) as err:
-        raise ValueError(f"prompt {text!r} is not in the tiny-shapes grammar: {err}") from None
+        raise ValueError(f"prompt {quote(text)} is not in the tiny-shapes grammar: {err}") from None
 
 
 def _parse_object(words: list[str]) -> tuple[tuple[str, str, str], list[str]]:

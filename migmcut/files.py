@@ -1,0 +1,84 @@
+"""Writing files safely: atomic replace, a one-job lock on a directory, a full disk as a user error."""
+
+from __future__ import annotations
+
+import errno
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from migmcut.errors import UserError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno in DISK_FULL
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp)`, then rename it onto `path` (mode 0666 less the umask, like any new file).
+
+    On any failure (a full disk, Ctrl-C) the temporary file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create files 0600
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def is_shipped(path: Path) -> bool:
+    """True for files under the installed package (shipped weights): never written at run time."""
+    try:
+        Path(path).expanduser().resolve().relative_to(PACKAGE_DIR)
+        return True
+    except ValueError:
+        return False
+
+
+@contextmanager
+def dir_lock(path: Path, busy: str, flag: str = "--out", error: type[UserError] = UserError):
+    """Hold an exclusive `flock` on directory `path` (created if missing) while the block runs.
+
+    The kernel drops the lock when the process ends, kill -9 included, so a dead run never leaves
+    a stale lock. A directory created here is removed again if it is still empty on the way out
+    (a refused or failed job leaves nothing behind). `busy`: the message when another process holds it.
+    """
+    import fcntl
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise error(f"{flag} {path}: exists and is not a directory; choose another {flag}")
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as err:
+        raise error(f"{flag} {path}: cannot write there ({err.strerror or err}); choose another location") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise error(busy) from None
+        yield
+    finally:
+        if created:
+            try:
+                path.rmdir()  # only succeeds while empty
+            except OSError:
+                pass
+        os.close(fd)
