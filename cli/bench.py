@@ -83,7 +83,7 @@ def _print_rollout(errors: dict) -> None:
     results.print(table)
 
 
-def _print_schedules(results) -> None:
+def _print_schedules(found) -> None:
     from rich.table import Table
 
     from migmcut import schedule_search as ss
@@ -91,7 +91,7 @@ def _print_schedules(results) -> None:
     table = Table(title=f"searched schedules (objective: {ss.OBJECTIVE_TEXT})", title_justify="left")
     for col in ("N", "B", "searched full steps", "objective", "uniform full steps", "objective "):
         table.add_column(col)
-    for r in results:
+    for r in found:
         table.add_row(str(r.steps), str(r.budget), str(r.full_steps), f"{r.objective:.4g}",
                       str(r.uniform_steps), f"{r.uniform_objective:.4g}")
     results.print(table)
@@ -208,18 +208,18 @@ def bench(
 
     def search_now(budget_values):
         errors = ss.rollout_errors(opened, val_idx, base, net.float(), device=dev)
-        results = ss.search(errors["shortcut"], budget_values)
-        path = ss.save_schedules(checkpoint, results, {"store": str(store), "val_trajectories": int(len(val_idx)),
+        found = ss.search(errors["shortcut"], budget_values)
+        path = ss.save_schedules(checkpoint, found, {"store": str(store), "val_trajectories": int(len(val_idx)),
                                                        "objective": ss.OBJECTIVE_TEXT})
         net.to(dtype=next(base.parameters()).dtype)
-        return results, path, errors
+        return found, path, errors
 
     if search_schedule:
-        results, path, _ = search_now(budget_list)
+        found, path, _ = search_now(budget_list)
         if not json_:
-            _print_schedules(results)
+            _print_schedules(found)
             results.print(f"saved to {path}")
-        emit(json_, {"schedules": [{"steps": r.steps, "budget": r.budget, **r.to_dict()} for r in results],
+        emit(json_, {"schedules": [{"steps": r.steps, "budget": r.budget, **r.to_dict()} for r in found],
                      "file": str(path)})
         return
 
@@ -237,8 +237,8 @@ def bench(
             if opened is None:
                 raise UserError(f"no searched schedule for N={N}, B={','.join(map(str, missing))} in {checkpoint}: "
                                 f"run migmcut bench --search-schedule --store STORE (or pass --store)")
-            results, _, errors = search_now(missing)
-            searched.update({r.budget: r.full_steps for r in results})
+            found, _, errors = search_now(missing)
+            searched.update({r.budget: r.full_steps for r in found})
     configs = lib.configurations(N, budget_list, method_list, mode, searched, front_steps)
 
     reference = None

@@ -10,6 +10,7 @@ import migmcut
 from migmcut.cli.common import BATCH_MAX, COUNT_MAX, SEED_MAX, check_range
 from migmcut.cli.main import app
 from migmcut.errors import UserError, quote
+from migmcut.recipe import load_recipe
 
 runner = CliRunner()
 COMMON = ["--recipe", "debug", "--device", "cpu"]
@@ -133,11 +134,14 @@ def test_a_full_disk_in_the_other_writing_commands_is_one_line_exit_2(trained, t
     assert not list(ck.glob(".*.tmp"))
 
 
+TINY = load_recipe("tiny-shapes")  # the help texts quote its values: they must stay true
+
+
 @pytest.mark.parametrize("command, option, default", [
     ("generate", "--method", "default: shortcut when the recipe has a shortcut checkpoint"),
-    ("generate", "--budget", "default: the recipe's shortcut.budget, 4 on tiny-shapes"),
-    ("bench", "--budgets", "default: the recipe's bench.budgets, 4,6 on tiny-shapes"),
-    ("bench", "--num-samples", "default: the recipe's bench.num_samples, 96 on tiny-shapes"),
+    ("generate", "--budget", f"default: the recipe's shortcut.budget, {TINY.shortcut.budget} on tiny-shapes"),
+    ("bench", "--budgets", f"default: the recipe's bench.budgets, {','.join(map(str, TINY.bench.budgets))} on tiny-shapes"),
+    ("bench", "--num-samples", f"default: the recipe's bench.num_samples, {TINY.bench.num_samples} on tiny-shapes"),
 ])
 def test_help_shows_the_recipe_derived_defaults(command, option, default):
     res = runner.invoke(app, [command, "--help"])
