@@ -11,9 +11,10 @@ import torch
 
 from migmcut.base import load_base
 from migmcut.errors import UserError
-from migmcut.policies import BudgetPolicy, FullPolicy, budget_schedule
+from migmcut.policies import BudgetPolicy, FullPolicy
 from migmcut.recipe import Recipe
 from migmcut.sampler import sample, trajectory_seed
+from migmcut.schedule import budget_placement
 from migmcut.shortcut import load_shortcut
 
 METHODS = ("vanilla", "cache", "shortcut")
@@ -37,10 +38,11 @@ class Generated:
         return len(self.full_steps)
 
 
-def make_policy(method: str, steps: int, budget: int | None, shortcut, base, full_steps: list[int] | None = None):
+def make_policy(method: str, steps: int, budget: int | None, shortcut, base, full_steps: list[int] | None = None,
+                rounding: str = "half-up"):
     """-> (a factory of fresh per-batch policies, the steps that run the base).
 
-    `full_steps`: an explicit schedule (e.g. a searched one) instead of `budget_schedule(steps, budget)`.
+    `full_steps`: an explicit schedule (e.g. a searched one) instead of `budget_placement(steps, budget, rounding)`.
     """
     if method == "vanilla":
         if budget is not None and budget != steps:
@@ -48,7 +50,7 @@ def make_policy(method: str, steps: int, budget: int | None, shortcut, base, ful
         return FullPolicy, list(range(steps))
     if budget is None:
         raise UserError(f"--method {method} needs --budget B (full base steps out of {steps})")
-    full = budget_schedule(steps, budget) if full_steps is None else [int(s) for s in full_steps]
+    full = budget_placement(steps, budget, rounding) if full_steps is None else [int(s) for s in full_steps]
     if len(full) != budget or full[0] != 0 or any(b <= a for a, b in zip(full, full[1:])) or full[-1] >= steps:
         raise UserError(f"full steps {full}: need {budget} increasing steps below {steps}, starting at 0")
     if method == "cache":
@@ -101,10 +103,15 @@ def generate(
     base = base if base is not None else load_base(recipe.base, device, dtype)
     if config.steps > base.num_tokens:
         raise UserError(f"--steps {config.steps} exceeds the number of image tokens ({base.num_tokens})")
+    try:
+        config.check(base.num_tokens)
+    except ValueError as err:
+        raise UserError(f"sampler: {err}") from None
     base = base.to(device=device, dtype=dtype)
     if full_steps is not None and budget is None:
         budget = len(full_steps)
-    policy_factory, full = make_policy(method, config.steps, budget, shortcut, base, full_steps)
+    policy_factory, full = make_policy(method, config.steps, budget, shortcut, base, full_steps,
+                                       config.budget_rounding)
     jobs = [(c, trajectory_seed(seed, i * num_images + j)) for i, c in enumerate(conditions) for j in range(num_images)]
     base.encode_conditions(conditions)  # validate every condition before any work
     bs = batch_size or recipe.generate.batch_size

@@ -182,12 +182,12 @@ def build_spec(recipe: Recipe, base, *, num: int, steps: int | None, codec: str,
                chunk_steps: int = 0) -> StoreSpec:
     """The store a run would write (validated: steps within the image size, a known codec ...)."""
     config = dataclasses.replace(recipe.sampler, steps=steps if steps is not None else recipe.sampler.steps)
-    try:
-        config.validate()
-    except ValueError as err:
-        raise UserError(f"sampler: {err}") from None
     if config.steps > base.num_tokens:
         raise UserError(f"--steps {config.steps} exceeds the number of image tokens ({base.num_tokens})")
+    try:
+        config.check(base.num_tokens)
+    except ValueError as err:
+        raise UserError(f"sampler: {err}") from None
     source = condition_source(recipe)
     resolved = recipe.to_dict()
     resolved["sampler"] = dataclasses.asdict(config)

@@ -3,10 +3,19 @@
 At step t the policy supplies features for the current token state (a full base call, or a
 shortcut / cache prediction) and the logits, or leaves the head to the sampler, which then runs
 it only at the still-masked positions (the only ones it reads). The sampler draws a candidate for
-every masked position from softmax(logits / temperature), scores confidence as log p(candidate) plus Gumbel
-noise of scale `r_temp * (1 - t / N)`, and fixes the k_t most confident masked positions.
-With classifier-free guidance both branches run in one batch and
-logits = (1 + w_t) l_cond - w_t l_uncond.
+every masked position from the tempered softmax, scores confidence as log p(candidate) plus
+Gumbel noise of scale s_t, and fixes the k_t most confident masked positions. With
+classifier-free guidance both branches run in one batch and logits = (1 + w_t) l_cond - w_t l_uncond.
+
+How each of these is computed is a named setting of `SamplerConfig`; the defaults are the
+tiny-shapes sampler (its shipped shortcut was trained on it), the real recipes name their
+reference's settings (docs/real-models.md):
+- `schedule` (k_t): `schedule.SCHEDULES`; `maskgit` and `dimoo` are their reference's integer counts.
+- `cfg_schedule` (w_t): linear cfg (t + 1) / N | linear-from-zero cfg t / (N - 1) | constant cfg.
+- `noise_schedule` (s_t): linear r_temp (1 - t / N) | linear-to-zero r_temp (1 - t / (N - 1)) | constant r_temp.
+- `temperature_mode`: divide (softmax(logits / T)) | multiply (softmax(logits * T)).
+- `confidence`: tempered (log p from the tempered softmax) | untempered (from softmax(logits)).
+- `budget_rounding`: where B full steps go among N (`schedule.budget_placement`): half-up | half-even.
 
 Every random draw of trajectory i comes from its own generator seeded with `seeds[i]`, so a
 trajectory does not depend on the batch it ran in.
@@ -14,6 +23,7 @@ trajectory does not depend on the batch it ran in.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -21,7 +31,12 @@ import torch
 
 from migmcut.base.interface import BaseModel
 from migmcut.policies import FullPolicy
-from migmcut.schedule import SCHEDULES, tokens_per_step
+from migmcut.schedule import ROUNDINGS, SCHEDULES, tokens_per_step
+
+CFG_SCHEDULES = ("linear", "linear-from-zero", "constant")
+NOISE_SCHEDULES = ("linear", "linear-to-zero", "constant")
+TEMPERATURE_MODES = ("divide", "multiply")
+CONFIDENCES = ("tempered", "untempered")
 
 
 @dataclass
@@ -29,19 +44,35 @@ class SamplerConfig:
     steps: int = 16
     schedule: str = "cosine"
     temperature: float = 1.0
-    r_temp: float = 4.5  # Gumbel confidence noise at step 0, decaying linearly to 0
+    r_temp: float = 4.5  # Gumbel confidence noise scale (at step 0 for the linear schedules)
     cfg: float | None = 3.0  # None: no unconditional branch at all
-    cfg_schedule: str = "linear"  # linear: w_t = cfg * (t + 1) / N; constant: w_t = cfg
+    cfg_schedule: str = "linear"
+    noise_schedule: str = "linear"
+    temperature_mode: str = "divide"
+    confidence: str = "tempered"
+    budget_rounding: str = "half-up"
 
     def validate(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        for name, known in (("schedule", SCHEDULES), ("cfg_schedule", CFG_SCHEDULES),
+                            ("noise_schedule", NOISE_SCHEDULES), ("temperature_mode", TEMPERATURE_MODES),
+                            ("confidence", CONFIDENCES), ("budget_rounding", ROUNDINGS)):
+            if getattr(self, name) not in known:
+                raise ValueError(f"{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}")
         if self.temperature < 0 or self.r_temp < 0:
             raise ValueError("temperature and r_temp must be >= 0")
-        if self.cfg_schedule not in ("linear", "constant"):
-            raise ValueError(f"cfg_schedule must be linear or constant, got {self.cfg_schedule!r}")
+        if self.temperature == 0 and self.temperature_mode == "multiply":
+            raise ValueError("temperature 0 with temperature_mode multiply is a uniform softmax: "
+                             "use temperature_mode divide for greedy decoding")
+        ramps = [n for n in ("cfg_schedule", "noise_schedule") if getattr(self, n).startswith("linear-")]
+        if ramps and self.steps < 2:
+            raise ValueError(f"{ramps[0]} {getattr(self, ramps[0])} runs over t / (N - 1): it needs steps >= 2")
+
+    def check(self, num_tokens: int) -> list[int]:
+        """`validate()`, then the tokens fixed per step at `num_tokens` (ValueError where there are none)."""
+        self.validate()
+        return tokens_per_step(num_tokens, self.steps, self.schedule)
 
     @property
     def branches(self) -> int:
@@ -50,7 +81,34 @@ class SamplerConfig:
     def cfg_weight(self, t: int) -> float:
         if self.cfg is None:
             return 0.0
-        return self.cfg * (t + 1) / self.steps if self.cfg_schedule == "linear" else self.cfg
+        if self.cfg_schedule == "linear":
+            return self.cfg * (t + 1) / self.steps
+        if self.cfg_schedule == "linear-from-zero":
+            return self.cfg * (t / (self.steps - 1))
+        return self.cfg
+
+    def noise_scale(self, t: int) -> float:
+        if self.noise_schedule == "linear":
+            return self.r_temp * (1 - t / self.steps)
+        if self.noise_schedule == "linear-to-zero":
+            return self.r_temp * (1 - t / (self.steps - 1))
+        return self.r_temp
+
+    def behaviour(self) -> dict:
+        """The settings that shape a trajectory, as a store compares them: settings without effect
+        at these values (the temperature's semantics at 1, budget placement) are left out."""
+        d = dataclasses.asdict(self)
+        d.pop("budget_rounding")  # placement of full steps: generation only, never a recorded trajectory
+        if self.temperature == 1:  # logits * 1 == logits / 1: the same softmax either way
+            d.pop("temperature_mode"), d.pop("confidence")
+        return d
+
+
+def sampler_behaviour(recorded: dict) -> dict:
+    """`behaviour()` of a sampler section as a store recorded it; keys a store made before a setting
+    existed are read as that setting's default (the sampler of that time)."""
+    names = {f.name for f in dataclasses.fields(SamplerConfig)}
+    return SamplerConfig(**{k: v for k, v in recorded.items() if k in names}).behaviour()
 
 
 @dataclass
@@ -98,12 +156,11 @@ def sample(
     policy=None,
     observers: tuple = (),
 ) -> SampleResult:
-    config.validate()
     policy = policy or FullPolicy()
     B, L, K, device = len(conditions), base.num_tokens, base.codebook_size, base.device
     if len(seeds) != B:
         raise ValueError("one seed per condition")
-    counts_per_step = tokens_per_step(L, config.steps, config.schedule)
+    counts_per_step = config.check(L)
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     cond = base.encode_conditions(conditions)
     if config.branches == 2:
@@ -135,15 +192,19 @@ def sample(
         # and one for the confidence, so a trajectory's draws do not depend on its batch
         u_tok = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device).gather(1, where)
         u_conf = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device).gather(1, where)
-        logp = torch.log_softmax(logits / max(config.temperature, 1e-6), dim=-1)
+        if config.temperature_mode == "multiply":
+            logp = torch.log_softmax(logits * config.temperature, dim=-1)
+        else:
+            logp = torch.log_softmax(logits / max(config.temperature, 1e-6), dim=-1)
         if config.temperature > 0:
             cdf = logp.exp().cumsum(-1)
             candidate = torch.searchsorted(cdf, (u_tok * cdf[..., -1])[..., None]).squeeze(-1).clamp_(max=K - 1)
         else:
             candidate = logp.argmax(-1)
-        conf = logp.gather(-1, candidate[..., None]).squeeze(-1)
+        scored = logp if config.confidence == "tempered" else torch.log_softmax(logits, dim=-1)
+        conf = scored.gather(-1, candidate[..., None]).squeeze(-1)
         noise = -torch.log(-torch.log(u_conf.clamp_min(1e-20)))
-        conf = conf + config.r_temp * (1 - t / config.steps) * noise
+        conf = conf + config.noise_scale(t) * noise
         pick = where.gather(1, conf.topk(k, dim=-1).indices)
         fixed = torch.zeros_like(masked).scatter_(1, pick, True)
         tokens = tokens.scatter(1, where, candidate).where(fixed, tokens)

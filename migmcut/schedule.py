@@ -1,15 +1,33 @@
-"""Unmasking schedules: how many tokens each of the N steps fixes.
+"""Unmasking schedules: how many tokens each of the N steps fixes; where B full steps go.
 
 `gamma(x)` is the fraction of positions still masked at progress x in [0, 1] (1 at x=0, 0 at
-x=1). `tokens_per_step(L, N, name)` turns it into integers k_0..k_{N-1}, each >= 1, summing
-to exactly L.
+x=1) for the curves `CURVES`. `tokens_per_step(L, N, name)` turns a curve into integers
+k_0..k_{N-1}, each >= 1, summing to exactly L. Two more names are the integer counts of
+reference code, computed as it does (in float32, with its rounding):
+- `maskgit`: valeoai/Maskgit-pytorch v1 (674ef1d) `Trainer/vit.py` `adap_sche` with mode
+  arccos, also the paper's (Kaiwen-Zhu/MIGM-Shortcut 93349c4 `MaskGIT-Shortcut/Trainer/vit.py`):
+  shares proportional to arccos(r) over r = linspace(1, 0, N), rounded half-even, 0 raised
+  to 1, the remainder added to the last step.
+- `dimoo`: Alpha-VLLM/Lumina-DiMOO (81344e6) `generators/image_generation_generator.py`
+  `generate_image` with `cosine_schedule`: before the last step keep
+  max(1, floor(L cos(pi/2 (t + 1) / N))) masked (at least one fixed), none after it.
+A reference count that leaves a step nothing to fix (the reference would skip the step) is
+refused: the sampler runs exactly N steps.
+
+`budget_placement(N, B, rounding)` places B full steps: step 0, then
+max(prev + 1, round(N k / B)) with halves up (floor(x + 0.5), `policies.budget_schedule`) or
+to even (Python's `round` of N * (k / B), the paper's `refresh_steps`).
 """
 
 from __future__ import annotations
 
 import math
 
-SCHEDULES = ("arccos", "cosine", "linear")
+import torch
+
+CURVES = ("arccos", "cosine", "linear")
+SCHEDULES = CURVES + ("maskgit", "dimoo")
+ROUNDINGS = ("half-up", "half-even")
 
 
 def gamma(name: str, x: float) -> float:
@@ -19,12 +37,18 @@ def gamma(name: str, x: float) -> float:
         return math.acos(x) / (0.5 * math.pi)
     if name == "linear":
         return 1.0 - x
-    raise ValueError(f"unknown schedule {name!r} (choose from {', '.join(SCHEDULES)})")
+    raise ValueError(f"unknown schedule {name!r} (choose from {', '.join(CURVES)})")
 
 
 def tokens_per_step(num_tokens: int, steps: int, name: str) -> list[int]:
     if not 1 <= steps <= num_tokens:
         raise ValueError(f"steps must be between 1 and the number of tokens ({num_tokens}), got {steps}")
+    if name in ("maskgit", "dimoo"):
+        counts = (_maskgit if name == "maskgit" else _dimoo)(num_tokens, steps)
+        if min(counts) < 1:
+            raise ValueError(f"the {name} schedule leaves step {counts.index(min(counts))} of {steps} nothing to fix "
+                             f"at {num_tokens} tokens: use fewer steps")
+        return counts
     masked = num_tokens
     counts = []
     for t in range(steps):
@@ -35,3 +59,39 @@ def tokens_per_step(num_tokens: int, steps: int, name: str) -> list[int]:
         counts.append(masked - target)
         masked = target
     return counts
+
+
+def _maskgit(num_tokens: int, steps: int) -> list[int]:
+    if steps < 2:
+        raise ValueError("the maskgit schedule needs steps >= 2 (its shares are 0 / 0 at one step)")
+    share = torch.arccos(torch.linspace(1, 0, steps)) / (math.pi * 0.5)
+    counts = (share / share.sum() * num_tokens).round()
+    counts[counts == 0] = 1
+    counts[-1] += num_tokens - counts.sum()
+    return counts.int().tolist()
+
+
+def _dimoo(num_tokens: int, steps: int) -> list[int]:
+    counts, masked = [], num_tokens
+    for t in range(steps):
+        keep = 0
+        if t < steps - 1:  # one float32 element per step, as the reference computes it
+            frac = torch.cos(0.5 * math.pi * torch.tensor([(t + 1) / steps]))
+            keep = int((torch.tensor([float(num_tokens)]) * frac).floor().clamp_min(1).item())
+        keep = max(min(keep, masked - 1), 0)  # the reference fixes at least one while any is masked
+        counts.append(masked - keep)
+        masked = keep
+    return counts
+
+
+def budget_placement(steps: int, budget: int, rounding: str = "half-up") -> list[int]:
+    from migmcut.policies import budget_schedule
+
+    full = budget_schedule(steps, budget)  # validates the budget; the half-up placement
+    if rounding == "half-even":
+        full = [0]
+        for k in range(1, budget):
+            full.append(max(full[-1] + 1, round(steps * (k / budget))))
+    elif rounding != "half-up":
+        raise ValueError(f"unknown budget rounding {rounding!r} (choose from {', '.join(ROUNDINGS)})")
+    return full
