@@ -13,6 +13,7 @@ reference's settings (docs/real-models.md):
 - `schedule` (k_t): `schedule.SCHEDULES`; `maskgit` and `dimoo` are their reference's integer counts.
 - `cfg_schedule` (w_t): linear cfg (t + 1) / N | linear-from-zero cfg t / (N - 1) | constant cfg.
 - `noise_schedule` (s_t): linear r_temp (1 - t / N) | linear-to-zero r_temp (1 - t / (N - 1)) | constant r_temp.
+  (At N = 1, where the reference divides by zero, the ramps take their first step's value.)
 - `temperature_mode`: divide (softmax(logits / T)) | multiply (softmax(logits * T)).
 - `confidence`: tempered (log p from the tempered softmax) | untempered (from softmax(logits)).
 - `budget_rounding`: where B full steps go among N (`schedule.budget_placement`): half-up | half-even.
@@ -65,9 +66,6 @@ class SamplerConfig:
         if self.temperature == 0 and self.temperature_mode == "multiply":
             raise ValueError("temperature 0 with temperature_mode multiply is a uniform softmax: "
                              "use temperature_mode divide for greedy decoding")
-        ramps = [n for n in ("cfg_schedule", "noise_schedule") if getattr(self, n).startswith("linear-")]
-        if ramps and self.steps < 2:
-            raise ValueError(f"{ramps[0]} {getattr(self, ramps[0])} runs over t / (N - 1): it needs steps >= 2")
 
     def check(self, num_tokens: int) -> list[int]:
         """`validate()`, then the tokens fixed per step at `num_tokens` (ValueError where there are none)."""
@@ -84,14 +82,14 @@ class SamplerConfig:
         if self.cfg_schedule == "linear":
             return self.cfg * (t + 1) / self.steps
         if self.cfg_schedule == "linear-from-zero":
-            return self.cfg * (t / (self.steps - 1))
+            return self.cfg * (t / max(self.steps - 1, 1))
         return self.cfg
 
     def noise_scale(self, t: int) -> float:
         if self.noise_schedule == "linear":
             return self.r_temp * (1 - t / self.steps)
         if self.noise_schedule == "linear-to-zero":
-            return self.r_temp * (1 - t / (self.steps - 1))
+            return self.r_temp * (1 - t / max(self.steps - 1, 1))
         return self.r_temp
 
     def behaviour(self) -> dict:

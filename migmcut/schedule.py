@@ -62,8 +62,8 @@ def tokens_per_step(num_tokens: int, steps: int, name: str) -> list[int]:
 
 
 def _maskgit(num_tokens: int, steps: int) -> list[int]:
-    if steps < 2:
-        raise ValueError("the maskgit schedule needs steps >= 2 (its shares are 0 / 0 at one step)")
+    if steps == 1:  # the reference's shares are 0 / 0 here
+        return [num_tokens]
     share = torch.arccos(torch.linspace(1, 0, steps)) / (math.pi * 0.5)
     counts = (share / share.sum() * num_tokens).round()
     counts[counts == 0] = 1
