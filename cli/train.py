@@ -11,7 +11,7 @@ import typer
 
 from migmcut.cli.common import (
     BATCH_MAX, COUNT_MAX, SEED_MAX, DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, check_range, emit,
-    handle_errors, load, progress, resolve_device, resolve_dtype, results, writable_dir,
+    console, handle_errors, load, progress, resolve_device, resolve_dtype, results, writable_dir,
 )
 
 
@@ -58,6 +58,8 @@ def train(
                            overwrite=overwrite, log=log)
     if not main_rank:
         return
+    if "sampler_warning" in result:
+        console.print(f"warning: {result['sampler_warning']}", highlight=False, soft_wrap=True)
     if not json_:
         keys = ("val_mse", "val_mse_identity", "val_cos", "val_cos_identity", "val_top1", "val_top1_identity")
         figures = ", ".join(f"{k} {result[k]:.4g}" for k in keys if k in result)

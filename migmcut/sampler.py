@@ -109,6 +109,15 @@ def sampler_behaviour(recorded: dict) -> dict:
     return SamplerConfig(**{k: v for k, v in recorded.items() if k in names}).behaviour()
 
 
+def behaviour_difference(recorded: dict, config: SamplerConfig) -> str | None:
+    """The first setting in which a recorded sampler section behaves unlike `config`, or None."""
+    mine, theirs = config.behaviour(), sampler_behaviour(recorded)
+    for key in sorted(set(mine) | set(theirs)):
+        if mine.get(key) != theirs.get(key):
+            return f"sampler.{key} {theirs.get(key)!r} (recipe: {mine.get(key)!r})"
+    return None
+
+
 @dataclass
 class StepState:
     """What a policy and the observers see at step t (before its tokens are fixed)."""

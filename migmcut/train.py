@@ -272,6 +272,10 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> 
             f"{store_url} was recorded with base {fingerprint}, but recipe {recipe.name} has base "
             f"{base.fingerprint}: use the recipe the store was recorded with"
         )
+    from migmcut.sampler import behaviour_difference
+
+    differs = behaviour_difference(store.spec.sampler, dataclasses.replace(recipe.sampler, steps=store.steps))
+    warning = f"{store_url} was recorded by another sampler than recipe {recipe.name}'s: {differs}" if differs else None
     rank, world = _distributed()
     torch.manual_seed(cfg.seed + rank)
     arch = ShortcutConfig.from_recipe(recipe.shortcut, base.feature_dim)
@@ -318,6 +322,7 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> 
         "train": dataclasses.asdict(cfg),
         "train_trajectories": int(len(train_idx)),
         "val_trajectories": int(len(val_idx)),
+        **({"sampler_warning": warning} if warning else {}),
     }
     t0, pairs_seen, start_step = time.perf_counter(), 0, step
     while step < cfg.max_steps:
@@ -361,4 +366,5 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> 
         **{k: round(v, 6) for k, v in summary.items()},
         "pairs_per_s": round(pairs_seen / seconds, 1) if step > start_step else 0.0,
         "seconds": round(seconds, 3),
+        **({"sampler_warning": warning} if warning else {}),
     }

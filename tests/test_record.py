@@ -136,6 +136,8 @@ def test_a_directory_that_is_not_a_store_is_never_touched(tmp_path):
         (["--num", "13"], f"num {NUM} (this run: 13)"),
         (["--seed", "1"], "seed 0 (this run: 1)"),
         (["--set", "sampler.cfg=1.0"], "recipe sampler.cfg 2.0 (this run: 1.0)"),
+        (["--set", "sampler.noise_schedule=constant"], "recipe sampler.noise_schedule 'linear' (this run: 'constant')"),
+        (["--set", "sampler.schedule=maskgit"], "recipe sampler.schedule 'cosine' (this run: 'maskgit')"),
         (["--set", "base.init_seed=1"], "fingerprint"),
     ],
 )
@@ -307,3 +309,35 @@ def test_off_a_terminal_progress_is_plain_lines_on_stderr_and_the_result_on_stdo
     assert progress and all(re.fullmatch(r"recording: \d+/\d+", line) for line in progress), res.stderr
     assert progress[-1] == f"recording: {NUM}/{NUM}"
     assert res.stdout.startswith(f"recorded {NUM} trajectories")
+
+
+NEW_SAMPLER_SETTINGS = ("noise_schedule", "temperature_mode", "confidence", "budget_rounding")
+
+
+def _as_before_the_sampler_settings(path):
+    """Rewrite a store's attributes as a migmcut without the named sampler settings wrote them."""
+    import zarr
+
+    from migmcut.store.schema import ATTR
+
+    group = zarr.open_group(str(path), mode="r+")
+    attrs = group.attrs[ATTR]
+    for section in (attrs["recipe"]["sampler"], attrs.get("sampler", {})):
+        for key in NEW_SAMPLER_SETTINGS:
+            section.pop(key, None)
+    group.attrs[ATTR] = attrs
+
+
+def test_a_store_from_before_the_sampler_settings_resumes_unless_the_sampler_behaves_otherwise(reference, tmp_path):
+    path = tmp_path / "store"
+    shutil.copytree(reference[0], path)
+    _as_before_the_sampler_settings(path)
+    assert "noise_schedule" not in TrajectoryStore(path).spec.sampler
+    same = rec(path)  # the old sampler is today's defaults: the same store
+    assert same.exit_code == 0 and "nothing to do" in same.stdout, same.output
+    # no effect on a trajectory: the temperature's semantics at temperature 1, where full steps go
+    inert = rec(path, "--set", "sampler.temperature_mode=multiply", "--set", "sampler.budget_rounding=half-even")
+    assert inert.exit_code == 0 and "nothing to do" in inert.stdout, inert.output
+    other = rec(path, "--set", "sampler.cfg_schedule=linear-from-zero")
+    assert other.exit_code == 2, other.output
+    assert "sampler.cfg_schedule 'linear' (this run: 'linear-from-zero')" in other.stderr, other.stderr

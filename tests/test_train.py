@@ -307,3 +307,14 @@ def test_a_checkpoint_whose_config_does_not_match_its_weights_is_one_line(tmp_pa
     assert res.exit_code == 2, res.output
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and re.search(r"tensor \S+ has shape \(\d+, \d+\), the architecture wants", lines[0]), lines
+
+
+def test_a_store_recorded_by_another_sampler_is_flagged_naming_the_setting(store, tmp_path):
+    res = train("--store", str(store), "--out", str(tmp_path / "ck"), "--max-steps", "2", "--json",
+                "--set", "sampler.noise_schedule=linear-to-zero", "--set", "train.val_every=2")
+    assert res.exit_code == 0, res.output
+    assert "sampler.noise_schedule 'linear' (recipe: 'linear-to-zero')" in res.stderr, res.stderr
+    assert "noise_schedule" in json.loads(res.stdout)["sampler_warning"]
+    same = train("--store", str(store), "--out", str(tmp_path / "ck2"), "--max-steps", "2", "--json",
+                 "--set", "train.val_every=2", "--set", "sampler.budget_rounding=half-even")
+    assert same.exit_code == 0 and "sampler_warning" not in json.loads(same.stdout) and "warning" not in same.stderr
