@@ -137,3 +137,46 @@ def test_maskgit_checkpoint_not_matching_the_recipe_names_the_keys(twin, tmp_pat
     res = runner.invoke(app, ["generate", "--recipe", RECIPE, "--device", "cpu", "--class", "12",
                               *_sets(twin), "--out", str(tmp_path)])
     assert res.exit_code == 2 and "out of range" in res.stderr
+
+
+def test_the_v1_vqgan_layout_loads_as_the_flat_one(twin, tmp_path):
+    """Maskgit-pytorch v1 (674ef1d, Trainer/vit.py get_network) reads VQGAN/configs/model.yaml and
+    VQGAN/ckpts/last.ckpt; the Hub download is flat. Both give the same base."""
+    import shutil
+    from pathlib import Path
+
+    flat = Path(dict(s.split("=", 1) for s in twin)["base.vqgan"])
+    v1 = tmp_path / "VQGAN"
+    (v1 / "configs").mkdir(parents=True), (v1 / "ckpts").mkdir()
+    shutil.copy(flat / "model.yaml", v1 / "configs"), shutil.copy(flat / "last.ckpt", v1 / "ckpts")
+    base = load_base(load_recipe(RECIPE, [*twin, f"base.vqgan={v1}"]).base)
+    assert base.fingerprint == load_base(load_recipe(RECIPE, twin).base).fingerprint
+    (v1 / "ckpts" / "last.ckpt").unlink()
+    with pytest.raises(UserError, match="no last.ckpt .*ckpts/last.ckpt"):
+        load_base(load_recipe(RECIPE, [*twin, f"base.vqgan={v1}"]).base)
+
+
+def test_an_old_lightning_checkpoint_without_lightning_says_what_to_do(twin, tmp_path):
+    """A full-pickle last.ckpt naming classes of a package that is not installed: not 'set trust_pickle' again."""
+    import shutil
+    import sys
+    import types
+    from pathlib import Path
+
+    flat = Path(dict(s.split("=", 1) for s in twin)["base.vqgan"])
+    folder = tmp_path / "VQGAN"
+    shutil.copytree(flat, folder)
+    fake = types.ModuleType("lightning_of_2021")
+    fake.Callback = type("Callback", (), {"__module__": "lightning_of_2021"})
+    sys.modules["lightning_of_2021"] = fake
+    try:
+        ckpt = torch.load(folder / "last.ckpt", weights_only=True)
+        torch.save({**ckpt, "callbacks": fake.Callback()}, folder / "last.ckpt")
+    finally:
+        del sys.modules["lightning_of_2021"]
+    sets = [*twin, f"base.vqgan={folder}", "base.trust_pickle=true"]
+    with pytest.raises(UserError) as err:
+        load_base(load_recipe(RECIPE, sets).base)
+    message = str(err.value)
+    assert "'lightning_of_2021', which is not installed: pip install lightning_of_2021" in message
+    assert "trust_pickle=true" not in message and "['state_dict']" in message

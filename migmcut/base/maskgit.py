@@ -36,7 +36,8 @@ class MaskGITConfig:
 
     `checkpoint`: the transformer file (MaskGIT_ImageNet_512.pth, or a .safetensors of its
     `model_state_dict`). `vqgan`: the directory holding the taming VQGAN `last.ckpt` and
-    `model.yaml` (the reference download puts them in pretrained_maskgit/VQGAN/). Both keys are
+    `model.yaml` (the reference download puts them in pretrained_maskgit/VQGAN/; v1's own layout,
+    configs/model.yaml and ckpts/last.ckpt, is read too). Both keys are
     required in every recipe; `null` means "not set yet" and is reported when the model loads.
     """
 
@@ -239,11 +240,19 @@ class TamingVQDecoder(nn.Module):
         return self.decoder(self.post_quant_conv(z))  # in [-1, 1]
 
 
+VQGAN_LAYOUTS = "model.yaml + last.ckpt (the Hub download), or configs/model.yaml + ckpts/last.ckpt (Maskgit-pytorch v1)"
+
+
+def vqgan_file(folder: Path, name: str, sub: str) -> Path | None:
+    """`name` in the VQGAN folder: flat, or under `sub`/ as Maskgit-pytorch v1 (674ef1d, Trainer/vit.py) reads it."""
+    return next((p for p in (folder / name, folder / sub / name) if p.is_file()), None)
+
+
 def read_vqgan_params(folder: Path) -> dict:
     """model.yaml -> the VQModel params (embed_dim, n_embed, ddconfig)."""
-    path = folder / "model.yaml"
-    if not path.is_file():
-        raise UserError(f"base.vqgan: {folder} has no model.yaml (set base.vqgan to the folder of last.ckpt and model.yaml)")
+    path = vqgan_file(folder, "model.yaml", "configs")
+    if path is None:
+        raise UserError(f"base.vqgan: {folder} has no model.yaml (set base.vqgan to the VQGAN folder: {VQGAN_LAYOUTS})")
     try:
         data = yaml.safe_load(path.read_text())
         params = data["model"]["params"]
@@ -285,11 +294,11 @@ class MaskGITBase(BaseModel):
         tensors = {k.removeprefix("module."): v for k, v in tensors.items()}  # a DDP-saved file
         load_into(net, tensors, str(ckpt), dtype=dtype)
         params = read_vqgan_params(folder)
-        vq_file = folder / "last.ckpt"
-        if not vq_file.is_file():
+        vq_file = vqgan_file(folder, "last.ckpt", "ckpts")
+        if vq_file is None:
             alt = sorted(folder.glob("*.safetensors"))
             if not alt:
-                raise UserError(f"base.vqgan: {folder} has no last.ckpt (set base.vqgan to the folder of last.ckpt and model.yaml)")
+                raise UserError(f"base.vqgan: {folder} has no last.ckpt (set base.vqgan to the VQGAN folder: {VQGAN_LAYOUTS})")
             vq_file = alt[0]
         with torch.device("meta"):
             vq = TamingVQDecoder(params)

@@ -40,8 +40,14 @@ def read_tensors(path: Path, *, entry: str | None = None, trust_pickle: bool = F
         return load_file(str(path))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except ModuleNotFoundError as err:  # full pickle of classes from a package not installed (an old Lightning .ckpt)
+        keep = f"{{'{entry}': torch.load(PATH, weights_only=False)['{entry}']}}" if entry else "torch.load(PATH, weights_only=False)"
+        raise CheckpointError(
+            f"cannot read {path}: it pickles objects of {err.name!r}, which is not installed: pip install {err.name}, "
+            f"or where it is installed keep the tensors alone (torch.save({keep}, PATH)) and load without trust_pickle"
+        ) from None
     except Exception as err:  # noqa: BLE001 - turned into an actionable message
-        hint = f" (if you trust this file, --set {key.rsplit('.', 1)[0]}.trust_pickle=true loads it with full pickle)" if key else ""
+        hint = f" (if you trust this file, --set {key.rsplit('.', 1)[0]}.trust_pickle=true loads it with full pickle)" if key and not trust_pickle else ""
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot read {path}: {first}{hint}") from None
     if entry is not None:
