@@ -120,3 +120,31 @@ def test_dimoo_checkpoint_not_matching_names_the_keys(twin, tmp_path):
                               *_sets(twin), "--set", f"base.model={broken}", "--out", str(tmp_path / "o")])
     assert res.exit_code == 2, res.output
     assert "missing layers.2" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("key, words", [
+    ("layer_norm_type", "layer_norm_type='default' (LLaDA default: not in config.json) (supported: 'rms')"),
+    ("activation_type", "activation_type='swiglu' (LLaDA default"),
+    ("block_type", "block_type='sequential' (LLaDA default"),
+    ("rope", "rope=False (LLaDA default"),
+])
+def test_a_llada_config_missing_a_key_reads_llada_default_and_is_refused_by_name(twin, tmp_path, key, words):
+    """Missing keys take LLaDA's defaults (Lumina-DiMOO 81344e6 model/configuration_llada.py ModelConfig),
+    not the values migmcut supports."""
+    import shutil
+    from pathlib import Path
+
+    folder = Path(shutil.copytree(dict(s.split("=", 1) for s in twin)["base.model"], tmp_path / "m"))
+    config = json.loads((folder / "config.json").read_text())
+    del config[key]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="unsupported LLaDA settings") as err:
+        load_base(load_recipe(RECIPE, [*twin, f"base.model={folder}"]).base)
+    assert words in str(err.value)
+
+
+def test_llama_config_takes_llada_defaults_for_missing_keys():
+    partial = {k: v for k, v in LLADA.items() if k not in ("weight_tying", "rope_theta", "embedding_size")}
+    c = llama_config(partial)
+    assert c.tie_word_embeddings is True and c.rope_parameters["rope_theta"] == 10000.0 and c.vocab_size == 50304
+    assert llama_config(LLADA).tie_word_embeddings is False and llama_config(LLADA).vocab_size == 134548

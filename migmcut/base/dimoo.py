@@ -58,6 +58,13 @@ KEYMAP = KeyMap((
 SUPPORTED = {"block_type": "llama", "activation_type": "silu", "layer_norm_type": "rms", "rope": True,
              "alibi": False, "include_bias": False, "scale_logits": False, "input_emb_norm": False,
              "attention_layer_norm": False}
+# LLaDA's own defaults for a key config.json leaves out (Lumina-DiMOO 81344e6 model/configuration_llada.py
+# `ModelConfig`, which `LLaDAConfig` starts from): a missing key means these, never what we support
+LLADA_DEFAULTS = {"block_type": "sequential", "activation_type": "swiglu", "layer_norm_type": "default", "rope": False,
+                  "alibi": False, "include_bias": False, "scale_logits": False, "input_emb_norm": False,
+                  "attention_layer_norm": False, "weight_tying": True, "embedding_size": 50304, "mlp_ratio": 4,
+                  "mlp_hidden_size": None, "n_kv_heads": None, "max_sequence_length": 1024, "rms_norm_eps": 1e-05,
+                  "rope_theta": 10000.0}
 
 
 @dataclass(kw_only=True)
@@ -90,21 +97,22 @@ def llama_config(c: dict):
     """A transformers LlamaConfig equivalent to a LLaDA config.json."""
     from transformers import LlamaConfig
 
+    c = {**LLADA_DEFAULTS, **c}
     d, heads = int(c["d_model"]), int(c["n_heads"])
     return LlamaConfig(
-        vocab_size=int(c.get("embedding_size") or c["vocab_size"]),
+        vocab_size=int(c["embedding_size"] or c["vocab_size"]),
         hidden_size=d,
-        intermediate_size=int(c.get("mlp_hidden_size") or c.get("mlp_ratio", 4) * d),
+        intermediate_size=int(c["mlp_hidden_size"] or c["mlp_ratio"] * d),
         num_hidden_layers=int(c["n_layers"]),
         num_attention_heads=heads,
-        num_key_value_heads=int(c.get("n_kv_heads") or heads),
+        num_key_value_heads=int(c["n_kv_heads"] or heads),
         hidden_act="silu",
-        max_position_embeddings=int(c.get("max_sequence_length", 4096)),
-        rms_norm_eps=float(c.get("rms_norm_eps", 1e-5)),
-        rope_theta=float(c.get("rope_theta", 10000.0)),
+        max_position_embeddings=int(c["max_sequence_length"]),
+        rms_norm_eps=float(c["rms_norm_eps"]),
+        rope_theta=float(c["rope_theta"]),
         attention_bias=False,
         mlp_bias=False,
-        tie_word_embeddings=bool(c.get("weight_tying", False)),
+        tie_word_embeddings=bool(c["weight_tying"]),
         attn_implementation="sdpa",
     )
 
@@ -167,7 +175,9 @@ def read_llada_config(folder: Path) -> dict:
     missing = [k for k in ("d_model", "n_heads", "n_layers", "vocab_size") if k not in c]
     if missing:
         raise CheckpointError(f"{path} is not a LLaDA config: no {', '.join(missing)}")
-    bad = [f"{k}={c[k]!r} (supported: {v!r})" for k, v in SUPPORTED.items() if k in c and c[k] != v]
+    read = {**LLADA_DEFAULTS, **c}
+    bad = [f"{k}={read[k]!r}{'' if k in c else ' (LLaDA default: not in config.json)'} (supported: {v!r})"
+           for k, v in SUPPORTED.items() if read[k] != v]
     if bad:
         raise CheckpointError(f"{path}: unsupported LLaDA settings: {', '.join(bad)}")
     return c
