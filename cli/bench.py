@@ -239,7 +239,7 @@ def bench(
                                 f"run migmcut bench --search-schedule --store STORE (or pass --store)")
             found, _, errors = search_now(missing)
             searched.update({r.budget: r.full_steps for r in found})
-    configs = lib.configurations(N, budget_list, method_list, mode, searched, front_steps)
+    configs = lib.configurations(N, budget_list, method_list, mode, searched, front_steps, rec.sampler.budget_rounding)
 
     reference = None
     if opened is not None:

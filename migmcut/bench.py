@@ -92,26 +92,27 @@ def check_plan(steps: int, budgets: list[int], methods: list[str], schedule: str
 
 def configurations(steps: int, budgets: list[int], methods: list[str], schedule: str = "uniform",
                    searched: dict[int, list[int]] | None = None,
-                   vanilla_steps: list[int] | None = None) -> list[Configuration]:
+                   vanilla_steps: list[int] | None = None, rounding: str = "half-up") -> list[Configuration]:
     """The bench plan: vanilla-N first, then vanilla at the other front step counts (default: every
     budget), then per budget the cache and the shortcut at (N, B).
 
     Vanilla runs whatever `methods` says: it is what every accelerated row is judged against.
-    `schedule` auto takes the searched placement where `searched` has one for B (as generate does).
+    `schedule` auto takes the searched placement where `searched` has one for B (as generate does);
+    the uniform one follows the sampler's `budget_rounding`, as generate's does.
     """
     check_plan(steps, budgets, methods, schedule, vanilla_steps)
     out = [Configuration("vanilla", steps, steps, reference=True)]
     out += [Configuration("vanilla", n, n) for n in sorted(set(vanilla_steps or budgets) - {steps})]
     for B in dict.fromkeys(budgets):
         if "cache" in methods:
-            out.append(Configuration("cache", steps, B, budget_schedule(steps, B), "uniform"))
+            out.append(Configuration("cache", steps, B, budget_schedule(steps, B, rounding), "uniform"))
         if "shortcut" not in methods:
             continue
         found = (searched or {}).get(B)
         modes = {"both": ("uniform", "searched"), "auto": ("searched" if found else "uniform",)}.get(schedule, (schedule,))
         for mode in modes:
             if mode == "uniform":
-                out.append(Configuration("shortcut", steps, B, budget_schedule(steps, B), "uniform"))
+                out.append(Configuration("shortcut", steps, B, budget_schedule(steps, B, rounding), "uniform"))
             elif found is None:
                 raise UserError(f"no searched schedule for N={steps}, B={B}: run migmcut bench --search-schedule")
             else:

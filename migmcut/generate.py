@@ -11,10 +11,9 @@ import torch
 
 from migmcut.base import load_base
 from migmcut.errors import UserError
-from migmcut.policies import BudgetPolicy, FullPolicy
+from migmcut.policies import BudgetPolicy, FullPolicy, budget_schedule
 from migmcut.recipe import Recipe
 from migmcut.sampler import sample, trajectory_seed
-from migmcut.schedule import budget_placement
 from migmcut.shortcut import load_shortcut
 
 METHODS = ("vanilla", "cache", "shortcut")
@@ -42,7 +41,7 @@ def make_policy(method: str, steps: int, budget: int | None, shortcut, base, ful
                 rounding: str = "half-up"):
     """-> (a factory of fresh per-batch policies, the steps that run the base).
 
-    `full_steps`: an explicit schedule (e.g. a searched one) instead of `budget_placement(steps, budget, rounding)`.
+    `full_steps`: an explicit schedule (e.g. a searched one) instead of `budget_schedule(steps, budget, rounding)`.
     """
     if method == "vanilla":
         if budget is not None and budget != steps:
@@ -50,7 +49,7 @@ def make_policy(method: str, steps: int, budget: int | None, shortcut, base, ful
         return FullPolicy, list(range(steps))
     if budget is None:
         raise UserError(f"--method {method} needs --budget B (full base steps out of {steps})")
-    full = budget_placement(steps, budget, rounding) if full_steps is None else [int(s) for s in full_steps]
+    full = budget_schedule(steps, budget, rounding) if full_steps is None else [int(s) for s in full_steps]
     if len(full) != budget or full[0] != 0 or any(b <= a for a, b in zip(full, full[1:])) or full[-1] >= steps:
         raise UserError(f"full steps {full}: need {budget} increasing steps below {steps}, starting at 0")
     if method == "cache":

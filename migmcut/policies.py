@@ -7,7 +7,7 @@
   the feature cache, `kind == "cache"`). Logits at skipped steps come from the base's own head,
   which the sampler runs only at the still-masked positions (policies return logits None).
 
-`budget_schedule(N, B)` places B full steps among N: step 0, then max(prev + 1, round(N k / B)).
+`budget_schedule(N, B, rounding)` places B full steps among N: step 0, then max(prev + 1, round(N k / B)).
 """
 
 from __future__ import annotations
@@ -17,12 +17,20 @@ import math
 import torch
 
 
-def budget_schedule(steps: int, budget: int) -> list[int]:
+def budget_schedule(steps: int, budget: int, rounding: str = "half-up") -> list[int]:
+    """B full steps among N: step 0, then max(prev + 1, round(N k / B)), halves rounded up
+    (floor(x + 0.5), migmcut's own) or to even (Python's `round` of N * (k / B), the paper's
+    `refresh_steps`); they differ only on exact halves (N=5, B=2: [0, 3] against [0, 2])."""
+    from migmcut.schedule import ROUNDINGS
+
     if not 1 <= budget <= steps:
         raise ValueError(f"budget must be between 1 and the step count ({steps}), got {budget}")
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"unknown budget rounding {rounding!r} (choose from {', '.join(ROUNDINGS)})")
     full = [0]
     for k in range(1, budget):
-        full.append(max(full[-1] + 1, math.floor(steps * k / budget + 0.5)))
+        at = math.floor(steps * k / budget + 0.5) if rounding == "half-up" else round(steps * (k / budget))
+        full.append(max(full[-1] + 1, at))
     return full
 
 

@@ -16,7 +16,7 @@ reference's settings (docs/real-models.md):
   (At N = 1, where the reference divides by zero, the ramps take their first step's value.)
 - `temperature_mode`: divide (softmax(logits / T)) | multiply (softmax(logits * T)).
 - `confidence`: tempered (log p from the tempered softmax) | untempered (from softmax(logits)).
-- `budget_rounding`: where B full steps go among N (`schedule.budget_placement`): half-up | half-even.
+- `budget_rounding`: where B full steps go among N (`policies.budget_schedule`): half-up | half-even.
 
 Every random draw of trajectory i comes from its own generator seeded with `seeds[i]`, so a
 trajectory does not depend on the batch it ran in.

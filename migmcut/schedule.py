@@ -14,9 +14,8 @@ reference code, computed as it does (in float32, with its rounding):
 A reference count that leaves a step nothing to fix (the reference would skip the step) is
 refused: the sampler runs exactly N steps.
 
-`budget_placement(N, B, rounding)` places B full steps: step 0, then
-max(prev + 1, round(N k / B)) with halves up (floor(x + 0.5), `policies.budget_schedule`) or
-to even (Python's `round` of N * (k / B), the paper's `refresh_steps`).
+Where the B full steps of a budget go is `policies.budget_schedule(N, B, rounding)`; `ROUNDINGS`
+names its two rules.
 """
 
 from __future__ import annotations
@@ -82,16 +81,3 @@ def _dimoo(num_tokens: int, steps: int) -> list[int]:
         counts.append(masked - keep)
         masked = keep
     return counts
-
-
-def budget_placement(steps: int, budget: int, rounding: str = "half-up") -> list[int]:
-    from migmcut.policies import budget_schedule
-
-    full = budget_schedule(steps, budget)  # validates the budget; the half-up placement
-    if rounding == "half-even":
-        full = [0]
-        for k in range(1, budget):
-            full.append(max(full[-1] + 1, round(steps * (k / budget))))
-    elif rounding != "half-up":
-        raise ValueError(f"unknown budget rounding {rounding!r} (choose from {', '.join(ROUNDINGS)})")
-    return full

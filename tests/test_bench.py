@@ -106,6 +106,9 @@ def test_pareto_front_on_synthetic_points():
 def test_configurations_plan():
     labels = [c.label for c in configurations(16, [4, 16], ["vanilla", "cache", "shortcut"])]
     assert labels == ["vanilla-16", "vanilla-4", "cache-16/4", "shortcut-16/4", "cache-16/16", "shortcut-16/16"]
+    # the uniform placement follows the recipe's budget rounding, as generate's does
+    half = {r: configurations(5, [2], ["cache"], rounding=r)[-1].full_steps for r in ("half-up", "half-even")}
+    assert half == {"half-up": [0, 3], "half-even": [0, 2]}
 
 
 def fresh_copy(ck, tmp):

@@ -15,7 +15,7 @@ from migmcut.generate import generate, make_policy
 from migmcut.policies import BudgetPolicy, budget_schedule
 from migmcut.recipe import load_recipe
 from migmcut.sampler import sample
-from migmcut.schedule import budget_placement, tokens_per_step
+from migmcut.schedule import tokens_per_step
 
 PROMPTS = ["a large red circle", "a small blue square left of a large green triangle"]
 
@@ -115,14 +115,14 @@ HALVES = {(5, 2): ([0, 2], [0, 3]), (10, 4): ([0, 2, 5, 8], [0, 3, 5, 8]), (6, 4
 
 @pytest.mark.parametrize("N, B", list(PAPER_PLACEMENTS))
 def test_the_papers_budget_placements(N, B):
-    assert budget_placement(N, B, "half-even") == PAPER_PLACEMENTS[N, B]
+    assert budget_schedule(N, B, "half-even") == PAPER_PLACEMENTS[N, B]
 
 
 @pytest.mark.parametrize("N, B", list(HALVES))
 def test_budget_placement_on_exact_halves(N, B):
     even, up = HALVES[N, B]
-    assert budget_placement(N, B, "half-even") == even
-    assert budget_placement(N, B, "half-up") == up == budget_schedule(N, B)
+    assert budget_schedule(N, B, "half-even") == even
+    assert budget_schedule(N, B, "half-up") == up == budget_schedule(N, B)
 
 
 def test_generate_places_full_steps_with_the_recipes_rounding(debug_base):
