@@ -53,6 +53,9 @@ def test_bench_runs_every_configuration_and_writes_parseable_files(trained, tmp_
             assert lo <= r["quality"][m] + 1e-9 and r["quality"][m] <= hi + 1e-9
         if method != "vanilla":  # judged against the fastest vanilla that is as good
             front = int(r["front_vanilla"].split("-")[1])
+            if not r["front_beyond"]:  # the fastest of the vanilla runs that are as good
+                assert front in r["as_good_vanilla"]
+                assert seconds[front] == min(seconds[n] for n in r["as_good_vanilla"])
             assert r["front_speedup"] == pytest.approx(seconds[front] / r["seconds_per_image"], rel=1e-3)
     assert got[("vanilla", 8, 8)]["speedup"] == 1.0
     saved = json.loads((out / "bench.json").read_text())
