@@ -54,8 +54,10 @@ def retimed(run: dict, seconds: dict[str, float], timing: dict) -> dict:
         v = min(good, key=vanilla.get)
         r["front_vanilla"], r["front_speedup"] = f"vanilla-{v}", round(vanilla[v] / seconds[r["label"]], 4)
         if was.get("ceiling") is not None:  # the vanilla the run found as good as vanilla-N
-            at = was["ceiling"] * was["seconds_per_image"]
-            c = min(old, key=lambda n: abs(old[n] - at))
+            if "ceiling_vanilla" in was:
+                c = int(was["ceiling_vanilla"].split("-")[1])
+            else:  # runs before that field: the vanilla whose seconds the ceiling was computed from
+                c = min(old, key=lambda n: abs(old[n] - was["ceiling"] * was["seconds_per_image"]))
             r["ceiling_vanilla"], r["ceiling"] = f"vanilla-{c}", round(vanilla[c] / seconds[r["label"]], 4)
         if r["method"] == "shortcut" and timing:
             r["bound"] = round(lib.bound(r["steps"], r["budget"], timing["c"]), 4)

@@ -105,7 +105,7 @@ def generate(
     if not json_:
         results.print(
             f"wrote {len(paths)} image(s) to {out_dir} ({result.method}, {result.steps} steps, "
-            f"{per_image:.3f} s/image sampling; loading {result.load_seconds:.2f} s, {seconds:.2f} s in all)"
+            f"{per_image:.3f} s/image sampling and decoding; loading {result.load_seconds:.2f} s, {seconds:.2f} s in all)"
         )
     emit(json_, {
         "images": paths, "method": result.method, "steps": result.steps, "budget": result.budget,

@@ -372,14 +372,14 @@ def run_bench(base, plan: Plan, metrics: list, *, shortcut=None, reference: dict
             "images": got["source"],
         }
         if cfg.method != "vanilla":
-            row["as_good_vanilla"] = sorted(n for n in vanilla if front.at_least_as_good(vanilla[n], sc, higher, plan.level))
-            v = front.front_vanilla(sc, vanilla, cost, higher, plan.level)
+            row["as_good_vanilla"] = good = front.as_good(sc, vanilla, higher, plan.level)
+            v = front.cheapest(good, cost)
             # a row better than every vanilla run is judged against the most steps run (a lower bound)
             row["front_vanilla"] = f"vanilla-{v if v is not None else max(vanilla)}"
             row["front_speedup"] = _round(cost[v if v is not None else max(vanilla)] / s, 4)
             row["front_beyond"] = v is None
             if ceiling_of is not None:
-                row["ceiling"] = _round(cost[ceiling_of] / s, 4)
+                row["ceiling_vanilla"], row["ceiling"] = f"vanilla-{ceiling_of}", _round(cost[ceiling_of] / s, 4)
         if cfg.method == "shortcut" and timing:
             row["bound"] = _round(bound(cfg.steps, cfg.budget, timing["c"]), 4)
         rows.append(row)
@@ -443,16 +443,16 @@ def place_labels(ax, points: list[tuple[float, float, str]], fontsize: int = 7) 
     renderer = fig.canvas.get_renderer()
     axes_box = ax.get_window_extent(renderer)
     to_px = ax.transData.transform
-    markers = []
-    for x, y, _ in points:  # the markers themselves, a few pixels each way
-        px, py = to_px((x, y))
-        markers.append(matplotlib_bbox(px - 4, py - 4, px + 4, py + 4))
-    offsets = [(0.0, 0.0)] + [(r * math.cos(a), r * math.sin(a)) for r in (6, 14, 24, 36, 50, 66, 84, 104, 126)
-                               for a in (math.pi * k / 8 for k in range(16))]
+    from matplotlib.transforms import Bbox
+
+    markers = [Bbox.from_extents(px - 4, py - 4, px + 4, py + 4)  # the markers themselves, a few pixels each way
+               for px, py in (to_px((x, y)) for x, y, _ in points)]
+    offsets = [(r * math.cos(a), r * math.sin(a)) for r in (6, 14, 24, 36, 50, 66, 84, 104, 126)
+               for a in (math.pi * k / 8 for k in range(16))]
     placed, out = [], []
     for x, y, text in sorted(points, key=lambda p: p[0]):
         best = None
-        for dx, dy in offsets[1:]:
+        for dx, dy in offsets:
             ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
                               ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top",
                               arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "gray"} if math.hypot(dx, dy) > 10 else None)
@@ -478,12 +478,6 @@ def label_box(ann, renderer):
 
     ann.update_positions(renderer)  # places the text at its offset (Annotation's own extent does this first)
     return Text.get_window_extent(ann, renderer)
-
-
-def matplotlib_bbox(x0, y0, x1, y1):
-    from matplotlib.transforms import Bbox
-
-    return Bbox([[x0, y0], [x1, y1]])
 
 
 def pareto_figure(result: BenchResult):

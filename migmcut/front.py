@@ -68,13 +68,22 @@ def at_least_as_good(v: Scores, r: Scores, higher: dict[str, bool], level: float
     return True
 
 
-def front_vanilla(row: Scores, vanilla: dict[int, Scores], cost: dict[int, float], higher: dict[str, bool],
-                  level: float = 0.95) -> int | None:
-    """Step count of the cheapest vanilla run at least as good as `row` (None: row beats all of them).
+def as_good(row: Scores, vanilla: dict[int, Scores], higher: dict[str, bool], level: float = 0.95) -> list[int]:
+    """Step counts of the vanilla runs at least as good as `row`, ascending."""
+    return sorted(n for n in vanilla if at_least_as_good(vanilla[n], row, higher, level))
+
+
+def cheapest(good: list[int], cost: dict[int, float]) -> int | None:
+    """The cheapest of the step counts `good` (None when empty: the row beats every vanilla run).
 
     `cost`: vanilla steps -> seconds per image (or the step count itself, before timing)."""
-    good = [n for n in vanilla if at_least_as_good(vanilla[n], row, higher, level)]
     return min(good, key=lambda n: (cost[n], n)) if good else None
+
+
+def front_vanilla(row: Scores, vanilla: dict[int, Scores], cost: dict[int, float], higher: dict[str, bool],
+                  level: float = 0.95) -> int | None:
+    """Step count of the cheapest vanilla run at least as good as `row` (None: row beats all of them)."""
+    return cheapest(as_good(row, vanilla, higher, level), cost)
 
 
 def steps_to_refine(rows: list[Scores], vanilla: dict[int, Scores], higher: dict[str, bool],

@@ -16,13 +16,13 @@ import math
 
 import torch
 
+ROUNDINGS = ("half-up", "half-even")  # where budget_schedule puts an exact half
+
 
 def budget_schedule(steps: int, budget: int, rounding: str = "half-up") -> list[int]:
     """B full steps among N: step 0, then max(prev + 1, round(N k / B)), halves rounded up
     (floor(x + 0.5), migmcut's own) or to even (Python's `round` of N * (k / B), the paper's
     `refresh_steps`); they differ only on exact halves (N=5, B=2: [0, 3] against [0, 2])."""
-    from migmcut.schedule import ROUNDINGS
-
     if not 1 <= budget <= steps:
         raise ValueError(f"budget must be between 1 and the step count ({steps}), got {budget}")
     if rounding not in ROUNDINGS:

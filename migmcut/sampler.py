@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 import torch
 
 from migmcut.base.interface import BaseModel
-from migmcut.policies import FullPolicy
-from migmcut.schedule import ROUNDINGS, SCHEDULES, tokens_per_step
+from migmcut.policies import ROUNDINGS, FullPolicy
+from migmcut.schedule import SCHEDULES, tokens_per_step
 
 CFG_SCHEDULES = ("linear", "linear-from-zero", "constant")
 NOISE_SCHEDULES = ("linear", "linear-to-zero", "constant")

@@ -1,4 +1,4 @@
-"""Unmasking schedules: how many tokens each of the N steps fixes; where B full steps go.
+"""Unmasking schedules: how many tokens each of the N steps fixes.
 
 `gamma(x)` is the fraction of positions still masked at progress x in [0, 1] (1 at x=0, 0 at
 x=1) for the curves `CURVES`. `tokens_per_step(L, N, name)` turns a curve into integers
@@ -14,8 +14,7 @@ reference code, computed as it does (in float32, with its rounding):
 A reference count that leaves a step nothing to fix (the reference would skip the step) is
 refused: the sampler runs exactly N steps.
 
-Where the B full steps of a budget go is `policies.budget_schedule(N, B, rounding)`; `ROUNDINGS`
-names its two rules.
+Where the B full steps of a budget go is `policies.budget_schedule(N, B, rounding)`.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import torch
 
 CURVES = ("arccos", "cosine", "linear")
 SCHEDULES = CURVES + ("maskgit", "dimoo")
-ROUNDINGS = ("half-up", "half-even")
 
 
 def gamma(name: str, x: float) -> float:

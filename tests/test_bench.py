@@ -56,6 +56,9 @@ def test_bench_runs_every_configuration_and_writes_parseable_files(trained, tmp_
             if not r["front_beyond"]:  # the fastest of the vanilla runs that are as good
                 assert front in r["as_good_vanilla"]
                 assert seconds[front] == min(seconds[n] for n in r["as_good_vanilla"])
+            if "ceiling" in r:  # the front speedup at vanilla-N's quality: against the vanilla matching vanilla-8
+                ceiling = int(r["ceiling_vanilla"].split("-")[1])
+                assert r["ceiling"] == pytest.approx(seconds[ceiling] / r["seconds_per_image"], rel=1e-3)
             assert r["front_speedup"] == pytest.approx(seconds[front] / r["seconds_per_image"], rel=1e-3)
     assert got[("vanilla", 8, 8)]["speedup"] == 1.0
     saved = json.loads((out / "bench.json").read_text())
