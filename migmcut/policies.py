@@ -5,16 +5,50 @@
   predicts the features from the last (full or predicted) ones and the tokens just fixed, with
   the shortcut network (`kind == "shortcut"`) or by reusing them unchanged (`shortcut=None`:
   the feature cache, `kind == "cache"`). Logits at skipped steps come from the base's own head,
-  which the sampler runs only at the still-masked positions (policies return logits None).
+  which the sampler runs only at the still-masked positions.
+- Partial evaluation (bases with `supports_partial`; docs/partial-evaluation.md has the reference
+  code these follow, and every place where migmcut had to choose):
+  - `RecapPolicy` (ReCAP): a full step keeps every layer's K/V and the sampler's ranking of the
+    masked positions; each later step up to the next full step fixes the next chunk of that
+    ranking, from logits of the group's positions recomputed against the cached context.
+  - `MLCachePolicy` (Lumina-DiMOO's ML-Cache): between refreshes, recompute the positions whose
+    last logits had the lowest maximum, write their K/V back, and sample from the mix of fresh and
+    cached logits.
+  - `HybridPolicy`: the shortcut carries the whole feature map forward; the positions the sampler
+    ranks first from it are evaluated exactly against the cached context, and fixed from those logits.
 
-`budget_schedule(N, B, rounding)` places B full steps among N: step 0, then max(prev + 1, round(N k / B)).
+Every policy's `step(base, state)` returns a `Proposal`; a policy's `after(event)`, where it has
+one, sees each step's `sampler.StepEvent`. Where full steps go:
+`budget_schedule` (shortcut, cache, hybrid), `recap_schedule`, `mlcache_schedule`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
+
+
+@dataclass
+class Proposal:
+    """What a policy hands the sampler for step t.
+
+    logits / features: (B * branches, L, .) over the whole grid, or over `at` only. With logits
+    None the sampler runs the base's head on the features where it reads logits.
+    at: (B, n) masked grid positions: the logits are there and the sampler fixes only among them.
+    refine: positions (B, m) -> exact logits (B * branches, m, K) there, for the m = ceil(refine_factor * k_t)
+    positions the sampler ranks first from this proposal's logits.
+    """
+
+    kind: str  # "full" | "shortcut" | "cache" | "recap" | "mlcache" | "hybrid"
+    logits: torch.Tensor | None = None
+    features: torch.Tensor | None = None
+    at: torch.Tensor | None = None
+    refine: Callable[[torch.Tensor], torch.Tensor] | None = None
+    refine_factor: float = 1.0
+
 
 ROUNDINGS = ("half-up", "half-even")  # where budget_schedule puts an exact half
 
@@ -34,13 +68,83 @@ def budget_schedule(steps: int, budget: int, rounding: str = "half-up") -> list[
     return full
 
 
+def recap_schedule(steps: int, budget: int, local: int = 1) -> list[int]:
+    """ReCAP's full steps: P full steps, then groups of one full step and `local` local steps (the
+    last group shortened), P the smallest that makes `budget` full steps in all."""
+    if local < 1:
+        raise ValueError(f"recap local steps per full step must be >= 1, got {local}")
+    least = math.ceil(steps / (local + 1))
+    if not least <= budget <= steps:
+        raise ValueError(f"recap with {local} local step(s) per full step needs a budget between {least} "
+                         f"and {steps} at {steps} steps, got {budget}")
+    prefix = next(p for p in range(steps + 1) if p + math.ceil((steps - p) / (local + 1)) == budget)
+    return list(range(prefix)) + list(range(prefix, steps, local + 1))
+
+
+def mlcache_schedule(steps: int, warmup_ratio: float = 0.3, refresh_interval: int = 5,
+                     budget: int | None = None) -> list[int]:
+    """ML-Cache's full steps: s <= w or (s - w) % refresh_interval == 0, w = int(steps * warmup_ratio)
+    (Lumina-DiMOO's rule); with `budget`, the warm-up w that makes that many full steps instead."""
+    if refresh_interval < 1:
+        raise ValueError(f"mlcache refresh interval must be >= 1, got {refresh_interval}")
+
+    def full(w: int) -> list[int]:
+        return [s for s in range(steps) if s <= w or (s - w) % refresh_interval == 0]
+
+    if budget is None:
+        return full(int(steps * warmup_ratio))
+    least = len(full(0))
+    if not least <= budget <= steps:
+        raise ValueError(f"mlcache with refresh interval {refresh_interval} needs a budget between {least} "
+                         f"and {steps} at {steps} steps, got {budget}")
+    return full(next(w for w in range(steps) if len(full(w)) == budget))
+
+
+@dataclass
+class RecapConfig:
+    """Recipe section `recap`: local steps per full step (ReCAP's K; every published run uses 1)."""
+
+    local: int = 1
+
+    def validate(self) -> None:
+        if self.local < 1:
+            raise ValueError(f"recap.local must be >= 1, got {self.local}")
+
+
+@dataclass
+class MLCacheConfig:
+    """Recipe section `mlcache`: Lumina-DiMOO's `--cache_ratio 0.9 --warmup_ratio 0.3 --refresh_interval 5`."""
+
+    cache_ratio: float = 0.9  # the share of positions reused at a partial step (1 - it is recomputed)
+    warmup_ratio: float = 0.3  # full steps s <= int(N * warmup_ratio) (without a budget)
+    refresh_interval: int = 5  # then a full step every refresh_interval steps
+
+    def validate(self) -> None:
+        for name in ("cache_ratio", "warmup_ratio"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"mlcache.{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.refresh_interval < 1:
+            raise ValueError(f"mlcache.refresh_interval must be >= 1, got {self.refresh_interval}")
+
+
+@dataclass
+class HybridConfig:
+    """Recipe section `hybrid`: how many positions a shortcut step evaluates exactly."""
+
+    candidates: float = 2.0  # evaluate ceil(candidates * k_t) positions, the sampler's best from the shortcut
+    refresh_new: bool = True  # also recompute the tokens fixed at the step before, writing their K/V back
+
+    def validate(self) -> None:
+        if not 1 <= self.candidates:
+            raise ValueError(f"hybrid.candidates must be >= 1 (a multiple of the tokens fixed per step), got {self.candidates}")
+
+
 class FullPolicy:
     """Every step is a full base call."""
 
     def step(self, base, state):
-        branches = state.cond.shape[0] // state.tokens.shape[0]
-        logits, features = base(state.tokens.repeat(branches, 1), state.cond)
-        return "full", logits, features
+        logits, features = base(_rows(state), state.cond)
+        return Proposal("full", logits, features)
 
 
 class BudgetPolicy:
@@ -55,13 +159,12 @@ class BudgetPolicy:
         self.features = None
 
     def step(self, base, state):
-        branches = state.cond.shape[0] // state.tokens.shape[0]
         if state.t in self.full_steps:
-            logits, self.features = base(state.tokens.repeat(branches, 1), state.cond)
-            return "full", logits, self.features
+            logits, self.features = base(_rows(state), state.cond)
+            return Proposal("full", logits, self.features)
         if self.shortcut is not None:
-            self.features = self.predict(base, state, branches)
-        return self.kind, None, self.features  # the sampler runs the head where it reads logits
+            self.features = self.predict(base, state, _branches(state))
+        return Proposal(self.kind, None, self.features)  # the sampler runs the head where it reads logits
 
     def predict(self, base, state, branches: int) -> torch.Tensor:
         B = state.tokens.shape[0]
@@ -79,3 +182,108 @@ class BudgetPolicy:
             cond_mask=base.condition_mask(state.cond),
             query_pos=base.grid_position_embeddings().to(self.features.dtype) if wants_pos else None,
         )
+
+
+def _branches(state) -> int:
+    return state.cond.shape[0] // state.tokens.shape[0]
+
+
+def _rows(state) -> torch.Tensor:
+    """The base's input rows: the token state once per CFG branch."""
+    return state.tokens.repeat(_branches(state), 1)
+
+
+def _scatter_rows(x: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """x (R, L, D) with values (R, n, D) written at positions (R, n), in place."""
+    return x.scatter_(1, positions[..., None].expand(-1, -1, x.shape[-1]), values.to(x.dtype))
+
+
+class RecapPolicy:
+    """ReCAP: a full step keeps the K/V cache and the sampler's ranking; the group of positions the
+    full step and its local steps fix is the top of that ranking, one chunk of k_t per step. A local
+    step recomputes all group positions (decoded or still masked) against the cached context
+    (nothing written back) and hands the sampler that step's chunk alone."""
+
+    def __init__(self, full_steps: list[int], counts: list[int]):
+        if not full_steps or full_steps[0] != 0:
+            raise ValueError("the first step must be a full base call")
+        self.full_steps, self.counts = set(full_steps), counts
+        self.cache = self.group = None
+        self.chunks: dict[int, tuple[int, int]] = {}  # step -> its chunk's slice of the group
+
+    def step(self, base, state):
+        if state.t in self.full_steps:
+            logits, features, self.cache = base.forward_with_cache(_rows(state), state.cond)
+            return Proposal("full", logits, features)
+        lo, hi = self.chunks[state.t]
+        positions = self.group.repeat(_branches(state), 1)
+        logits, features = base.partial_forward(_rows(state), state.cond, positions, self.cache)
+        return Proposal("recap", logits[:, lo:hi], features[:, lo:hi], at=self.group[:, lo:hi])
+
+    def after(self, event) -> None:
+        if event.kind != "full":
+            return
+        end = next((s for s in sorted(self.full_steps) if s > event.t), len(self.counts))
+        offset, self.chunks = self.counts[event.t], {}
+        for s in range(event.t + 1, end):
+            self.chunks[s] = (offset, offset + self.counts[s])
+            offset += self.counts[s]
+        self.group = event.ranked[:, :offset]
+
+
+class MLCachePolicy:
+    """ML-Cache: at a partial step recompute the positions whose logits had the lowest maximum at
+    the step before (each branch on its own), write their K/V back into the cache, and hand the
+    sampler the cached logits with the fresh ones written in."""
+
+    def __init__(self, full_steps: list[int], cache_ratio: float = 0.9):
+        if not full_steps or full_steps[0] != 0:
+            raise ValueError("the first step must be a full base call")
+        self.full_steps, self.cache_ratio = set(full_steps), cache_ratio
+        self.cache = self.logits = self.features = None
+
+    def step(self, base, state):
+        if state.t in self.full_steps:
+            self.logits, self.features, self.cache = base.forward_with_cache(_rows(state), state.cond)
+            return Proposal("full", self.logits, self.features)
+        L = state.tokens.shape[1]
+        # the positions at or below the (1 - cache_ratio) quantile of the max logit: as many as
+        # torch.quantile's linear interpolation puts there when the values are distinct
+        n = math.floor((1 - self.cache_ratio) * (L - 1) + 1e-9) + 1
+        positions = self.logits.max(-1).values.topk(n, dim=-1, largest=False).indices
+        logits, features = base.partial_forward(_rows(state), state.cond, positions, self.cache, update=True)
+        _scatter_rows(self.logits, positions, logits)
+        _scatter_rows(self.features, positions, features)
+        return Proposal("mlcache", self.logits, self.features)
+
+
+class HybridPolicy(BudgetPolicy):
+    """The shortcut between full steps, with the positions the sampler is about to fix evaluated
+    exactly: the sampler ranks every masked position from the shortcut's logits and hands the best
+    ceil(candidates * k_t) to `refine`, which recomputes them against the K/V of the last full step
+    (with `refresh_new`, the tokens fixed at the step before too, their K/V written back) and writes
+    the exact features into the map the shortcut carries on."""
+
+    def __init__(self, full_steps: list[int], shortcut: torch.nn.Module, candidates: float = 2.0,
+                 refresh_new: bool = True):
+        super().__init__(full_steps, shortcut)
+        self.kind, self.candidates, self.refresh_new = "hybrid", candidates, refresh_new
+        self.cache = None
+
+    def step(self, base, state):
+        if state.t in self.full_steps:
+            logits, self.features, self.cache = base.forward_with_cache(_rows(state), state.cond)
+            return Proposal("full", logits, self.features)
+        branches = _branches(state)
+        self.features = self.predict(base, state, branches)
+        fresh = state.new_tokens.nonzero()[:, 1].view(state.tokens.shape[0], -1) if self.refresh_new else None
+
+        def refine(where: torch.Tensor) -> torch.Tensor:
+            positions = where if fresh is None else torch.cat([fresh, where], 1)
+            positions = positions.repeat(branches, 1)
+            logits, features = base.partial_forward(_rows(state), state.cond, positions, self.cache,
+                                                    update=fresh is not None)
+            _scatter_rows(self.features, positions, features)
+            return logits[:, positions.shape[1] - where.shape[1]:]
+
+        return Proposal("hybrid", None, self.features, refine=refine, refine_factor=self.candidates)

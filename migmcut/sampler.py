@@ -1,11 +1,19 @@
 """Confidence-based parallel decoding (MaskGIT / Lumina-DiMOO) with per-step policies.
 
-At step t the policy supplies features for the current token state (a full base call, or a
-shortcut / cache prediction) and the logits, or leaves the head to the sampler, which then runs
-it only at the still-masked positions (the only ones it reads). The sampler draws a candidate for
-every masked position from the tempered softmax, scores confidence as log p(candidate) plus
-Gumbel noise of scale s_t, and fixes the k_t most confident masked positions. With
-classifier-free guidance both branches run in one batch and logits = (1 + w_t) l_cond - w_t l_uncond.
+At step t the policy hands the sampler a `policies.Proposal`: features for the current token state (a
+full base call, or a shortcut / cache prediction) and the logits, or features alone, and the
+sampler runs the head only at the still-masked positions (the only ones it reads). The sampler
+draws a candidate for every masked position from the tempered softmax, scores confidence as
+log p(candidate) plus Gumbel noise of scale s_t, and fixes the k_t most confident masked
+positions. With classifier-free guidance both branches run in one batch and
+logits = (1 + w_t) l_cond - w_t l_uncond.
+
+Partial evaluation narrows that: a proposal `at` positions (B, n) holds logits there only, and the
+sampler fixes k_t of those (ReCAP's local steps); a proposal with `refine` has the sampler rank
+every masked position as above, then hand the ceil(refine_factor * k_t) best to `refine`, which returns
+exact logits there, and draw and fix among them with the same random numbers (the hybrid).
+After each step a policy with an `after(event)` method sees the event, whose `ranked` lists the
+positions the sampler scored, most confident first.
 
 How each of these is computed is a named setting of `SamplerConfig`; the defaults are the
 tiny-shapes sampler (its shipped shortcut was trained on it), the real recipes name their
@@ -25,13 +33,14 @@ trajectory does not depend on the batch it ran in.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from migmcut.base.interface import BaseModel
-from migmcut.policies import ROUNDINGS, FullPolicy
+from migmcut.policies import ROUNDINGS, FullPolicy, Proposal
 from migmcut.schedule import SCHEDULES, tokens_per_step
 
 CFG_SCHEDULES = ("linear", "linear-from-zero", "constant")
@@ -134,11 +143,12 @@ class StepEvent:
     """Handed to observers after step t: features used, and what got fixed."""
 
     t: int
-    kind: str  # "full" | "shortcut" | "cache"
-    features: torch.Tensor  # (B, branches, L, D)
+    kind: str  # the policy's Proposal kind
+    features: torch.Tensor | None  # (B, branches, L, D); None where the step had no whole feature map
     tokens: torch.Tensor  # (B, L) state after the step
     fixed: torch.Tensor  # (B, L) bool: positions fixed at this step
     mask_ratio: float
+    ranked: torch.Tensor | None = None  # (B, n) the positions scored, most confident first
 
 
 @dataclass
@@ -164,7 +174,7 @@ def sample(
     observers: tuple = (),
 ) -> SampleResult:
     policy = policy or FullPolicy()
-    B, L, K, device = len(conditions), base.num_tokens, base.codebook_size, base.device
+    B, L, device = len(conditions), base.num_tokens, base.device
     if len(seeds) != B:
         raise ValueError("one seed per condition")
     counts_per_step = config.check(L)
@@ -180,47 +190,72 @@ def sample(
     for t, k in enumerate(counts_per_step):
         masked = tokens == base.mask_id
         state = StepState(t, tokens, cond, new_tokens, masked[0].float().mean().item())
-        kind, logits, features = policy.step(base, state)
-        counts[kind] = counts.get(kind, 0) + 1
-        # every row has the same number of masked positions: the sampler reads logits only there
-        where = masked.nonzero()[:, 1].view(B, -1)  # (B, M), ascending
-        at = where.repeat(config.branches, 1)
-        if logits is None:  # the policy left the head to us: run it on the masked positions alone
-            logits = base.head(features.gather(1, at[..., None].expand(-1, -1, features.shape[-1])))
-        else:
-            logits = logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
-        logits = _split_branches(logits.float(), config.branches)
-        if config.branches == 2:
-            w = config.cfg_weight(t)
-            logits = (1 + w) * logits[:, 0] - w * logits[:, 1]
-        else:
-            logits = logits[:, 0]
+        out = policy.step(base, state)
+        counts[out.kind] = counts.get(out.kind, 0) + 1
         # per-trajectory noise: one uniform per position for the candidate (inverse-CDF draw)
         # and one for the confidence, so a trajectory's draws do not depend on its batch
-        u_tok = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device).gather(1, where)
-        u_conf = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device).gather(1, where)
-        if config.temperature_mode == "multiply":
-            logp = torch.log_softmax(logits * config.temperature, dim=-1)
-        else:
-            logp = torch.log_softmax(logits / max(config.temperature, 1e-6), dim=-1)
-        if config.temperature > 0:
-            cdf = logp.exp().cumsum(-1)
-            candidate = torch.searchsorted(cdf, (u_tok * cdf[..., -1])[..., None]).squeeze(-1).clamp_(max=K - 1)
-        else:
-            candidate = logp.argmax(-1)
-        scored = logp if config.confidence == "tempered" else torch.log_softmax(logits, dim=-1)
-        conf = scored.gather(-1, candidate[..., None]).squeeze(-1)
-        noise = -torch.log(-torch.log(u_conf.clamp_min(1e-20)))
-        conf = conf + config.noise_scale(t) * noise
+        u_tok = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device)
+        u_conf = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device)
+        if out.at is not None:
+            where, logits = out.at, out.logits
+            if where.shape[0] != B or where.shape[1] < k or not masked.gather(1, where).all():
+                raise ValueError(f"step {t}: a proposal's `at` must hold >= {k} masked positions per row")
+        else:  # every row has the same number of masked positions: the sampler reads logits only there
+            where = masked.nonzero()[:, 1].view(B, -1)  # (B, M), ascending
+            logits = _logits_at(base, out, where.repeat(config.branches, 1))
+        candidate, conf = _draw(config, t, logits, where, u_tok, u_conf)
+        if out.refine is not None:  # exact logits where the proposal ranks best, then draw again there
+            m = min(max(math.ceil(out.refine_factor * k), k), where.shape[1])
+            where = where.gather(1, conf.topk(m, dim=-1).indices)
+            candidate, conf = _draw(config, t, out.refine(where), where, u_tok, u_conf)
         pick = where.gather(1, conf.topk(k, dim=-1).indices)
         fixed = torch.zeros_like(masked).scatter_(1, pick, True)
         tokens = tokens.scatter(1, where, candidate).where(fixed, tokens)
         order = torch.where(fixed, t, order)
         new_tokens = fixed
-        event = StepEvent(t, kind, _split_branches(features, config.branches), tokens, fixed, state.mask_ratio)
+        whole = out.features is not None and out.at is None  # a feature map over the whole grid
+        features = _split_branches(out.features, config.branches) if whole else None
+        ranked = where.gather(1, conf.argsort(dim=-1, descending=True))
+        event = StepEvent(t, out.kind, features, tokens, fixed, state.mask_ratio, ranked)
+        if hasattr(policy, "after"):
+            policy.after(event)
         for obs in observers:
             obs(event)
     return SampleResult(tokens, order, counts, time.perf_counter() - start)
+
+
+def _logits_at(base: BaseModel, out: Proposal, at: torch.Tensor) -> torch.Tensor:
+    """The proposal's logits at grid positions `at` (B * branches, n), running the head there if need be."""
+    if out.logits is not None:
+        return out.logits.gather(1, at[..., None].expand(-1, -1, out.logits.shape[-1]))
+    features = out.features.gather(1, at[..., None].expand(-1, -1, out.features.shape[-1]))
+    return base.head_at(features, at)
+
+
+def _draw(config: SamplerConfig, t: int, logits: torch.Tensor, where: torch.Tensor, u_tok: torch.Tensor,
+          u_conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A candidate token and its noisy confidence at each of `where` (B, n), from the branches'
+    logits there (B * branches, n, K) and the step's uniforms over the whole grid (B, L)."""
+    logits = _split_branches(logits.float(), config.branches)
+    if config.branches == 2:
+        w = config.cfg_weight(t)
+        logits = (1 + w) * logits[:, 0] - w * logits[:, 1]
+    else:
+        logits = logits[:, 0]
+    u_tok, u_conf = u_tok.gather(1, where), u_conf.gather(1, where)
+    if config.temperature_mode == "multiply":
+        logp = torch.log_softmax(logits * config.temperature, dim=-1)
+    else:
+        logp = torch.log_softmax(logits / max(config.temperature, 1e-6), dim=-1)
+    if config.temperature > 0:
+        cdf = logp.exp().cumsum(-1)
+        candidate = torch.searchsorted(cdf, (u_tok * cdf[..., -1])[..., None]).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+    else:
+        candidate = logp.argmax(-1)
+    scored = logp if config.confidence == "tempered" else torch.log_softmax(logits, dim=-1)
+    conf = scored.gather(-1, candidate[..., None]).squeeze(-1)
+    noise = -torch.log(-torch.log(u_conf.clamp_min(1e-20)))
+    return candidate, conf + config.noise_scale(t) * noise
 
 
 def trajectory_seed(run_seed: int, index: int) -> int:

@@ -84,15 +84,24 @@ def test_bad_sampler_settings_are_refused(debug_base, debug_recipe):
         run(debug_base, dataclasses.replace(debug_recipe.sampler, steps=debug_base.num_tokens + 1))
 
 
-def test_head_at_masked_positions_only_samples_what_the_full_head_does(debug_base, debug_recipe):
-    """Policies may leave the head to the sampler, which runs it only where it reads logits."""
-    from migmcut.policies import FullPolicy
+def test_head_at_masked_positions_only_samples_what_the_full_head_does(debug_base, debug_recipe, tmp_path):
+    """Policies may leave the head to the sampler, which runs it only where it reads logits, with
+    each position's own head (MaskGIT's bias is per position)."""
+    from migmcut.base import load_base, maskgit
+    from migmcut.policies import FullPolicy, Proposal
+    from migmcut.recipe import load_recipe
 
     class FeaturesOnly(FullPolicy):
         def step(self, base, state):
-            kind, _, features = super().step(base, state)
-            return kind, None, features
+            return Proposal("full", None, super().step(base, state).features)
 
-    full = run(debug_base, debug_recipe.sampler)
-    lazy = run(debug_base, debug_recipe.sampler, policy=FeaturesOnly())
-    assert torch.equal(full.tokens, lazy.tokens) and torch.equal(full.order, lazy.order)
+    sets = maskgit.write_random_checkpoint(tmp_path)
+    recipe = load_recipe("maskgit-imagenet512", [f"{k}={v}" for k, v in sets.items()] + ["sampler.steps=6"])
+    with torch.no_grad():  # a bias that differs by position, as trained MaskGIT weights have
+        mg = load_base(recipe.base)
+        mg.net.bias.normal_(0, 3)
+    for base, config, conditions in ((debug_base, debug_recipe.sampler, ["a large red circle"] * 3),
+                                     (mg, recipe.sampler, [1, 2, 3])):
+        full = sample(base, conditions, [0, 1, 2], config)
+        lazy = sample(base, conditions, [0, 1, 2], config, policy=FeaturesOnly())
+        assert torch.equal(full.tokens, lazy.tokens) and torch.equal(full.order, lazy.order)

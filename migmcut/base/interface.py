@@ -13,6 +13,7 @@ Partial evaluation (ReCAP, ML-Cache; adapters with `supports_partial`):
 
     logits, features, cache = base.forward_with_cache(tokens, cond)    # a full step that keeps K/V
     logits, features = base.partial_forward(tokens, cond, positions, cache)  # (B, n, K), (B, n, D)
+    base.partial_forward(tokens, cond, positions, cache, update=True)  # ... and write their K/V back
     base.kv_cache_bytes_per_image(torch.bfloat16, branches=2)           # what one image's cache costs
 
 `positions` (B, n) are distinct image-grid positions per row. Their hidden states are recomputed
@@ -97,8 +98,9 @@ class BaseModel(torch.nn.Module):
         return self.head(features), features, cache
 
     def partial_forward(self, tokens: torch.Tensor, cond: torch.Tensor, positions: torch.Tensor,
-                        cache: KVCache) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, n, K) and features (B, n, D) at grid `positions` (B, n), other positions from `cache`."""
+                        cache: KVCache, update: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, n, K) and features (B, n, D) at grid `positions` (B, n), other positions from
+        `cache`; with `update` the positions' fresh K/V are written into `cache` (ML-Cache)."""
         self._require_partial()
         if positions.dim() != 2 or not positions.shape[0] == tokens.shape[0] == cache.batch:
             raise ValueError(f"positions {tuple(positions.shape)} and a cache of {cache.batch} rows "
@@ -106,7 +108,7 @@ class BaseModel(torch.nn.Module):
         seq = self.partial_sequence(tokens, cond)
         rows = self.image_rows(positions)
         pos = _rows(seq.pos, rows)
-        x, _ = run_layers(self, self.embed_rows(_rows(seq.ids, rows), pos), pos, rows, seq.mask, cache)
+        x, _ = run_layers(self, self.embed_rows(_rows(seq.ids, rows), pos), pos, rows, seq.mask, cache, update)
         features = self.final_norm(x)
         return self.head_at(features, positions), features
 

@@ -52,12 +52,13 @@ class KVCache:
 
 
 def run_layers(model, x: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor | None, mask: torch.Tensor | None,
-               cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache | None]:
+               cache: KVCache | None = None, update: bool = False) -> tuple[torch.Tensor, KVCache | None]:
     """Run `model`'s transformer blocks on hidden states `x` (B, t, D).
 
     Without `cache` (a full pass: x covers the whole sequence) it returns the output and a new
     KVCache. With one, x holds only the sequence `rows` (B, t) (distinct per batch row), whose
-    fresh K/V replace the cached ones in a copy before their queries attend over all T keys.
+    fresh K/V replace the cached ones, in a copy (`update` False: ReCAP) or in the cache itself
+    (`update` True: ML-Cache's write-back), before their queries attend over all T keys.
     `pos` (B, t) are x's position ids; `mask` the key mask of the whole sequence.
     """
     keys, values = [], []
@@ -68,8 +69,12 @@ def run_layers(model, x: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor | N
             values.append(v)
         else:
             index = rows[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-            k = cache.keys[i].scatter(2, index, k)
-            v = cache.values[i].scatter(2, index, v)
+            if update:
+                k = cache.keys[i].scatter_(2, index, k)
+                v = cache.values[i].scatter_(2, index, v)
+            else:
+                k = cache.keys[i].scatter(2, index, k)
+                v = cache.values[i].scatter(2, index, v)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
         x = model.block_out(block, x, attn.transpose(1, 2).flatten(2))
     return x, (KVCache(keys, values) if cache is None else None)
