@@ -70,14 +70,15 @@ def budget_schedule(steps: int, budget: int, rounding: str = "half-up") -> list[
 
 def recap_schedule(steps: int, budget: int, local: int = 1) -> list[int]:
     """ReCAP's full steps: P full steps, then groups of one full step and `local` local steps (the
-    last group shortened), P the smallest that makes `budget` full steps in all."""
+    last group shortened), P the largest that makes `budget` full steps in all (two P can: the
+    larger leaves whole groups, as each published (N, P) does)."""
     if local < 1:
         raise ValueError(f"recap local steps per full step must be >= 1, got {local}")
     least = math.ceil(steps / (local + 1))
     if not least <= budget <= steps:
         raise ValueError(f"recap with {local} local step(s) per full step needs a budget between {least} "
                          f"and {steps} at {steps} steps, got {budget}")
-    prefix = next(p for p in range(steps + 1) if p + math.ceil((steps - p) / (local + 1)) == budget)
+    prefix = max(p for p in range(steps + 1) if p + math.ceil((steps - p) / (local + 1)) == budget)
     return list(range(prefix)) + list(range(prefix, steps, local + 1))
 
 
@@ -217,7 +218,7 @@ class RecapPolicy:
             return Proposal("full", logits, features)
         lo, hi = self.chunks[state.t]
         positions = self.group.repeat(_branches(state), 1)
-        logits, features = base.partial_forward(_rows(state), state.cond, positions, self.cache)
+        logits, features = base.partial_forward(_rows(state), state.cond, positions, self.cache, context=True)
         return Proposal("recap", logits[:, lo:hi], features[:, lo:hi], at=self.group[:, lo:hi])
 
     def after(self, event) -> None:

@@ -104,6 +104,27 @@ def test_partial_on_changed_tokens_attends_to_the_cached_context(case):
         base.partial_forward(new[:2], cond[:2], positions[:2], cache)
 
 
+def test_partial_with_context_over_all_positions_is_a_fresh_forward_and_write_back_updates_the_cache(case):
+    """Recomputing every image position and the context (prompt, class or special tokens) leaves no
+    cached input: it is the forward on the new tokens, however stale the cache. Writing back makes
+    the cache that forward's."""
+    base, _, _, _, cond, old, new, positions = case
+    logits, features = base(new, cond)
+    _, _, cache = base.forward_with_cache(old, cond)
+    every = torch.stack([torch.randperm(base.num_tokens) for _ in range(4)])
+    l_part, f_part = base.partial_forward(new, cond, every, cache, context=True, update=True)
+    torch.testing.assert_close(f_part, _at(features, every), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(l_part, _at(logits, every), atol=1e-4, rtol=1e-4)
+    _, _, fresh = base.forward_with_cache(new, cond)
+    for mine, want in zip(cache.keys + cache.values, fresh.keys + fresh.values):
+        torch.testing.assert_close(mine, want, atol=1e-4, rtol=1e-4)
+    # without write-back the cache is left as the full step made it
+    _, _, cache = base.forward_with_cache(old, cond)
+    before = [k.clone() for k in cache.keys]
+    base.partial_forward(new, cond, positions, cache)
+    assert all(torch.equal(a, b) for a, b in zip(before, cache.keys))
+
+
 def test_kv_cache_bytes_match_the_cache_tensors(case):
     base, _, length, layers, cond, old, _, _ = case
     _, _, cache = base.forward_with_cache(old, cond)

@@ -13,7 +13,8 @@ Partial evaluation (ReCAP, ML-Cache; adapters with `supports_partial`):
 
     logits, features, cache = base.forward_with_cache(tokens, cond)    # a full step that keeps K/V
     logits, features = base.partial_forward(tokens, cond, positions, cache)  # (B, n, K), (B, n, D)
-    base.partial_forward(tokens, cond, positions, cache, update=True)  # ... and write their K/V back
+    base.partial_forward(tokens, cond, positions, cache, update=True)  # ... writing their K/V back
+    base.partial_forward(tokens, cond, positions, cache, context=True)  # ... the prompt recomputed too
     base.kv_cache_bytes_per_image(torch.bfloat16, branches=2)           # what one image's cache costs
 
 `positions` (B, n) are distinct image-grid positions per row. Their hidden states are recomputed
@@ -98,18 +99,24 @@ class BaseModel(torch.nn.Module):
         return self.head(features), features, cache
 
     def partial_forward(self, tokens: torch.Tensor, cond: torch.Tensor, positions: torch.Tensor,
-                        cache: KVCache, update: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                        cache: KVCache, update: bool = False, context: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, n, K) and features (B, n, D) at grid `positions` (B, n), other positions from
-        `cache`; with `update` the positions' fresh K/V are written into `cache` (ML-Cache)."""
+        `cache`; with `update` the recomputed positions' K/V are written into `cache` (ML-Cache);
+        with `context` the sequence's non-image positions (prompt, class or special tokens) are
+        recomputed too (ReCAP recomputes its context token)."""
         self._require_partial()
         if positions.dim() != 2 or not positions.shape[0] == tokens.shape[0] == cache.batch:
             raise ValueError(f"positions {tuple(positions.shape)} and a cache of {cache.batch} rows "
                              f"do not match tokens {tuple(tokens.shape)}")
         seq = self.partial_sequence(tokens, cond)
         rows = self.image_rows(positions)
+        if context:
+            image = torch.zeros(seq.ids.shape[1], dtype=torch.bool, device=tokens.device)
+            image[self.image_rows(torch.arange(self.num_tokens, device=tokens.device)[None])[0]] = True
+            rows = torch.cat([(~image).nonzero()[:, 0].expand(rows.shape[0], -1), rows], 1)
         pos = _rows(seq.pos, rows)
         x, _ = run_layers(self, self.embed_rows(_rows(seq.ids, rows), pos), pos, rows, seq.mask, cache, update)
-        features = self.final_norm(x)
+        features = self.final_norm(x[:, rows.shape[1] - positions.shape[1]:])
         return self.head_at(features, positions), features
 
     def kv_cache_bytes_per_image(self, dtype: torch.dtype | None = None, branches: int = 1) -> int:
