@@ -146,11 +146,14 @@ def encode_steps(x: torch.Tensor, tolerance: float = DEFAULT_TOLERANCE) -> tuple
 
 def delta_levels(values) -> np.ndarray:
     """Stored zigzag differences (..., steps, L, D) -> integer levels q (same shape; int16 when they fit)."""
-    z = np.asarray(values).astype(np.int64)
-    q = np.cumsum((z >> 1) ^ -(z & 1), axis=-3)
+    z = np.asarray(values, dtype=np.uint32)
+    q = (z >> 1).view(np.int32)  # |d| < 2**31 and |q| < 2**30: int32 throughout
+    q ^= -(z & 1).view(np.int32)
+    for t in range(1, q.shape[-3]):  # in place, step by step: ~10x numpy's cumsum over a middle axis
+        q[..., t, :, :] += q[..., t - 1, :, :]
     if q.size and max(-int(q.min()), int(q.max())) < 2**15:
         return q.astype(np.int16)
-    return q.astype(np.int32)
+    return q
 
 
 def decode(values, scale, codec: str) -> torch.Tensor:
