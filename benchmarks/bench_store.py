@@ -13,8 +13,8 @@ real weights exist. Reports (JSON on stdout, a summary on stderr):
   fraction of the sampling time (writes overlap sampling on a background thread when a core
   is free, so this is an upper bound on what they add);
 - bytes per trajectory per codec (features + scales as stored) and the ratio to raw fp32;
-- reader pairs/s: PairDataset + collate in batches, with 0 and with 2 spawned workers
-  (steady state: the clock starts at the first batch), from the bf16 store on local disk;
+- reader pairs/s per codec: PairDataset + collate in batches, with 0 and with 2 spawned workers
+  (steady state: the clock starts at the first batch), from each store on local disk;
 - an estimate of the trainer's consumption rate: pairs/s of one shortcut forward+backward.
 """
 
@@ -66,10 +66,10 @@ def write_cost(src: Path, out: Path, codec: str, batch: int) -> float:
 
     import numpy as np
 
-    from migmcut.record import _FeatureRecorder, _write_batch
+    from migmcut.record import _FeatureRecorder
     from migmcut.sampler import StepEvent
     from migmcut.store import TrajectoryStore, location
-    from migmcut.store.writer import StoreWriter, create_store
+    from migmcut.store.writer import StoreWriter, create_store, write_batch
 
     s = TrajectoryStore(src)
     spec = dataclasses.replace(s.spec, codec=codec, chunk_steps=0)
@@ -95,7 +95,7 @@ def write_cost(src: Path, out: Path, codec: str, batch: int) -> float:
                     "seeds": np.array([trajs[i]["seed"] for i in r]),
                     "conditions": [trajs[i]["condition"] for i in r],
                 }))
-        _write_batch(writer, idx, rec, finished)
+        write_batch(writer, idx, rec.values, rec.scale, finished)
     return time.perf_counter() - start
 
 
@@ -149,7 +149,7 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=16, help="trajectories per run")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs of vanilla and of record (best counts)")
-    ap.add_argument("--codecs", default="bf16,fp16,int8")
+    ap.add_argument("--codecs", default="bf16,fp16,int8,delta")
     ap.add_argument("--reader-batch", type=int, default=64)
     ap.add_argument("--reader-batches", type=int, default=150)
     ap.add_argument("--workers", default="0,2")
@@ -202,8 +202,10 @@ def main() -> None:
     reader_store = root / ("bf16" if "bf16" in codecs else codecs[0])
     reader = {}
     for w in (int(x) for x in args.workers.split(",")):
-        reader[f"workers_{w}"] = round(reader_rate(reader_store, w, args.reader_batch, args.reader_batches), 1)
-        log(f"reader, {w} workers: {reader[f'workers_{w}']:.0f} pairs/s")
+        for c in codecs:  # side by side, per codec
+            key = f"{c}_workers_{w}"
+            reader[key] = round(reader_rate(root / c, w, args.reader_batch, args.reader_batches), 1)
+            log(f"reader, {c}, {w} workers: {reader[key]:.0f} pairs/s")
     train = trainer_rate(base, reader_store, args.reader_batch, iters=5)
 
     result = {

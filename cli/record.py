@@ -20,7 +20,8 @@ def record(
     num: Annotated[int, typer.Option("--num", "-n", help="Number of trajectories in the store (under torchrun write -n: torchrun mistakes --num for its --numa-binding).")] = 1000,
     batch_size: Annotated[Optional[int], typer.Option(help="Trajectories per sampler batch (default: the recipe's); does not change the store.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps N (default: the recipe's).")] = None,
-    codec: Annotated[str, typer.Option(help="Feature codec: bf16 (lossless bfloat16), fp16, or int8 (per-token absmax).")] = "bf16",
+    codec: Annotated[str, typer.Option(help="Feature codec: bf16 (lossless bfloat16), fp16, int8 (per-token absmax), or delta (steps coded against the previous one; ~1/3 of int8's bytes).")] = "bf16",
+    tolerance: Annotated[Optional[float], typer.Option(help="delta codec: RMS error relative to the features' RMS (default 0.1).", show_default=False)] = None,
     block_size: Annotated[int, typer.Option(help="Trajectories per block: the unit of resume and of work per rank.")] = 16,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store recorded with other settings.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the arrays, shapes and estimated bytes; record nothing.")] = False,
@@ -35,7 +36,7 @@ def record(
     rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 speaks
     try:
         _record(out, num, batch_size, steps, codec, block_size, overwrite, dry_run, recipe, set_, device, dtype,
-                seed, json_, rank)
+                seed, json_, rank, tolerance)
     except UserError:
         if rank != 0:
             raise typer.Exit(2) from None  # rank 0 says it, once
@@ -43,19 +44,20 @@ def record(
 
 
 def _record(out, num, batch_size, steps, codec, block_size, overwrite, dry_run, recipe, set_, device, dtype, seed,
-            json_, rank):
+            json_, rank, tolerance=None):
     from migmcut import record as job
 
     for name, value, low, high in (("--num", num, 1, COUNT_MAX), ("--batch-size", batch_size, 1, BATCH_MAX),
                                    ("--steps", steps, 1, COUNT_MAX), ("--block-size", block_size, 1, BATCH_MAX),
                                    ("--seed", seed, 0, SEED_MAX)):
         check_range(name, value, low, high)  # before anything is created
+    job.check_codec(codec, tolerance)
     rec = load(recipe, set_)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if dry_run:
         plan = job.dry_run(rec, out, num=num, steps=steps, codec=codec, seed=seed, overwrite=overwrite, device=dev,
-                           dtype=dt, block_size=block_size)
+                           dtype=dt, block_size=block_size, tolerance=tolerance)
         if rank == 0 and json_:
             emit(True, plan)
         elif rank == 0:
@@ -75,7 +77,7 @@ def _record(out, num, batch_size, steps, codec, block_size, overwrite, dry_run, 
 
         result = job.record(
             rec, out, num=num, batch_size=batch_size, steps=steps, codec=codec, seed=seed, overwrite=overwrite,
-            device=dev, dtype=dt, block_size=block_size, on_start=on_start, on_progress=on_progress,
+            device=dev, dtype=dt, block_size=block_size, tolerance=tolerance, on_start=on_start, on_progress=on_progress,
         )
     if rank != 0:
         return
@@ -93,7 +95,8 @@ def _record(out, num, batch_size, steps, codec, block_size, overwrite, dry_run, 
 def _print_plan(plan: dict) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{plan['store']} ({plan['action']}): {plan['trajectories']} trajectories, codec {plan['codec']}")
+    tol = f" (tolerance {plan['tolerance']:g})" if plan.get("tolerance") is not None else ""
+    table = Table(title=f"{plan['store']} ({plan['action']}): {plan['trajectories']} trajectories, codec {plan['codec']}{tol}")
     for col in ("array", "shape", "dtype", "chunks", "shards", "raw bytes"):
         table.add_column(col)
     for a in plan["arrays"]:
@@ -105,6 +108,8 @@ def _print_plan(plan: dict) -> None:
         f"({_human(plan['bytes_per_trajectory_estimated'])} per trajectory; raw {_human(plan['bytes_raw'])}, "
         f"fp32 features {_human(plan['fp32_bytes_per_trajectory'])} per trajectory)"
     )
+    per = plan["feature_bytes_per_trajectory_estimated"]
+    results.print("features per trajectory by codec (est.): " + ", ".join(f"{c} {_human(b)}" for c, b in per.items()))
 
 
 def _human(n: float) -> str:

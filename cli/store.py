@@ -46,8 +46,12 @@ def info(store: StoreArg, json_: JsonOpt = False):
                       "missing" if a.get("missing") else f"{a['bytes_stored'] / 1e6:.2f} MB")
     results.print(table)
     per = summary["feature_bytes_per_trajectory"]
-    extra = f"; features {per / 1e6:.2f} MB per trajectory, {summary['ratio_vs_fp32']}x smaller than fp32" if per else ""
-    results.print(f"{summary['bytes'] / 1e6:.2f} MB on disk{extra}")
+    extra = f"; features {per / 1e6:.3f} MB per trajectory, {summary['ratio_vs_fp32']}x smaller than fp32" if per else ""
+    tol = f" (tolerance {summary['tolerance']:g})" if summary.get("tolerance") is not None else ""
+    results.print(f"{summary['bytes'] / 1e6:.2f} MB on disk{extra}{tol}")
+    est = summary["feature_bytes_per_trajectory_estimated"]
+    results.print("features per trajectory by codec (est. for these shapes): "
+                  + ", ".join(f"{c} {b / 1e6:.3f} MB" for c, b in est.items()))
     if summary["unreadable_complete_blocks"]:
         console.print("[yellow]some complete flags are unreadable: run `migmcut store verify`[/yellow]")
 

@@ -16,7 +16,6 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,9 +27,9 @@ from migmcut.files import is_disk_full
 from migmcut.recipe import Recipe
 from migmcut.sampler import StepEvent, sample, trajectory_seed
 from migmcut.store import location
-from migmcut.store.codecs import CODECS, encode, get_codec
+from migmcut.store.codecs import CODECS, DeltaEncoder, check_tolerance, encode, get_codec
 from migmcut.store.schema import DEFAULT_BLOCK_SIZE, StoreSpec
-from migmcut.store.writer import StoreWriter, check_target, prepare_store
+from migmcut.store.writer import BlockWriter, check_target, prepare_store
 
 # -- conditions --------------------------------------------------------------------------------
 _CONDITION_STREAM = 0x636F6E64  # keeps condition draws apart from the sampler's streams
@@ -164,22 +163,32 @@ class RankError(UserError):
     """A user error found by rank 0 and re-raised on the other ranks (which stay quiet about it)."""
 
 
-def _validate(num: int, steps: int | None, codec: str, batch_size: int | None, block_size: int) -> None:
+def _validate(num: int, steps: int | None, codec: str, batch_size: int | None, block_size: int,
+              tolerance: float | None = None) -> None:
     if num < 1:
         raise UserError(f"--num must be >= 1, got {num}")
     if steps is not None and steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
     if codec not in CODECS:
         raise UserError(f"--codec {codec!r}: choose one of {', '.join(CODECS)}")
+    if tolerance is not None:
+        if codec != "delta":
+            raise UserError(f"--tolerance is for --codec delta (this run: --codec {codec})")
+        check_tolerance(tolerance)
     if batch_size is not None and batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")
     if block_size < 1:
         raise UserError(f"block size must be >= 1, got {block_size}")
 
 
+def check_codec(codec: str, tolerance: float | None) -> None:
+    """A known codec, and a tolerance only for delta, inside its range (UserError otherwise)."""
+    _validate(1, None, codec, None, 1, tolerance)
+
+
 def build_spec(recipe: Recipe, base, *, num: int, steps: int | None, codec: str, seed: int,
                dtype: torch.dtype = torch.float32, block_size: int = DEFAULT_BLOCK_SIZE,
-               chunk_steps: int = 0) -> StoreSpec:
+               chunk_steps: int = 0, tolerance: float | None = None) -> StoreSpec:
     """The store a run would write (validated: steps within the image size, a known codec ...)."""
     config = dataclasses.replace(recipe.sampler, steps=steps if steps is not None else recipe.sampler.steps)
     if config.steps > base.num_tokens:
@@ -196,17 +205,18 @@ def build_spec(recipe: Recipe, base, *, num: int, steps: int | None, codec: str,
         feature_dim=base.feature_dim, codec=codec, seed=int(seed), fingerprint=base.fingerprint,
         recipe=resolved, condition=source.kind, condition_source=source.name,
         codebook_size=base.codebook_size, compute_dtype=str(dtype).removeprefix("torch."),
-        block_size=block_size, chunk_steps=chunk_steps,
+        block_size=block_size, chunk_steps=chunk_steps, tolerance=tolerance,
     )
 
 
 def dry_run(recipe: Recipe, out: str, *, num: int = 1000, steps: int | None = None, codec: str = "bf16",
             seed: int = 0, overwrite: bool = False, device="cpu", dtype: torch.dtype = torch.float32,
-            block_size: int = DEFAULT_BLOCK_SIZE, base=None) -> dict:
+            block_size: int = DEFAULT_BLOCK_SIZE, base=None, tolerance: float | None = None) -> dict:
     """What `record` would write: arrays, shapes, estimated bytes. Loads (never runs) the base."""
-    _validate(num, steps, codec, None, block_size)
+    _validate(num, steps, codec, None, block_size, tolerance)
     base = base if base is not None else load_base(recipe.base, device, dtype)
-    spec = build_spec(recipe, base, num=num, steps=steps, codec=codec, seed=seed, dtype=dtype, block_size=block_size)
+    spec = build_spec(recipe, base, num=num, steps=steps, codec=codec, seed=seed, dtype=dtype, block_size=block_size,
+                      tolerance=tolerance)
     loc = location.resolve(out)
     action = check_target(loc, spec, overwrite)
     est = spec.estimate_bytes()
@@ -220,7 +230,8 @@ def dry_run(recipe: Recipe, out: str, *, num: int = 1000, steps: int | None = No
         "feature_dim": spec.feature_dim, "block_size": spec.block_size, "chunk_steps": spec.chunk_steps,
         "arrays": arrays, "bytes_raw": est["raw_total"], "bytes_estimated": est["estimated_total"],
         "bytes_per_trajectory_estimated": est["estimated_per_trajectory"],
-        "fp32_bytes_per_trajectory": est["fp32_per_trajectory"],
+        "fp32_bytes_per_trajectory": est["fp32_per_trajectory"], "tolerance": spec.tolerance,
+        "feature_bytes_per_trajectory_estimated": {c: spec.estimated_feature_bytes(c) for c in CODECS},
     }
 
 
@@ -232,9 +243,15 @@ class _FeatureRecorder:
         shape = (batch, spec.branches, spec.steps, spec.num_tokens, spec.feature_dim)
         self.codec = c.name
         self.values = np.empty(shape, dtype=c.dtype)
-        self.scale = np.empty(shape[:-1], dtype=np.float32) if c.has_scale else None
+        self.delta = DeltaEncoder(spec.tolerance) if c.name == "delta" else None  # steps arrive in order
+        self.scale = np.empty(shape[:-1] if c.name == "int8" else shape[:2], dtype=np.float32) if c.has_scale else None
 
     def __call__(self, event: StepEvent) -> None:
+        if self.delta is not None:
+            self.values[:, :, event.t] = self.delta.step(event.features)
+            if event.t == 0:
+                self.scale[:] = self.delta.steps()
+            return
         values, scale = encode(event.features, self.codec)
         self.values[:, :, event.t] = values
         if self.scale is not None:
@@ -255,6 +272,7 @@ def record(
     dtype: torch.dtype = torch.float32,
     block_size: int = DEFAULT_BLOCK_SIZE,
     chunk_steps: int = 0,
+    tolerance: float | None = None,
     base=None,
     on_start: Callable[[int, Dist], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -264,7 +282,7 @@ def record(
     `on_start(k, dist)` is told how many trajectories this process will record, `on_progress(n)`
     after each batch. Under torchrun every rank calls this; the result is the same on all ranks.
     """
-    _validate(num, steps, codec, batch_size, block_size)
+    _validate(num, steps, codec, batch_size, block_size, tolerance)
     dist = dist_context()
     lock = contextlib.ExitStack()  # rank 0 holds the store's writer lock for the whole job
     try:
@@ -274,7 +292,7 @@ def record(
         base = base if base is not None else load_base(recipe.base, device, dtype)
         base = base.to(device=device, dtype=dtype)
         spec = build_spec(recipe, base, num=num, steps=steps, codec=codec, seed=seed, dtype=dtype,
-                          block_size=block_size, chunk_steps=chunk_steps)
+                          block_size=block_size, chunk_steps=chunk_steps, tolerance=tolerance)
         loc = location.resolve(out)
         status = None
         if dist.rank == 0:
@@ -325,70 +343,15 @@ def _record_blocks(base, recipe: Recipe, spec: StoreSpec, loc, blocks: list[int]
         on_start(len(indices))
     if not indices:
         return 0
-    writer = StoreWriter(loc, spec)
-    if clear:  # leftovers of an interrupted run are rewritten from scratch, never merged
-        for b in blocks:
-            writer.clear_block(b)
-    L = spec.num_tokens
-    pending = {}  # per unfinished block: its small arrays, filled as its trajectories are sampled
-    for b in blocks:
-        k = len(spec.block_range(b))
-        pending[b] = {"tokens": np.empty((k, L), np.int32), "order": np.empty((k, L), np.int16),
-                      "seeds": np.empty(k, np.uint32), "conditions": [None] * k, "left": k}
-    # writes run on one background thread, in submission order (features before a block's
-    # `complete`); at most two batches wait, which bounds memory
-    futures: list[Future] = []
-    failed = []  # once a write fails, no later write may run (a block must never be marked
-    # complete after an earlier write of it failed)
-
-    def write(*args):
-        if failed:
-            raise RuntimeError("an earlier store write failed")
-        try:
-            _write_batch(writer, *args)
-        except BaseException:
-            failed.append(True)
-            raise
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="migmcut-store-writer") as pool:
+    with BlockWriter(loc, spec, blocks, clear=clear) as out:  # the crash-safe write order lives there
         for lo in range(0, len(indices), batch_size):
-            for f in futures:  # stop at the first failed write, not two batches later
-                if f.done() and f.exception() is not None:
-                    f.result()
             batch = indices[lo : lo + batch_size]
             conditions = conditions_for(recipe, spec.seed, batch)
             seeds = [trajectory_seed(spec.seed, i) for i in batch]
             rec = _FeatureRecorder(len(batch), spec)
             result = sample(base, conditions, seeds, config, observers=(rec,))
-            tokens = result.tokens.cpu().numpy()
-            order = result.order.cpu().numpy()
-            finished = []
-            for j, i in enumerate(batch):
-                b = i // spec.block_size
-                k = i - spec.block_range(b).start
-                p = pending[b]
-                p["tokens"][k], p["order"][k] = tokens[j], order[j]
-                p["seeds"][k], p["conditions"][k] = seeds[j], conditions[j]
-                p["left"] -= 1
-                if p["left"] == 0:
-                    finished.append((b, pending.pop(b)))
-            while len(futures) >= 2:
-                futures.pop(0).result()
-            futures.append(pool.submit(write, batch, rec, finished))
+            out.add(batch, rec.values, rec.scale, result.tokens.cpu().numpy(), result.order.cpu().numpy(), seeds,
+                    conditions)
             if on_progress:
                 on_progress(len(batch))
-        for f in futures:
-            f.result()
     return len(indices)
-
-
-def _write_batch(writer: StoreWriter, batch: list[int], rec: _FeatureRecorder, finished: list) -> None:
-    j = 0
-    while j < len(batch):  # contiguous runs of trajectory indices: one zarr call each
-        k = j + 1
-        while k < len(batch) and batch[k] == batch[k - 1] + 1:
-            k += 1
-        writer.write_features(batch[j], rec.values[j:k], None if rec.scale is None else rec.scale[j:k])
-        j = k
-    for b, p in finished:
-        writer.finish_block(b, p["tokens"], p["order"], p["seeds"], p["conditions"])

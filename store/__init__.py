@@ -5,8 +5,8 @@
 
 import warnings as _warnings
 
-# Our feature arrays use numcodecs' delta filter and a string array for prompts; zarr-python
-# reads both, but warns on every open that they are outside the Zarr v3 core spec.
+# Stores recorded before the chains became Zarr v3 spec-only carry numcodecs' delta filter, which
+# zarr-python reads but warns about on every open; new stores open without a warning.
 _warnings.filterwarnings("ignore", message=r"Numcodecs codecs are not in the Zarr version 3 specification")
 _warnings.filterwarnings("ignore", message=r".*does not have a Zarr V3 specification")
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from migmcut.store import location
-from migmcut.store.codecs import get_codec, is_fill
+from migmcut.store.codecs import CODECS, get_codec, is_fill
 from migmcut.store.schema import open_group, quiet, read_spec
 from migmcut.store.writer import read_complete
 
@@ -27,7 +27,7 @@ def info(url) -> dict:
             stored = int(group[a.name].nbytes_stored())
         arrays.append(dict(a.describe(), bytes_stored=stored))
     n_complete = int(complete.sum())
-    feature_bytes = sum(a["bytes_stored"] or 0 for a in arrays if a["name"] in ("features", "feature_scale"))
+    feature_bytes = sum(a["bytes_stored"] or 0 for a in arrays if a["name"] in ("features", "feature_scale", "feature_step"))
     per_traj = feature_bytes / n_complete if n_complete else None
     return {
         "store": str(loc),
@@ -35,6 +35,7 @@ def info(url) -> dict:
         "recipe": spec.recipe.get("name"),
         "fingerprint": spec.fingerprint,
         "codec": spec.codec,
+        "tolerance": spec.tolerance,
         "num": spec.num,
         "complete": n_complete,
         "unreadable_complete_blocks": bad_blocks,
@@ -52,6 +53,8 @@ def info(url) -> dict:
         "bytes": location.size_bytes(loc),
         "feature_bytes_per_trajectory": round(per_traj) if per_traj else None,
         "ratio_vs_fp32": round(spec.raw_feature_bytes("fp32") / per_traj, 3) if per_traj else None,
+        # what the other codecs would take for these shapes (estimates from measured ratios)
+        "feature_bytes_per_trajectory_estimated": {c: spec.estimated_feature_bytes(c) for c in CODECS},
     }
 
 
@@ -127,7 +130,7 @@ def _check_trajectory(group, spec, codec, i, tokens, order, seed, cond, expected
     try:
         with quiet():
             values = group["features"][i]
-            scale = group["feature_scale"][i] if codec.has_scale else None
+            scale = group[codec.scale][i] if codec.has_scale else None
     except Exception as err:  # noqa: BLE001
         return f"features unreadable ({_short(err)})"
     if values.shape != (spec.branches, spec.steps, spec.num_tokens, spec.feature_dim):
@@ -140,6 +143,8 @@ def _check_trajectory(group, spec, codec, i, tokens, order, seed, cond, expected
         return "features hold NaN/inf"
     if codec.name == "int8" and ((values == -128).any() or not np.isfinite(scale).all() or (scale < 0).any()):
         return "int8 features or their scales are invalid"
+    if codec.name == "delta" and (not np.isfinite(scale).all() or (scale <= 0).any()):
+        return "delta quantization steps are missing or invalid"
     if (tokens < 0).any() or (tokens >= max(spec.codebook_size, 1)).any():
         return "tokens out of range"
     if (order < 0).any() or (order >= spec.steps).any():

@@ -19,7 +19,7 @@ unrolled training, and a batch is the list of their k batches):
     branch 1 is the CFG unconditional branch, which ran with the null condition)
 
 Only complete trajectories are read. A trajectory is read with one zarr read of its feature
-shard (plus its scale shard for int8) and kept compact (codec dtype) in a buffer of
+shard (plus its scale shard for int8, its steps for delta) and kept compact (codec dtype) in a buffer of
 `buffer` trajectories; pairs are decoded to float32 one at a time as they are yielded, drawn
 at random across the buffer. The order is a function of (seed, epoch, rank, world, worker,
 workers); DataLoader workers and DDP ranks read disjoint trajectories. Use the `spawn`
@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from migmcut.errors import StoreError, UserError
 from migmcut.store import location
-from migmcut.store.codecs import decode, get_codec, is_fill
+from migmcut.store.codecs import decode, delta_levels, from_levels, get_codec, is_fill
 from migmcut.store.schema import quiet, read_spec
 from migmcut.store.writer import read_complete
 
@@ -45,7 +45,12 @@ _SPLIT_STREAM = 0x73706C6974
 
 @dataclass
 class RawTrajectory:
-    """One trajectory as stored: features in the codec's dtype (branches, steps, L, D)."""
+    """One trajectory as stored: features in the codec's dtype (branches, steps, L, D).
+
+    delta: `values` holds the integer levels q (the step differences summed once at read time;
+    int16 when they fit) and `scale` the quantization step per branch, so any (branch, step)
+    decodes alone as q * step.
+    """
 
     index: int
     values: np.ndarray
@@ -58,6 +63,8 @@ class RawTrajectory:
 
     def features(self, branch=slice(None), step=slice(None)) -> torch.Tensor:
         """Decoded float32 features, e.g. features(0, 3) -> (L, D)."""
+        if self.codec == "delta":
+            return from_levels(self.values[branch, step], self.scale[branch])
         scale = None if self.scale is None else self.scale[branch, step]
         return decode(self.values[branch, step], scale, self.codec)
 
@@ -125,10 +132,11 @@ class TrajectoryStore:
         if not self.complete()[i]:
             raise StoreError(f"trajectory {i} is not complete (finish the store with `migmcut record`)")
         g, spec = self._arrays(), self.spec
+        side = get_codec(spec.codec).scale
         try:
             with quiet():
                 values = g["features"][i]
-                scale = g["feature_scale"][i] if get_codec(spec.codec).has_scale else None
+                scale = g[side][i] if side else None
                 tokens = g["tokens"][i]
                 order = g["order"][i]
                 condition = g[spec.condition][i]
@@ -138,6 +146,8 @@ class TrajectoryStore:
         if is_fill(values, spec.codec).any() or (scale is not None and np.isnan(scale).any()) or (tokens < 0).any():
             raise StoreError(f"{self.location}: trajectory {i} has missing chunks; run `migmcut store verify`")
         condition = condition.item() if hasattr(condition, "item") else condition
+        if spec.codec == "delta":
+            values = delta_levels(values)
         return RawTrajectory(i, values, scale, tokens.astype(np.int64), order.astype(np.int64), condition, seed, spec.codec)
 
     def _arrays(self) -> dict:

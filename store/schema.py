@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from migmcut.errors import StoreError
-from migmcut.store.codecs import CODECS, get_codec
+from migmcut.store.codecs import CODECS, DEFAULT_TOLERANCE, check_tolerance, get_codec
 from migmcut.store.location import Location, zarr_store
 
 FORMAT = "migmcut-trajectories"
@@ -26,9 +27,12 @@ DEFAULT_BLOCK_SIZE = 16
 CHUNK_TARGET_BYTES = 16 << 20  # a feature chunk holds as many steps as fit (raw) in this
 FEATURE_ZSTD_LEVEL = 1  # measured: level 3 saves ~2-4 % more at 60 % of the speed
 SMALL_ZSTD_LEVEL = 3
-# Compressed/raw size of the feature payload, measured on tiny-shapes (random weights) with the
-# codecs below; used only by `record --dry-run` to estimate a store's size.
-ESTIMATED_RATIO = {"bf16": 0.40, "fp16": 0.66, "int8": 0.36}
+DELTA_BLOSC_BLOCK = 1 << 20  # measured: 1 MiB blosc blocks code delta levels ~2 % smaller than blosc's default
+# Compressed/raw size of the feature payload, measured on the shipped tiny-shapes model (trained
+# weights, benchmarks/bench_store.py) with the codecs below; used only by `record --dry-run` to
+# estimate a store's size. delta: bits per value against the tolerance (interpolated in log tolerance).
+ESTIMATED_RATIO = {"bf16": 0.66, "fp16": 0.66, "int8": 0.81}
+ESTIMATED_DELTA_BITS = ((0.0289, 3.13), (0.0577, 2.32), (0.1, 1.78), (0.144, 1.50))
 
 CONDITION_ARRAYS = {"prompts": "string", "labels": "int32"}
 
@@ -50,12 +54,17 @@ class StoreSpec:
     compute_dtype: str = "float32"
     block_size: int = DEFAULT_BLOCK_SIZE
     chunk_steps: int = 0  # 0: choose automatically
+    tolerance: float | None = None  # delta codec: RMS error / RMS of the features (None for the others)
     schema_version: int = SCHEMA_VERSION
     format: str = FORMAT
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         get_codec(self.codec)
+        if self.codec == "delta":
+            self.tolerance = check_tolerance(DEFAULT_TOLERANCE if self.tolerance is None else self.tolerance)
+        else:
+            self.tolerance = None
         if self.condition not in CONDITION_ARRAYS:
             raise StoreError(f"unknown condition kind {self.condition!r}")
         if self.chunk_steps <= 0:
@@ -91,6 +100,7 @@ class StoreSpec:
             "fingerprint": self.fingerprint,
             "recipe": json.loads(json.dumps(recipe)),
             "codec": self.codec,
+            "tolerance": self.tolerance,
             "steps": self.steps,
             "num": self.num,
             "seed": self.seed,
@@ -102,6 +112,8 @@ class StoreSpec:
         mine, theirs = self.identity(), other.identity()
         out = []
         for key in mine:
+            if key == "tolerance" and mine["codec"] != theirs["codec"]:
+                continue  # the codec's difference says it
             if mine[key] != theirs[key]:
                 if key == "recipe":
                     out.append(f"recipe {_recipe_diff(mine[key], theirs[key])}")
@@ -124,26 +136,43 @@ class StoreSpec:
         c = get_codec(self.codec)
         k = self.chunk_steps
         small = dict(compressors=[ZstdCodec(level=SMALL_ZSTD_LEVEL), Crc32cCodec()])
-        if c.name == "fp16":  # float deltas would be lossy: byte-shuffle instead
-            feat_filters = [TransposeCodec(order=(0, 1, 3, 4, 2))]
+        # Only Zarr v3 specification codecs (transpose, bytes, blosc, zstd, crc32c) in any chain:
+        # whatever a codec transforms (int8's scaling, delta's step differences) happens before zarr.
+        step_inner = [TransposeCodec(order=(0, 1, 3, 4, 2))]
+        if c.name == "fp16":  # byte-shuffled blosc-zstd
+            feat_filters = step_inner
             feat_comp = [BloscCodec(cname="zstd", clevel=FEATURE_ZSTD_LEVEL + 2, shuffle="shuffle", typesize=2), Crc32cCodec()]
-        else:
-            feat_filters = [TransposeCodec(order=(0, 1, 3, 4, 2)), _delta(c.dtype)]
-            feat_comp = [ZstdCodec(level=FEATURE_ZSTD_LEVEL), Crc32cCodec()]
+        elif c.name == "bf16":
+            feat_filters = step_inner
+            feat_comp = [BloscCodec(cname="zstd", clevel=FEATURE_ZSTD_LEVEL, shuffle="bitshuffle", typesize=2), Crc32cCodec()]
+        elif c.name == "int8":
+            feat_filters = step_inner
+            feat_comp = [BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle", typesize=1), Crc32cCodec()]
+        else:  # delta: channels innermost (as stored), bit planes of the zigzag differences
+            feat_filters = []
+            feat_comp = [BloscCodec(cname="zstd", clevel=FEATURE_ZSTD_LEVEL, shuffle="bitshuffle", typesize=4,
+                                    blocksize=DELTA_BLOSC_BLOCK), Crc32cCodec()]
         defs = [
             ArrayDef(
                 "features", (n, B, N, L, D), c.dtype, (1, 1, k, L, D), (1, B, N, L, D), c.fill,
                 feat_filters, feat_comp, ("trajectory", "branch", "step", "position", "channel"),
-                {"logical_dtype": c.logical_dtype, "codec": c.name},
+                {"logical_dtype": c.logical_dtype, "codec": c.name,
+                 **({"tolerance": self.tolerance} if self.tolerance is not None else {})},
             )
         ]
-        if c.has_scale:
+        if c.name == "int8":
             defs.append(ArrayDef(
                 "feature_scale", (n, B, N, L), "float32", (1, 1, k, L), (1, B, N, L), float("nan"),
                 [TransposeCodec(order=(0, 1, 3, 2))],
                 [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=4), Crc32cCodec()],
                 ("trajectory", "branch", "step", "position"),
                 {"meaning": "per-token absmax: value = features * feature_scale / 127"},
+            ))
+        elif c.name == "delta":
+            defs.append(ArrayDef(
+                "feature_step", (n, B), "float32", (S, B), None, float("nan"), [], small["compressors"],
+                ("trajectory", "branch"),
+                {"meaning": "quantization step s: value = s * cumsum over steps of unzigzag(features)"},
             ))
         cond_dtype = CONDITION_ARRAYS[self.condition]
         defs += [
@@ -165,12 +194,23 @@ class StoreSpec:
         if codec == "fp32":
             return per * self.feature_dim * 4
         c = get_codec(codec or self.codec)
-        return per * self.feature_dim * c.itemsize + (per * 4 if c.has_scale else 0)
+        side = {"int8": per * 4, "delta": self.branches * 4}.get(c.name, 0)
+        return per * self.feature_dim * c.itemsize + side
+
+    def estimated_feature_bytes(self, codec: str | None = None, tolerance: float | None = None) -> int:
+        """Estimated stored bytes of one trajectory's features in a codec (measured ratios, see above)."""
+        codec = codec or self.codec
+        raw = self.raw_feature_bytes(codec)
+        if codec != "delta":
+            return int(raw * ESTIMATED_RATIO[codec])
+        tol = tolerance if tolerance is not None else (self.tolerance or DEFAULT_TOLERANCE)
+        values = self.branches * self.steps * self.num_tokens * self.feature_dim
+        return int(values * estimated_delta_bits(tol) / 8) + self.branches * 4
 
     def estimate_bytes(self) -> dict:
         per_traj = self.raw_feature_bytes()
         small = self.num_tokens * (4 + 2) + 4 + 1 + (48 if self.condition == "prompts" else 4)
-        est = int(per_traj * ESTIMATED_RATIO[self.codec]) + small // 2
+        est = self.estimated_feature_bytes() + small // 2
         return {
             "raw_per_trajectory": per_traj + small,
             "estimated_per_trajectory": est,
@@ -207,15 +247,20 @@ def auto_chunk_steps(steps: int, step_bytes: int) -> int:
     return best
 
 
-def _delta(dtype: str):
-    try:
-        from zarr.codecs import Delta  # zarr >= 3.1.x ships numcodecs' zarr3 wrappers
-    except ImportError:  # older zarr 3: numcodecs' own
-        from numcodecs.zarr3 import Delta
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "numcodecs codecs are not in the Zarr v3 spec"
-        return Delta(dtype=np.dtype(dtype).str)
+def estimated_delta_bits(tolerance: float) -> float:
+    """Bits per stored value of the delta codec at a tolerance: the measured points, interpolated in
+    log tolerance (one bit per halving of the step beyond them, as for a finer uniform grid)."""
+    pts = ESTIMATED_DELTA_BITS
+    x = math.log2(tolerance)
+    if x <= math.log2(pts[0][0]):
+        return pts[0][1] + (math.log2(pts[0][0]) - x)
+    for (t0, b0), (t1, b1) in zip(pts, pts[1:]):
+        if x <= math.log2(t1):
+            w = (x - math.log2(t0)) / (math.log2(t1) - math.log2(t0))
+            return b0 + w * (b1 - b0)
+    (t0, b0), (t1, b1) = pts[-2], pts[-1]
+    slope = (b1 - b0) / (math.log2(t1) - math.log2(t0))
+    return max(0.2, b1 + slope * (x - math.log2(t1)))
 
 
 def _recipe_diff(a: dict, b: dict, prefix: str = "") -> str:
@@ -233,7 +278,8 @@ def _recipe_diff(a: dict, b: dict, prefix: str = "") -> str:
 # -- opening ------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def quiet():
-    """zarr warns that numcodecs codecs (our delta filter) and string arrays are outside the v3 spec."""
+    """Stores recorded before schema 1's chains became spec-only carry numcodecs' delta filter, which
+    zarr warns about on every open; stores recorded now open without a warning."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"zarr(\..*)?")
         warnings.filterwarnings("ignore", message=r".*(umcodecs|Zarr V3|zarr v3).*")

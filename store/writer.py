@@ -3,20 +3,24 @@
 The unit of work is a *block* of `block_size` consecutive trajectories: the small per-trajectory
 arrays are chunked by block, so exactly one writer owns a block's chunk files and the shard
 files of its trajectories. A block is written as: every trajectory's feature shard (one file
-each), then the block's `tokens`/`order`/condition/`seeds` chunks, then (local stores) an fsync
-of all of them, and only then its `complete` chunk. A block whose `complete` chunk is missing,
-unreadable or not all true is recomputed from scratch on the next run; recording is
-deterministic, so the result is bit-identical to an uninterrupted run.
+each, with the codec's side array), then the block's `tokens`/`order`/condition/`seeds` chunks,
+then (local stores) an fsync of all of them, and only then its `complete` chunk. A block whose
+`complete` chunk is missing, unreadable or not all true is recomputed from scratch on the next
+run; recording is deterministic, so the result is bit-identical to an uninterrupted run.
+`BlockWriter` is that protocol for a recording job (background writes in order, bounded memory,
+nothing written after a failure).
 """
 
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
 from migmcut.errors import StoreError
 from migmcut.store import location
+from migmcut.store.codecs import get_codec
 from migmcut.store.location import Location
 from migmcut.store.schema import ATTR, FORMAT, StoreSpec, open_group, quiet, read_spec
 
@@ -160,7 +164,8 @@ class StoreWriter:
             self.group = {name: group[name] for name in group.array_keys()}  # array handles, opened once
         self.store = group.store
         self.features = self.group["features"]
-        self.scale = self.group.get("feature_scale")
+        side = get_codec(spec.codec).scale
+        self.scale = self.group.get(side) if side else None  # int8 feature_scale / delta feature_step
 
     def _keys(self, block: int) -> list[str]:
         """Every chunk/shard key a block owns, its `complete` chunk first."""
@@ -171,7 +176,9 @@ class StoreWriter:
             if name in g:
                 arr = g[name]
                 keys += [f"{name}/{arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))}" for i in r]
-        for name in ("tokens", "order", spec.condition, "seeds"):
+        for name in ("tokens", "order", spec.condition, "seeds", "feature_step"):
+            if name not in g:
+                continue
             arr = g[name]
             keys.append(f"{name}/{arr.metadata.encode_chunk_key((block,) + (0,) * (arr.ndim - 1))}")
         return keys
@@ -188,7 +195,8 @@ class StoreWriter:
             sync(self.store.delete(key))
 
     def write_features(self, start: int, values: np.ndarray, scale: np.ndarray | None = None) -> None:
-        """Features of trajectories start, start+1, ...: values (k, branches, steps, L, D)."""
+        """Features of trajectories start, start+1, ...: values (k, branches, steps, L, D), and the
+        codec's side array (int8 scales (k, branches, steps, L), delta steps (k, branches))."""
         stop = start + len(values)
         with quiet():
             self.features[start:stop] = values
@@ -216,3 +224,92 @@ class StoreWriter:
             g["complete"][r.start : r.stop] = np.ones(len(r), dtype=bool)
         if self.loc.local:
             location.fsync_tree([self.loc.path / keys[0]])
+
+
+class BlockWriter:
+    """The block-write protocol of a recording job, in one place (crash safety lives here).
+
+        with BlockWriter(loc, spec, blocks, clear=resuming) as out:
+            for batch ...:
+                out.add(indices, values, scale, tokens, order, seeds, conditions)
+
+    `blocks` are the blocks this process owns. With `clear`, whatever an earlier run left of them
+    is deleted first (rewritten from scratch, never merged). `add` hands a sampled batch (any
+    indices of those blocks, in any grouping) to one background thread, which writes in
+    submission order: the batch's feature shards, then, for every block the batch completes, its
+    small arrays, fsync, and only then its `complete` flags. At most `depth` batches wait (bounded
+    memory); after a failed write nothing more is written (no block is ever marked complete after
+    an earlier write of it failed), and the failure is raised from the next `add` or from leaving
+    the `with`.
+    """
+
+    def __init__(self, loc: Location, spec: StoreSpec, blocks: list[int], *, clear: bool = False, depth: int = 2):
+        self.spec, self.depth = spec, depth
+        self.writer = StoreWriter(loc, spec)
+        if clear:
+            for b in blocks:
+                self.writer.clear_block(b)
+        L = spec.num_tokens
+        self.pending = {}  # per unfinished block: its small arrays, filled as its trajectories are sampled
+        for b in blocks:
+            k = len(spec.block_range(b))
+            self.pending[b] = {"tokens": np.empty((k, L), np.int32), "order": np.empty((k, L), np.int16),
+                               "seeds": np.empty(k, np.uint32), "conditions": [None] * k, "left": k}
+        self.futures: list[Future] = []
+        self.failed = False
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="migmcut-store-writer")
+
+    def __enter__(self) -> "BlockWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                for f in self.futures:
+                    f.result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+    def add(self, indices: list[int], values: np.ndarray, scale, tokens, order, seeds, conditions) -> None:
+        """A sampled batch: values (k, branches, steps, L, D) (+ the codec's side array) and the small
+        per-trajectory arrays of `indices`; returns once it is queued."""
+        for f in self.futures:  # stop at the first failed write, not `depth` batches later
+            if f.done() and f.exception() is not None:
+                f.result()
+        finished = []
+        spec = self.spec
+        for j, i in enumerate(indices):
+            b = i // spec.block_size
+            k = i - spec.block_range(b).start
+            p = self.pending[b]
+            p["tokens"][k], p["order"][k] = tokens[j], order[j]
+            p["seeds"][k], p["conditions"][k] = seeds[j], conditions[j]
+            p["left"] -= 1
+            if p["left"] == 0:
+                finished.append((b, self.pending.pop(b)))
+        while len(self.futures) >= self.depth:
+            self.futures.pop(0).result()
+        self.futures.append(self.pool.submit(self._write, list(indices), values, scale, finished))
+
+    def _write(self, indices, values, scale, finished) -> None:
+        if self.failed:
+            raise RuntimeError("an earlier store write failed")
+        try:
+            write_batch(self.writer, indices, values, scale, finished)
+        except BaseException:
+            self.failed = True
+            raise
+
+
+def write_batch(writer: StoreWriter, indices: list[int], values: np.ndarray, scale, finished: list) -> None:
+    """Synchronously: the batch's features (one zarr call per contiguous run of indices), then each
+    finished block's small arrays and `complete` flags (`finished`: (block, its arrays))."""
+    j = 0
+    while j < len(indices):
+        k = j + 1
+        while k < len(indices) and indices[k] == indices[k - 1] + 1:
+            k += 1
+        writer.write_features(indices[j], values[j:k], None if scale is None else scale[j:k])
+        j = k
+    for b, p in finished:
+        writer.finish_block(b, p["tokens"], p["order"], p["seeds"], p["conditions"])
