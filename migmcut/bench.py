@@ -257,8 +257,7 @@ def measure_c(base, shortcut, sampler: SamplerConfig, batch_size: int, repeats: 
             ts.append(time.perf_counter() - t0)
         return statistics.median(ts)
 
-    _, feats = full.step(base, StepState(0, tokens, cond, None, 0.5))[1:]
-    policy.features = feats
+    policy.features = full.step(base, StepState(0, tokens, cond, None, 0.5)).features
     base_s = timed(lambda: full.step(base, state))
     short_s = timed(lambda: policy.predict(base, state, branches))
     return {"c": short_s / base_s, "base_forward_s": base_s, "shortcut_s": short_s}
