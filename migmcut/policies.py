@@ -101,45 +101,6 @@ def mlcache_schedule(steps: int, warmup_ratio: float = 0.3, refresh_interval: in
     return full(next(w for w in range(steps) if len(full(w)) == budget))
 
 
-@dataclass
-class RecapConfig:
-    """Recipe section `recap`: local steps per full step (ReCAP's K; every published run uses 1)."""
-
-    local: int = 1
-
-    def validate(self) -> None:
-        if self.local < 1:
-            raise ValueError(f"recap.local must be >= 1, got {self.local}")
-
-
-@dataclass
-class MLCacheConfig:
-    """Recipe section `mlcache`: Lumina-DiMOO's `--cache_ratio 0.9 --warmup_ratio 0.3 --refresh_interval 5`."""
-
-    cache_ratio: float = 0.9  # the share of positions reused at a partial step (1 - it is recomputed)
-    warmup_ratio: float = 0.3  # full steps s <= int(N * warmup_ratio) (without a budget)
-    refresh_interval: int = 5  # then a full step every refresh_interval steps
-
-    def validate(self) -> None:
-        for name in ("cache_ratio", "warmup_ratio"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"mlcache.{name} must be in (0, 1], got {getattr(self, name)}")
-        if self.refresh_interval < 1:
-            raise ValueError(f"mlcache.refresh_interval must be >= 1, got {self.refresh_interval}")
-
-
-@dataclass
-class HybridConfig:
-    """Recipe section `hybrid`: how many positions a shortcut step evaluates exactly."""
-
-    candidates: float = 2.0  # evaluate ceil(candidates * k_t) positions, the sampler's best from the shortcut
-    refresh_new: bool = True  # also recompute the tokens fixed at the step before, writing their K/V back
-
-    def validate(self) -> None:
-        if not 1 <= self.candidates:
-            raise ValueError(f"hybrid.candidates must be >= 1 (a multiple of the tokens fixed per step), got {self.candidates}")
-
-
 class FullPolicy:
     """Every step is a full base call."""
 

@@ -148,7 +148,13 @@ class StepEvent:
     tokens: torch.Tensor  # (B, L) state after the step
     fixed: torch.Tensor  # (B, L) bool: positions fixed at this step
     mask_ratio: float
-    ranked: torch.Tensor | None = None  # (B, n) the positions scored, most confident first
+    scored: torch.Tensor | None = None  # (B, n) the positions the sampler scored (drew candidates at)
+    confidence: torch.Tensor | None = None  # (B, n) their noisy confidence
+
+    @property
+    def ranked(self) -> torch.Tensor:
+        """(B, n) the scored positions, most confident first (computed on demand: only ReCAP reads it)."""
+        return self.scored.gather(1, self.confidence.argsort(dim=-1, descending=True))
 
 
 @dataclass
@@ -215,8 +221,7 @@ def sample(
         new_tokens = fixed
         whole = out.features is not None and out.at is None  # a feature map over the whole grid
         features = _split_branches(out.features, config.branches) if whole else None
-        ranked = where.gather(1, conf.argsort(dim=-1, descending=True))
-        event = StepEvent(t, out.kind, features, tokens, fixed, state.mask_ratio, ranked)
+        event = StepEvent(t, out.kind, features, tokens, fixed, state.mask_ratio, where, conf)
         if hasattr(policy, "after"):
             policy.after(event)
         for obs in observers:

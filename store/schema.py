@@ -249,18 +249,15 @@ def auto_chunk_steps(steps: int, step_bytes: int) -> int:
 
 def estimated_delta_bits(tolerance: float) -> float:
     """Bits per stored value of the delta codec at a tolerance: the measured points, interpolated in
-    log tolerance (one bit per halving of the step beyond them, as for a finer uniform grid)."""
-    pts = ESTIMATED_DELTA_BITS
+    log tolerance; beyond them one bit per halving of the step (as for a finer uniform grid) below,
+    the last slope (at least 0.2 bits) above."""
+    logt, bits = np.log2([t for t, _ in ESTIMATED_DELTA_BITS]), [b for _, b in ESTIMATED_DELTA_BITS]
     x = math.log2(tolerance)
-    if x <= math.log2(pts[0][0]):
-        return pts[0][1] + (math.log2(pts[0][0]) - x)
-    for (t0, b0), (t1, b1) in zip(pts, pts[1:]):
-        if x <= math.log2(t1):
-            w = (x - math.log2(t0)) / (math.log2(t1) - math.log2(t0))
-            return b0 + w * (b1 - b0)
-    (t0, b0), (t1, b1) = pts[-2], pts[-1]
-    slope = (b1 - b0) / (math.log2(t1) - math.log2(t0))
-    return max(0.2, b1 + slope * (x - math.log2(t1)))
+    if x < logt[0]:
+        return bits[0] + (logt[0] - x)
+    if x > logt[-1]:
+        return max(0.2, bits[-1] + (bits[-1] - bits[-2]) / (logt[-1] - logt[-2]) * (x - logt[-1]))
+    return float(np.interp(x, logt, bits))
 
 
 def _recipe_diff(a: dict, b: dict, prefix: str = "") -> str:

@@ -39,7 +39,7 @@ def test_recap_and_mlcache_schedules_check_their_budgets():
 
 
 def _calls(base):
-    calls = {"full": 0, "partial": []}
+    calls = {"full": 0, "partial": [], "context": []}
     full, partial = base.forward_with_cache, base.partial_forward
 
     def counted_full(*a, **k):
@@ -49,7 +49,7 @@ def _calls(base):
     def counted_partial(tokens, cond, positions, cache, update=False, context=False):
         logits, features = partial(tokens, cond, positions, cache, update, context)
         calls["partial"].append((positions.clone(), update))
-        calls["context"] = context
+        calls["context"].append(context)
         calls["features"] = features
         return logits, features
 
@@ -79,31 +79,38 @@ def test_recap_local_steps_fix_the_next_chunks_of_the_full_steps_ranking(base, d
         group = ranked[:, : counts[t - 1] + counts[t]]
         positions, update = calls["partial"][full.index(t - 1)]
         assert not update and torch.equal(positions, group.repeat(2, 1))  # every group position, both branches
-        assert calls["context"]  # and the prompt, as ReCAP recomputes its context token
+        assert calls["context"][full.index(t - 1)]  # and the prompt, as ReCAP recomputes its context token
         chunk = ranked[:, counts[t - 1] : counts[t - 1] + counts[t]]
         assert torch.equal(events[t].fixed, torch.zeros_like(events[t].fixed).scatter_(1, chunk, True))
 
 
-def test_mlcache_recomputes_the_lowest_max_logit_tenth_and_writes_its_keys_back(base, debug_recipe):
+def test_mlcache_recomputes_the_lowest_max_logit_tenth_writing_its_keys_back(base, debug_recipe):
     cfg = debug_recipe.sampler
     full = mlcache_schedule(cfg.steps)  # 8 steps: warm-up s <= 2, then s = 7
     assert full == [0, 1, 2, 7]
-    calls = _calls(base)
-    policy = MLCachePolicy(full, cache_ratio=0.9)
-    result = sample(base, PROMPTS, SEEDS, cfg, policy=policy)
+    calls, lowest = _calls(base), []
+
+    class Watched(MLCachePolicy):  # the max logit per position and branch that each partial step ranks
+        def step(self, base, state):
+            if state.t not in self.full_steps:
+                lowest.append(self.logits.max(-1).values.clone())
+            return super().step(base, state)
+
+    result = sample(base, PROMPTS, SEEDS, cfg, policy=Watched(full, cache_ratio=0.9))
     assert result.counts == {"full": 4, "mlcache": 4} and calls["full"] == 4
-    L = base.num_tokens
-    n = math.floor(0.1 * (L - 1)) + 1  # what torch.quantile's 0.1 quantile leaves at or below it
-    assert [p.shape for p, _ in calls["partial"]] == [(6, n)] * 4 and all(u for _, u in calls["partial"])
+    n = math.floor(0.1 * (base.num_tokens - 1)) + 1  # what torch.quantile's 0.1 quantile leaves at or below it
+    for (positions, update), maxima in zip(calls["partial"], lowest, strict=True):
+        assert update and positions.shape == (6, n)  # each branch of each image on its own
+        threshold = maxima.sort(-1).values[:, n - 1 : n]
+        assert (maxima.gather(1, positions) <= threshold).all()
     assert (result.tokens != base.mask_id).all()
 
 
 class Pinned:
-    """A policy whose proposals come from a fixed source: candidates ranked by token 1's logit, and
-    a refine that makes token 0 certain."""
+    """A policy that proposes the base's own logits, and a refine that makes token 0 certain."""
 
-    def __init__(self, base, factor):
-        self.base, self.factor, self.seen = base, factor, []
+    def __init__(self, factor):
+        self.factor, self.seen = factor, []
 
     def step(self, base, state):
         logits, features = base(state.tokens.repeat(2, 1), state.cond)
@@ -122,7 +129,7 @@ class Pinned:
 def test_a_refined_step_fixes_only_candidates_and_draws_them_from_the_exact_logits(base, debug_recipe):
     cfg = debug_recipe.sampler
     counts = tokens_per_step(base.num_tokens, cfg.steps, cfg.schedule)
-    policy, events = Pinned(base, 1.5), []
+    policy, events = Pinned(1.5), []
     result = sample(base, PROMPTS, SEEDS, cfg, policy=policy, observers=(events.append,))
     for t in range(1, cfg.steps):
         where = policy.seen[t - 1]

@@ -69,12 +69,8 @@ def run_layers(model, x: torch.Tensor, pos: torch.Tensor, rows: torch.Tensor | N
             values.append(v)
         else:
             index = rows[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[3])
-            if update:
-                k = cache.keys[i].scatter_(2, index, k)
-                v = cache.values[i].scatter_(2, index, v)
-            else:
-                k = cache.keys[i].scatter(2, index, k)
-                v = cache.values[i].scatter(2, index, v)
+            scatter = torch.Tensor.scatter_ if update else torch.Tensor.scatter
+            k, v = scatter(cache.keys[i], 2, index, k), scatter(cache.values[i], 2, index, v)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
         x = model.block_out(block, x, attn.transpose(1, 2).flatten(2))
     return x, (KVCache(keys, values) if cache is None else None)
