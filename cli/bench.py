@@ -1,4 +1,4 @@
-"""`migmcut bench`: vanilla, cache and shortcut on the same prompts and seeds, timed and scored.
+"""`migmcut bench`: vanilla and the accelerated methods on the same prompts and seeds, timed and scored.
 
 Also `--search-schedule` (with `--store` and a shortcut): search the full-step placement per
 budget on the store's validation trajectories and save it beside the shortcut checkpoint
@@ -29,7 +29,8 @@ def _print_rows(rows: list[dict], timing: dict, metrics: list[str], compared: li
     from rich.table import Table
 
     table = Table(title="migmcut bench", title_justify="left")
-    for col in ("configuration", "base calls", "s / image", "speedup", "front", "front speedup", "ceiling", "bound"):
+    for col in ("configuration", "base calls", "step cost", "s / image", "speedup", "front", "front speedup", "ceiling",
+                "bound"):
         table.add_column(col, justify="left" if col in ("configuration", "front") else "right")
     for m in metrics:
         table.add_column(_short(m), justify="right")
@@ -43,7 +44,7 @@ def _print_rows(rows: list[dict], timing: dict, metrics: list[str], compared: li
     for r in rows:
         front = r.get("front_vanilla")
         table.add_row(
-            r["label"] + (" *" if r.get("images") == "store" else ""), str(r["base_calls"]),
+            r["label"] + (" *" if r.get("images") == "store" else ""), str(r["base_calls"]), fmt(r.get("step_cost"), ".3f"),
             fmt(r["seconds_per_image"], ".4f"), fmt(r["speedup"], ".2f") + "x",
             "-" if front is None else (">" if r.get("front_beyond") else "") + front,
             "-" if r.get("front_speedup") is None else fmt(r["front_speedup"], ".2f") + "x",
@@ -55,6 +56,7 @@ def _print_rows(rows: list[dict], timing: dict, metrics: list[str], compared: li
     if compared:
         results.print(f"front: the fastest vanilla at least as good on {' and '.join(compared)} (a tie inside the "
                       "paired bootstrap interval counts); ceiling: the front speedup at vanilla-N's quality; "
+                      "step cost: each non-full step's seconds over a vanilla-N step's; "
                       "> : better than every vanilla run")
     if timing:
         results.print(
@@ -121,7 +123,7 @@ def bench(
     shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory (default: the recipe's).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps N (default: the recipe's bench.steps or sampler.steps).")] = None,
     budgets: Annotated[Optional[str], typer.Option(help="Full-step budgets B, comma-separated, e.g. 2,4,8 (default: the recipe's bench.budgets, 4,6 on tiny-shapes).")] = None,
-    methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of vanilla,cache,shortcut (vanilla always runs: it is the front).")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of vanilla,cache,shortcut,recap,mlcache,hybrid (vanilla always runs: it is the front; knobs: --set recap.local=K etc., as generate).")] = None,
     vanilla_steps: Annotated[Optional[str], typer.Option(help="Vanilla step counts for the front, comma-separated, each in [1, N] (default: N and every budget, then whatever the front needs).")] = None,
     prompts: Annotated[Optional[str], typer.Option(help="Text file, one prompt a line, or bench-set / selection-set (tiny-shapes' shipped held-out sets; default: the recipe's bench.prompts).")] = None,
     classes: Annotated[Optional[str], typer.Option(help="Class ids, comma-separated (class-conditional bases).")] = None,
@@ -140,7 +142,7 @@ def bench(
     seed: SeedOpt = 0,
     json_: JsonOpt = False,
 ):
-    """Measure speed and quality of vanilla, cache and shortcut sampling side by side."""
+    """Measure speed and quality of vanilla and accelerated sampling side by side."""
     import numpy as np
     import torch
 
@@ -148,6 +150,7 @@ def bench(
     from migmcut import schedule_search as ss
     from migmcut.base import load_base
     from migmcut.metrics import MetricSettings, build_metrics, default_metric_names
+    from migmcut.policies import NEEDS_SHORTCUT, PARTIAL, PolicyKnobs
     from migmcut.shortcut import load_shortcut, resolve_checkpoint
 
     rec = load(recipe, set_)
@@ -189,14 +192,16 @@ def bench(
     if N > base.num_tokens:
         raise UserError(f"--steps {N} exceeds the number of image tokens ({base.num_tokens})")
     checkpoint = shortcut or resolve_checkpoint(rec.shortcut.checkpoint)
-    need_shortcut = "shortcut" in method_list or search_schedule
+    need_shortcut = any(m in NEEDS_SHORTCUT for m in method_list) or search_schedule
+    if any(m in PARTIAL for m in method_list):
+        base._require_partial()
     net, meta = None, {}
     if checkpoint is not None and (need_shortcut or store is not None):
         net, meta = load_shortcut(checkpoint, base)
         net = net.to(device=dev, dtype=next(base.parameters()).dtype)
     elif need_shortcut:
-        raise UserError("method shortcut needs a shortcut checkpoint: pass --shortcut DIR (made by migmcut train) "
-                        "or --methods vanilla,cache")
+        raise UserError(f"method {next(m for m in method_list if m in NEEDS_SHORTCUT)} needs a shortcut checkpoint: "
+                        "pass --shortcut DIR (made by migmcut train) or drop shortcut / hybrid from --methods")
 
     opened = _open_store(store, base, rec, N) if store is not None else None
     val_idx = None
@@ -225,7 +230,7 @@ def bench(
 
     searched: dict[int, list[int]] = {}
     errors = None
-    if "shortcut" in method_list and mode in ("auto", "searched", "both"):
+    if any(m in NEEDS_SHORTCUT for m in method_list) and mode in ("auto", "searched", "both"):
         missing = []
         for B in budget_list:
             full = ss.load_schedule(checkpoint, N, B)
@@ -239,7 +244,9 @@ def bench(
                                 f"run migmcut bench --search-schedule --store STORE (or pass --store)")
             found, _, errors = search_now(missing)
             searched.update({r.budget: r.full_steps for r in found})
-    configs = lib.configurations(N, budget_list, method_list, mode, searched, front_steps, rec.sampler.budget_rounding)
+    knobs = PolicyKnobs.of(rec)
+    configs = lib.configurations(N, budget_list, method_list, mode, searched, front_steps, rec.sampler.budget_rounding,
+                                 knobs)
 
     reference = None
     if opened is not None:
@@ -268,7 +275,7 @@ def bench(
     metric_list = build_metrics(metric_names, settings, warn=lambda line: console.print(line, highlight=False))
 
     plan = lib.Plan(sampler=rec.sampler, configs=configs, conditions=conditions, seeds=seeds, batch_size=bs,
-                    repeats=reps, warmup=cfg.warmup, bootstrap=cfg.bootstrap, refine=front_steps is None)
+                    repeats=reps, warmup=cfg.warmup, bootstrap=cfg.bootstrap, refine=front_steps is None, knobs=knobs)
     with progress(not json_) as bar:
         task = bar.add_task("bench", total=None)
 

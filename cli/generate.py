@@ -26,8 +26,8 @@ def generate(
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A text prompt (repeatable).")] = None,
     class_id: Annotated[Optional[list[int]], typer.Option("--class", help="A class id, for class-conditional bases (repeatable).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps N (default: the recipe's).")] = None,
-    budget: Annotated[Optional[int], typer.Option(help="Full base steps B out of N (shortcut/cache; default: the recipe's shortcut.budget, 4 on tiny-shapes).")] = None,
-    method: Annotated[Optional[str], typer.Option(help="vanilla, cache or shortcut (default: shortcut when the recipe has a shortcut checkpoint, as tiny-shapes does, else vanilla).")] = None,
+    budget: Annotated[Optional[int], typer.Option(help="Full base steps B out of N for an accelerated method (default: the recipe's shortcut.budget, 4 on tiny-shapes; mlcache: its own warm-up and refresh rule).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="vanilla, cache, shortcut, recap, mlcache or hybrid (default: shortcut when the recipe has a shortcut checkpoint, as tiny-shapes does, else vanilla). Knobs: --set recap.local=K, --set mlcache.cache_ratio=R (also warmup_ratio, refresh_interval), --set hybrid.candidates=C (also refresh_new, context).")] = None,
     shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory.")] = None,
     schedule: Annotated[str, typer.Option(help="Full-step placement: auto (searched when saved beside the shortcut, else uniform), uniform, or searched (saved by bench --search-schedule).")] = "auto",
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images per prompt.")] = 1,
@@ -60,7 +60,7 @@ def generate(
     checkpoint = shortcut or resolve_checkpoint(rec.shortcut.checkpoint)
     method = method or ("shortcut" if checkpoint else "vanilla")
     n = steps if steps is not None else rec.sampler.steps
-    if budget is None and method != "vanilla":
+    if budget is None and method not in ("vanilla", "mlcache"):
         budget = rec.shortcut.budget
         if budget is not None and budget > n:
             raise UserError(f"the recipe's default budget ({budget} full steps) does not fit --steps {n}: "
@@ -69,7 +69,7 @@ def generate(
     if schedule not in ("auto", "uniform", "searched"):
         raise UserError(f"--schedule {schedule!r}: choose auto, uniform or searched")
     # auto: the searched placement when one is saved for the shortcut; searched: required, any method
-    if schedule == "searched" or (schedule == "auto" and method == "shortcut"):
+    if schedule == "searched" or (schedule == "auto" and method in ("shortcut", "hybrid")):
         from migmcut.schedule_search import load_schedule
 
         if checkpoint is not None and budget is not None:
@@ -110,6 +110,7 @@ def generate(
     emit(json_, {
         "images": paths, "method": result.method, "steps": result.steps, "budget": result.budget,
         "full_steps": result.full_steps,
-        "base_calls": result.base_calls, "shortcut_calls": result.shortcut_calls, "seconds": round(seconds, 4),
+        "base_calls": result.base_calls, "shortcut_calls": result.shortcut_calls,
+        "partial_calls": result.partial_calls, "seconds": round(seconds, 4),
         "load_seconds": round(result.load_seconds, 4), "sampling_seconds_per_image": round(per_image, 5),
     })

@@ -5,9 +5,9 @@
     write_outputs(out_dir, result)           # bench.json, bench.csv, pareto.png
 
 Configurations: vanilla at N steps (the reference) and at the other step counts of the front
-(default: every budget B, then refined: see `migmcut.front`), the cache at (N, B) and the shortcut
-at (N, B) with the searched schedule where one is saved (`auto`, as generate does), the uniform one,
-or both. Quality: every configuration generates all the samples (same conditions, same
+(default: every budget B, then refined: see `migmcut.front`), then each accelerated method at
+(N, B): the cache, recap and mlcache with their own placements, the shortcut and the hybrid with
+the searched schedule where one is saved (`auto`, as generate does), the uniform one, or both. Quality: every configuration generates all the samples (same conditions, same
 per-sample seeds) and the metrics score them, with paired bootstrap intervals. Timing: seconds
 per image of the sampler (decoding excluded, it is the same for every configuration), on one
 batch of the bench batch size, after `warmup` untimed runs, median over `repeats` runs; the
@@ -16,7 +16,9 @@ them all alike. `speedup` is vanilla-N's seconds per image over the row's; `fron
 the fastest vanilla run at least as good on every metric; `ceiling` the front_speedup the row
 would have at vanilla-N's quality (a perfect shortcut at the same cost). Shortcut rows also carry
 `bound` = N / (B + (N - B) c), with c one shortcut call over one base forward, measured at the
-bench batch size (both CFG branches).
+bench batch size (both CFG branches). Every accelerated row also has `base_call_equivalents`, its
+seconds per image in vanilla-N steps, and `step_cost`, what each of its non-full steps cost in
+those units (its measured c, sampler work included), both from the same timing runs.
 """
 
 from __future__ import annotations
@@ -37,8 +39,7 @@ import torch
 from migmcut import front
 from migmcut.errors import UserError
 from migmcut.files import atomic_write
-from migmcut.generate import METHODS
-from migmcut.policies import BudgetPolicy, FullPolicy, budget_schedule
+from migmcut.policies import METHODS, NEEDS_SHORTCUT, BudgetPolicy, FullPolicy, PolicyKnobs, build, full_steps_for
 from migmcut.sampler import SamplerConfig, sample, trajectory_seed
 
 SCHEDULE_MODES = ("auto", "uniform", "searched", "both")  # auto: as generate (searched where saved)
@@ -49,8 +50,8 @@ class Configuration:
     method: str
     steps: int  # sampling steps of this run
     budget: int  # full base steps
-    full_steps: list[int] | None = None  # for cache / shortcut
-    schedule: str | None = None  # uniform | searched (cache / shortcut)
+    full_steps: list[int] | None = None  # the steps that run the base (accelerated methods)
+    schedule: str | None = None  # uniform | searched (the shortcut's placements: cache, shortcut, hybrid)
     reference: bool = False  # vanilla at N: the speedup reference
 
     @property
@@ -92,31 +93,38 @@ def check_plan(steps: int, budgets: list[int], methods: list[str], schedule: str
 
 def configurations(steps: int, budgets: list[int], methods: list[str], schedule: str = "uniform",
                    searched: dict[int, list[int]] | None = None,
-                   vanilla_steps: list[int] | None = None, rounding: str = "half-up") -> list[Configuration]:
+                   vanilla_steps: list[int] | None = None, rounding: str = "half-up",
+                   knobs: PolicyKnobs | None = None) -> list[Configuration]:
     """The bench plan: vanilla-N first, then vanilla at the other front step counts (default: every
-    budget), then per budget the cache and the shortcut at (N, B).
+    budget), then per budget each accelerated method of `methods` at (N, B), in METHODS' order.
 
     Vanilla runs whatever `methods` says: it is what every accelerated row is judged against.
-    `schedule` auto takes the searched placement where `searched` has one for B (as generate does);
-    the uniform one follows the sampler's `budget_rounding`, as generate's does.
+    The shortcut and the hybrid take the `schedule` mode: auto the searched placement where
+    `searched` has one for B (as generate does), the uniform one otherwise, which follows the
+    sampler's `budget_rounding` as generate's does. The cache is uniform; recap and mlcache place
+    their full steps by their own rules (`policies.full_steps_for`, with `knobs`).
     """
     check_plan(steps, budgets, methods, schedule, vanilla_steps)
     out = [Configuration("vanilla", steps, steps, reference=True)]
     out += [Configuration("vanilla", n, n) for n in sorted(set(vanilla_steps or budgets) - {steps})]
     for B in dict.fromkeys(budgets):
-        if "cache" in methods:
-            out.append(Configuration("cache", steps, B, budget_schedule(steps, B, rounding), "uniform"))
-        if "shortcut" not in methods:
-            continue
-        found = (searched or {}).get(B)
-        modes = {"both": ("uniform", "searched"), "auto": ("searched" if found else "uniform",)}.get(schedule, (schedule,))
-        for mode in modes:
-            if mode == "uniform":
-                out.append(Configuration("shortcut", steps, B, budget_schedule(steps, B, rounding), "uniform"))
-            elif found is None:
-                raise UserError(f"no searched schedule for N={steps}, B={B}: run migmcut bench --search-schedule")
-            else:
-                out.append(Configuration("shortcut", steps, B, list(found), "searched"))
+        for method in (m for m in METHODS[1:] if m in methods):
+            if method not in NEEDS_SHORTCUT:
+                try:
+                    full = full_steps_for(method, steps, B, knobs, rounding)
+                except ValueError as err:
+                    raise UserError(f"--budgets {B}: {err}") from None
+                out.append(Configuration(method, steps, B, full, "uniform" if method == "cache" else None))
+                continue
+            found = (searched or {}).get(B)
+            modes = {"both": ("uniform", "searched"), "auto": ("searched" if found else "uniform",)}.get(schedule, (schedule,))
+            for mode in modes:
+                if mode == "uniform":
+                    out.append(Configuration(method, steps, B, full_steps_for(method, steps, B, rounding=rounding), "uniform"))
+                elif found is None:
+                    raise UserError(f"no searched schedule for N={steps}, B={B}: run migmcut bench --search-schedule")
+                else:
+                    out.append(Configuration(method, steps, B, list(found), "searched"))
     return out
 
 
@@ -176,12 +184,13 @@ class Plan:
     bootstrap: int = 1000  # paired resamples for the intervals (0: none)
     refine: bool = True  # add vanilla step counts until each row's front vanilla is pinned
     level: float = 0.95
+    knobs: PolicyKnobs = field(default_factory=PolicyKnobs)  # the recipe's recap / mlcache / hybrid
 
 
-def _policy(cfg: Configuration, shortcut):
-    if cfg.method == "vanilla":
-        return FullPolicy()
-    return BudgetPolicy(cfg.full_steps, shortcut if cfg.method == "shortcut" else None)
+def _policy(base, plan: Plan, cfg: Configuration, shortcut):
+    counts = _sampler(plan, cfg).check(base.num_tokens) if cfg.method == "recap" else None
+    return build(cfg.method, cfg.full_steps or list(range(cfg.steps)), shortcut=shortcut, counts=counts,
+                 knobs=plan.knobs)
 
 
 def _sampler(plan: Plan, cfg: Configuration) -> SamplerConfig:
@@ -192,7 +201,7 @@ def generate_images(base, plan: Plan, cfg: Configuration, shortcut, on_batch=Non
     images, counts = [], {}
     for lo in range(0, len(plan.conditions), plan.batch_size):
         conds, seeds = plan.conditions[lo : lo + plan.batch_size], plan.seeds[lo : lo + plan.batch_size]
-        result = sample(base, conds, seeds, _sampler(plan, cfg), policy=_policy(cfg, shortcut))
+        result = sample(base, conds, seeds, _sampler(plan, cfg), policy=_policy(base, plan, cfg, shortcut))
         images.append(base.decode(result.tokens))
         counts = result.counts
         if on_batch:
@@ -205,13 +214,13 @@ def time_configurations(base, plan: Plan, shortcut, on_run=None) -> dict[str, fl
     conds, seeds = plan.conditions[: plan.batch_size], plan.seeds[: plan.batch_size]
     for cfg in plan.configs:
         for _ in range(plan.warmup):
-            sample(base, conds, seeds, _sampler(plan, cfg), policy=_policy(cfg, shortcut))
+            sample(base, conds, seeds, _sampler(plan, cfg), policy=_policy(base, plan, cfg, shortcut))
             if on_run:
                 on_run()
     times: dict[str, list[float]] = {c.label: [] for c in plan.configs}
     for _ in range(plan.repeats):
         for cfg in plan.configs:
-            policy, scfg = _policy(cfg, shortcut), _sampler(plan, cfg)
+            policy, scfg = _policy(base, plan, cfg, shortcut), _sampler(plan, cfg)
             t0 = time.perf_counter()
             sample(base, conds, seeds, scfg, policy=policy)
             times[cfg.label].append(time.perf_counter() - t0)
@@ -354,12 +363,14 @@ def run_bench(base, plan: Plan, metrics: list, *, shortcut=None, reference: dict
         got = sampled[cfg.label]
         sc: front.Scores = got["scores"]
         s = seconds[cfg.label]
+        calls = got["counts"].get("full", 0)
         row = {
             "method": cfg.method,
             "steps": cfg.steps,
             "budget": cfg.budget,
-            "base_calls": got["counts"].get("full", 0),
+            "base_calls": calls,
             "shortcut_calls": got["counts"].get("shortcut", 0),
+            "partial_calls": sum(got["counts"].get(k, 0) for k in ("recap", "mlcache", "hybrid")),
             "schedule": cfg.schedule,
             "full_steps": cfg.full_steps,
             "label": cfg.label,
@@ -371,6 +382,10 @@ def run_bench(base, plan: Plan, metrics: list, *, shortcut=None, reference: dict
             "images": got["source"],
         }
         if cfg.method != "vanilla":
+            # the row's cost in vanilla-N steps, and what each of its other steps cost (measured, in one run)
+            equivalents = s / (ref_s / ref.steps)
+            row["base_call_equivalents"] = _round(equivalents, 3)
+            row["step_cost"] = _round((equivalents - calls) / (cfg.steps - calls), 4) if cfg.steps > calls else None
             row["as_good_vanilla"] = good = front.as_good(sc, vanilla, higher, plan.level)
             v = front.cheapest(good, cost)
             # a row better than every vanilla run is judged against the most steps run (a lower bound)
@@ -410,8 +425,8 @@ def _atomic(path: Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
-CSV_COLUMNS = ["label", "method", "schedule", "steps", "budget", "base_calls", "shortcut_calls",
-               "seconds_per_image", "speedup", "front_vanilla", "front_speedup", "ceiling", "bound"]
+CSV_COLUMNS = ["label", "method", "schedule", "steps", "budget", "base_calls", "shortcut_calls", "partial_calls",
+               "base_call_equivalents", "step_cost", "seconds_per_image", "speedup", "front_vanilla", "front_speedup", "ceiling", "bound"]
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -428,7 +443,8 @@ def csv_text(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-COLORS = {"vanilla": "tab:blue", "cache": "tab:orange", "shortcut": "tab:green"}
+COLORS = {"vanilla": "tab:blue", "cache": "tab:orange", "shortcut": "tab:green", "recap": "tab:purple",
+          "mlcache": "tab:brown", "hybrid": "tab:red"}
 
 
 def place_labels(ax, points: list[tuple[float, float, str]], fontsize: int = 7) -> list:

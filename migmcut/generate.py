@@ -11,13 +11,10 @@ import torch
 
 from migmcut.base import load_base
 from migmcut.errors import UserError
-from migmcut.policies import BudgetPolicy, FullPolicy, budget_schedule
+from migmcut.policies import METHODS, NEEDS_SHORTCUT, PARTIAL, FullPolicy, PolicyKnobs, build, full_steps_for
 from migmcut.recipe import Recipe
 from migmcut.sampler import sample, trajectory_seed
 from migmcut.shortcut import load_shortcut
-
-METHODS = ("vanilla", "cache", "shortcut")
-
 
 @dataclass
 class Generated:
@@ -31,6 +28,7 @@ class Generated:
     shortcut_calls: int  # shortcut steps per image
     seconds: float  # sampling and decoding, every batch (not `on_batch`)
     load_seconds: float = 0.0  # loading the base and the shortcut, checking the conditions
+    partial_calls: int = 0  # recap / mlcache / hybrid steps per image
 
     @property
     def budget(self) -> int:
@@ -38,28 +36,42 @@ class Generated:
 
 
 def make_policy(method: str, steps: int, budget: int | None, shortcut, base, full_steps: list[int] | None = None,
-                rounding: str = "half-up"):
+                rounding: str = "half-up", knobs: PolicyKnobs | None = None, counts: list[int] | None = None):
     """-> (a factory of fresh per-batch policies, the steps that run the base).
 
-    `full_steps`: an explicit schedule (e.g. a searched one) instead of `budget_schedule(steps, budget, rounding)`.
+    `full_steps`: an explicit schedule (e.g. a searched one) instead of the method's own placement
+    (`policies.full_steps_for`); `knobs`: the recipe's recap / mlcache / hybrid sections;
+    `counts`: the sampler's tokens fixed per step (recap).
     """
+    knobs = knobs or PolicyKnobs()
+    if method not in METHODS:
+        raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if method == "vanilla":
         if budget is not None and budget != steps:
-            raise UserError(f"--budget {budget} needs --method cache or shortcut (vanilla runs every step)")
+            raise UserError(f"--budget {budget} needs an accelerated --method (vanilla runs every step)")
         return FullPolicy, list(range(steps))
-    if budget is None:
+    if budget is None and full_steps is None and method != "mlcache":
         raise UserError(f"--method {method} needs --budget B (full base steps out of {steps})")
-    full = budget_schedule(steps, budget, rounding) if full_steps is None else [int(s) for s in full_steps]
-    if len(full) != budget or full[0] != 0 or any(b <= a for a, b in zip(full, full[1:])) or full[-1] >= steps:
-        raise UserError(f"full steps {full}: need {budget} increasing steps below {steps}, starting at 0")
-    if method == "cache":
-        return (lambda: BudgetPolicy(full)), full
-    if shortcut is None:
-        raise UserError("--method shortcut needs a shortcut checkpoint: pass --shortcut DIR (made by migmcut train)")
-    if not isinstance(shortcut, torch.nn.Module):
-        shortcut, _ = load_shortcut(shortcut, base)
-    net = shortcut.to(device=base.device, dtype=next(base.parameters()).dtype)
-    return (lambda: BudgetPolicy(full, net)), full
+    if method in PARTIAL:
+        base._require_partial()
+    if full_steps is None:
+        try:
+            full = full_steps_for(method, steps, budget, knobs, rounding)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+    else:
+        full = [int(s) for s in full_steps]
+    n = budget if budget is not None else len(full)
+    if len(full) != n or full[0] != 0 or any(b <= a for a, b in zip(full, full[1:])) or full[-1] >= steps:
+        raise UserError(f"full steps {full}: need {n} increasing steps below {steps}, starting at 0")
+    net = None
+    if method in NEEDS_SHORTCUT:
+        if shortcut is None:
+            raise UserError(f"--method {method} needs a shortcut checkpoint: pass --shortcut DIR (made by migmcut train)")
+        if not isinstance(shortcut, torch.nn.Module):
+            shortcut, _ = load_shortcut(shortcut, base)
+        net = shortcut.to(device=base.device, dtype=next(base.parameters()).dtype)
+    return (lambda: build(method, full, shortcut=net, counts=counts, knobs=knobs)), full
 
 
 def generate(
@@ -103,14 +115,14 @@ def generate(
     if config.steps > base.num_tokens:
         raise UserError(f"--steps {config.steps} exceeds the number of image tokens ({base.num_tokens})")
     try:
-        config.check(base.num_tokens)
+        counts = config.check(base.num_tokens)
     except ValueError as err:
         raise UserError(f"sampler: {err}") from None
     base = base.to(device=device, dtype=dtype)
     if full_steps is not None and budget is None:
         budget = len(full_steps)
     policy_factory, full = make_policy(method, config.steps, budget, shortcut, base, full_steps,
-                                       config.budget_rounding)
+                                       config.budget_rounding, PolicyKnobs.of(recipe), counts)
     jobs = [(c, trajectory_seed(seed, i * num_images + j)) for i, c in enumerate(conditions) for j in range(num_images)]
     base.encode_conditions(conditions)  # validate every condition before any work
     bs = batch_size or recipe.generate.batch_size
@@ -134,6 +146,7 @@ def generate(
         full_steps=full,
         base_calls=counts.get("full", 0),
         shortcut_calls=counts.get("shortcut", 0),
+        partial_calls=sum(counts.get(k, 0) for k in PARTIAL),
         seconds=seconds,
         load_seconds=load_seconds,
     )

@@ -19,14 +19,16 @@
 
 Every policy's `step(base, state)` returns a `Proposal`; a policy's `after(event)`, where it has
 one, sees each step's `sampler.StepEvent`. Where full steps go:
-`budget_schedule` (shortcut, cache, hybrid), `recap_schedule`, `mlcache_schedule`.
+`budget_schedule` (shortcut, cache, hybrid), `recap_schedule`, `mlcache_schedule`; `full_steps_for`
+picks the one a method uses, `build` makes the policy (generate and bench both call these two).
+Knobs: `RecapConfig`, `MLCacheConfig`, `HybridConfig` (the recipe's `recap`, `mlcache`, `hybrid`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -48,6 +50,109 @@ class Proposal:
     at: torch.Tensor | None = None
     refine: Callable[[torch.Tensor], torch.Tensor] | None = None
     refine_factor: float = 1.0
+
+
+METHODS = ("vanilla", "cache", "shortcut", "recap", "mlcache", "hybrid")
+PARTIAL = ("recap", "mlcache", "hybrid")  # need a base with partial evaluation
+NEEDS_SHORTCUT = ("shortcut", "hybrid")
+
+
+@dataclass
+class RecapConfig:
+    """Recipe section `recap`: ReCAP's local steps per full step (K; the paper's runs use 1).
+    None: the fewest that reach the budget, ceil(N / B) - 1 (1 whenever B >= N / 2)."""
+
+    local: int | None = None
+
+    def validate(self) -> None:
+        if self.local is not None and self.local < 1:
+            raise ValueError(f"recap.local must be >= 1 (local steps per full step), got {self.local}")
+
+    def local_for(self, steps: int, budget: int) -> int:
+        return self.local if self.local is not None else max(1, math.ceil(steps / budget) - 1)
+
+
+@dataclass
+class MLCacheConfig:
+    """Recipe section `mlcache`: Lumina-DiMOO's defaults (`--cache_ratio 0.9 --warmup_ratio 0.3
+    --refresh_interval 5`). Without a budget the full steps follow warmup_ratio; with one, the
+    warm-up that gives that many full steps."""
+
+    cache_ratio: float = 0.9  # fraction of positions reused at a partial step
+    warmup_ratio: float = 0.3
+    refresh_interval: int = 5
+
+    def validate(self) -> None:
+        for name in ("cache_ratio", "warmup_ratio"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"mlcache.{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.refresh_interval < 1:
+            raise ValueError(f"mlcache.refresh_interval must be >= 1, got {self.refresh_interval}")
+
+
+@dataclass
+class HybridConfig:
+    """Recipe section `hybrid`: the shortcut with exact evaluation where the sampler is about to fix."""
+
+    candidates: float = 2.0  # positions evaluated exactly per step, as a multiple of the tokens fixed
+    refresh_new: bool = True  # recompute (and write back) the tokens fixed at the step before
+    context: bool = False  # recompute the prompt / condition positions too
+
+    def validate(self) -> None:
+        if not 1 <= self.candidates <= 64:
+            raise ValueError(f"hybrid.candidates must be between 1 and 64 (a multiple of the tokens fixed), "
+                             f"got {self.candidates}")
+
+
+@dataclass
+class PolicyKnobs:
+    recap: RecapConfig = field(default_factory=RecapConfig)
+    mlcache: MLCacheConfig = field(default_factory=MLCacheConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
+
+    @classmethod
+    def of(cls, recipe) -> PolicyKnobs:
+        return cls(recipe.recap, recipe.mlcache, recipe.hybrid)
+
+
+def full_steps_for(method: str, steps: int, budget: int | None, knobs: PolicyKnobs | None = None,
+                   rounding: str = "half-up") -> list[int]:
+    """The steps that run the base for `method` at N = `steps` with `budget` full steps (ValueError
+    where the method cannot reach it). Only mlcache has a schedule of its own without a budget."""
+    knobs = knobs or PolicyKnobs()
+    if method == "vanilla":
+        return list(range(steps))
+    if method == "mlcache":
+        m = knobs.mlcache
+        return mlcache_schedule(steps, m.warmup_ratio, m.refresh_interval, budget)
+    if budget is None:
+        raise ValueError(f"method {method} needs a budget (full base steps out of {steps})")
+    if method == "recap":
+        return recap_schedule(steps, budget, knobs.recap.local_for(steps, budget))
+    return budget_schedule(steps, budget, rounding)
+
+
+def build(method: str, full_steps: list[int], *, shortcut: torch.nn.Module | None = None,
+          counts: list[int] | None = None, knobs: PolicyKnobs | None = None):
+    """A fresh policy (one per sampled batch) for `method` with the base called at `full_steps`;
+    `counts`: the sampler's tokens fixed per step (recap needs them)."""
+    knobs = knobs or PolicyKnobs()
+    if method == "vanilla":
+        return FullPolicy()
+    if method == "cache":
+        return BudgetPolicy(full_steps)
+    if method in NEEDS_SHORTCUT and shortcut is None:
+        raise ValueError(f"method {method} needs a shortcut")
+    if method == "shortcut":
+        return BudgetPolicy(full_steps, shortcut)
+    if method == "recap":
+        return RecapPolicy(full_steps, counts)
+    if method == "mlcache":
+        return MLCachePolicy(full_steps, knobs.mlcache.cache_ratio)
+    if method == "hybrid":
+        h = knobs.hybrid
+        return HybridPolicy(full_steps, shortcut, h.candidates, h.refresh_new, h.context)
+    raise ValueError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
 
 
 ROUNDINGS = ("half-up", "half-even")  # where budget_schedule puts an exact half
@@ -224,12 +329,13 @@ class HybridPolicy(BudgetPolicy):
     exactly: the sampler ranks every masked position from the shortcut's logits and hands the best
     ceil(candidates * k_t) to `refine`, which recomputes them against the K/V of the last full step
     (with `refresh_new`, the tokens fixed at the step before too, their K/V written back) and writes
-    the exact features into the map the shortcut carries on."""
+    the exact features into the map the shortcut carries on; with `context`, the prompt / condition
+    positions are recomputed too (they attend to the image, which changed since the full step)."""
 
     def __init__(self, full_steps: list[int], shortcut: torch.nn.Module, candidates: float = 2.0,
-                 refresh_new: bool = True):
+                 refresh_new: bool = True, context: bool = False):
         super().__init__(full_steps, shortcut)
-        self.kind, self.candidates, self.refresh_new = "hybrid", candidates, refresh_new
+        self.kind, self.candidates, self.refresh_new, self.context = "hybrid", candidates, refresh_new, context
         self.cache = None
 
     def step(self, base, state):
@@ -244,7 +350,7 @@ class HybridPolicy(BudgetPolicy):
             positions = where if fresh is None else torch.cat([fresh, where], 1)
             positions = positions.repeat(branches, 1)
             logits, features = base.partial_forward(_rows(state), state.cond, positions, self.cache,
-                                                    update=fresh is not None)
+                                                    update=fresh is not None, context=self.context)
             _scatter_rows(self.features, positions, features)
             return logits[:, positions.shape[1] - where.shape[1]:]
 

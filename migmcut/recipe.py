@@ -19,6 +19,7 @@ import yaml
 
 from migmcut.base import BASE_CONFIGS
 from migmcut.errors import RecipeError
+from migmcut.policies import HybridConfig, MLCacheConfig, RecapConfig
 from migmcut.sampler import SamplerConfig
 from migmcut.train import TrainConfig
 
@@ -74,6 +75,9 @@ class Recipe:
     shortcut: ShortcutSection = field(default_factory=ShortcutSection)
     train: TrainConfig = field(default_factory=TrainConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    recap: RecapConfig = field(default_factory=RecapConfig)  # method recap's knobs
+    mlcache: MLCacheConfig = field(default_factory=MLCacheConfig)  # method mlcache's knobs
+    hybrid: HybridConfig = field(default_factory=HybridConfig)  # method hybrid's knobs
     description: str = ""
     source: str = ""  # where it was read from (not a YAML key)
 
@@ -124,10 +128,12 @@ def parse_recipe(data: dict, source: str) -> Recipe:
     data["base"] = _build(BASE_CONFIGS[base["kind"]], base, "base", source)
     recipe = _build(Recipe, data, "", source, skip={"base", "source"})
     recipe.source = source
-    try:
-        recipe.sampler.validate()
-    except ValueError as err:
-        raise RecipeError(f"{source}: sampler: {err}") from None
+    for section in ("sampler", "recap", "mlcache", "hybrid"):
+        try:
+            getattr(recipe, section).validate()
+        except ValueError as err:
+            where = "sampler: " if section == "sampler" else ""  # the others' messages name their key
+            raise RecipeError(f"{source}: {where}{err}") from None
     return recipe
 
 

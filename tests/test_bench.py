@@ -31,20 +31,26 @@ def bench(*args):
 def test_bench_runs_every_configuration_and_writes_parseable_files(trained, tmp_path):
     _, ck = trained
     out = tmp_path / "b"
+    methods = ["cache", "shortcut", "recap", "mlcache", "hybrid"]
     res = bench("--shortcut", str(ck), "--budgets", "2,4", "--num-samples", "4", "--batch-size", "4",
-                "--out", str(out), "--json")
+                "--methods", ",".join(["vanilla", *methods]), "--out", str(out), "--json")
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     rows = result["rows"]
     got = {(r["method"], r["steps"], r["budget"]): r for r in rows}
     vanilla = sorted(k[1] for k in got if k[0] == "vanilla")
     assert {8, 2, 4} <= set(vanilla)  # N and every budget, plus the step counts the front needed
-    assert set(got) - {("vanilla", n, n) for n in vanilla} == {("cache", 8, 2), ("cache", 8, 4),
-                                                                ("shortcut", 8, 2), ("shortcut", 8, 4)}
+    assert set(got) - {("vanilla", n, n) for n in vanilla} == {(m, 8, b) for m in methods for b in (2, 4)}
+    assert [r["method"] for r in rows if r["budget"] == 4 and r["method"] != "vanilla"] == methods
     seconds = {n: got[("vanilla", n, n)]["seconds_per_image"] for n in vanilla}
     for (method, steps, budget), r in got.items():
-        assert r["base_calls"] == budget
+        assert r["base_calls"] == budget == len(r["full_steps"] or range(steps))
         assert r["shortcut_calls"] == (steps - budget if method == "shortcut" else 0)
+        assert r["partial_calls"] == (steps - budget if method in ("recap", "mlcache", "hybrid") else 0)
+        if method != "vanilla":  # the row's measured cost in vanilla-8 steps, and each non-full step's share
+            equivalents = r["seconds_per_image"] / (seconds[8] / 8)
+            assert r["base_call_equivalents"] == pytest.approx(equivalents, rel=1e-2)
+            assert r["step_cost"] == pytest.approx((equivalents - budget) / (steps - budget), rel=1e-2, abs=1e-3)
         assert r["seconds_per_image"] > 0 and r["speedup"] > 0
         assert {"prompt_accuracy", "fd"} <= set(r["quality"])
         assert ("bound" in r) == (method == "shortcut")
@@ -67,7 +73,8 @@ def test_bench_runs_every_configuration_and_writes_parseable_files(trained, tmp_
     with open(out / "bench.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and float(table[0]["speedup"]) == 1.0
-    assert {"front_vanilla", "front_speedup", "ceiling", "fd_lo", "fd_hi", "prompt_accuracy_lo"} <= set(table[0])
+    assert {"front_vanilla", "front_speedup", "ceiling", "fd_lo", "fd_hi", "prompt_accuracy_lo", "partial_calls",
+            "base_call_equivalents", "step_cost"} <= set(table[0])
     assert Image.open(out / "pareto.png").size[0] > 100
     assert torch.is_grad_enabled()  # the in-process command leaves global state alone
 
@@ -115,6 +122,11 @@ def test_configurations_plan():
     # the uniform placement follows the recipe's budget rounding, as generate's does
     half = {r: configurations(5, [2], ["cache"], rounding=r)[-1].full_steps for r in ("half-up", "half-even")}
     assert half == {"half-up": [0, 3], "half-even": [0, 2]}
+    # recap and mlcache place full steps by their own rules; the hybrid takes the shortcut's searched placement
+    plan = configurations(16, [8], ["recap", "mlcache", "hybrid"], "auto", {8: [0, 1, 2, 3, 5, 8, 11, 14]})
+    assert [(c.label, c.full_steps) for c in plan[2:]] == [
+        ("recap-16/8", [0, 2, 4, 6, 8, 10, 12, 14]), ("mlcache-16/8", [0, 1, 2, 3, 4, 5, 10, 15]),
+        ("hybrid-16/8 (searched)", [0, 1, 2, 3, 5, 8, 11, 14])]
 
 
 def fresh_copy(ck, tmp):
@@ -143,6 +155,9 @@ def fresh_copy(ck, tmp):
         (lambda t, ck: ["--vanilla-steps", "9"], "--vanilla-steps 9 must be between 1 and the step count (8)"),
         (lambda t, ck: ["--vanilla-steps", "4,x"], "--vanilla-steps '4,x': expected comma-separated integers"),
         (lambda t, ck: ["--vanilla-steps", "2.5"], "expected comma-separated integers"),
+        (lambda t, ck: ["--methods", "mlcache", "--budgets", "1"], "--budgets 1: mlcache with refresh interval 5 needs a budget between 2"),
+        (lambda t, ck: ["--methods", "recap", "--set", "recap.local=-1"], "recap.local must be >= 1"),
+        (lambda t, ck: ["--methods", "mlcache", "--set", "mlcache.cache_ratio=1.1"], "mlcache.cache_ratio must be in (0, 1]"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path, make_args, message):

@@ -56,6 +56,15 @@ def test_steps_and_seed_change_the_images(tmp_path):
         ([], "nothing to generate"),
         (["--class", "3"], "text-conditioned"),
         (["--prompt", "a red circle", "-n", "0"], "--num-images"),
+        (["--prompt", "a red circle", "--method", "recap"], "needs --budget"),
+        (["--prompt", "a red circle", "--method", "hybrid", "--budget", "2"], "needs a shortcut checkpoint"),
+        (["--prompt", "a red circle", "--method", "mlcache", "--budget", "1"], "mlcache with refresh interval 5 needs a budget between 2"),
+        (["--prompt", "a red circle", "--method", "recap", "--budget", "2", "--set", "recap.local=1"], "needs a budget between 4"),
+        (["--prompt", "a red circle", "--method", "mlcache", "--set", "mlcache.cache_ratio=0"], "mlcache.cache_ratio must be in (0, 1]"),
+        (["--prompt", "a red circle", "--method", "mlcache", "--set", "mlcache.warmup_ratio=1.5"], "mlcache.warmup_ratio must be in (0, 1]"),
+        (["--prompt", "a red circle", "--method", "mlcache", "--set", "mlcache.refresh_interval=0"], "mlcache.refresh_interval must be >= 1"),
+        (["--prompt", "a red circle", "--method", "recap", "--budget", "2", "--set", "recap.local=0"], "recap.local must be >= 1"),
+        (["--prompt", "a red circle", "--set", "hybrid.candidates=0.5"], "hybrid.candidates must be between 1 and 64"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
@@ -166,3 +175,41 @@ def test_a_default_budget_that_does_not_fit_the_steps_says_so(tmp_path):
                               "--out", str(tmp_path)])
     assert res.exit_code == 2, res.output
     assert "recipe's default budget (4 full steps) does not fit --steps 3: pass --budget" in res.stderr
+
+
+@pytest.mark.parametrize("method, budget, full, partial", [
+    ("recap", 3, [0, 3, 6], 5),  # ReCAP with the fewest local steps that reach 3 full steps of 8: two per full step
+    ("mlcache", None, [0, 1, 2, 7], 4),  # Lumina-DiMOO's rule at its defaults: warm-up int(8 * 0.3) = 2, refresh every 5
+    ("mlcache", 3, [0, 1, 6], 5),  # the warm-up that gives 3
+])
+def test_partial_methods_run_from_the_command_line_and_report_their_calls(tmp_path, method, budget, full, partial):
+    args = ["--prompt", "a large red circle", "--method", method, "--out", str(tmp_path / "o"), "--json"]
+    res = invoke(*args, *(["--budget", str(budget)] if budget else []))
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert payload["full_steps"] == full and payload["base_calls"] == len(full)
+    assert payload["partial_calls"] == partial and payload["shortcut_calls"] == 0
+    assert Image.open(payload["images"][0]).size == (64, 64)
+
+
+def test_mlcache_knobs_on_the_command_line_change_the_images(tmp_path):
+    def image(*extra):
+        res = invoke("--prompt", "a large red circle", "--method", "mlcache", "--budget", "3", "--out",
+                     str(tmp_path / str(len(extra))), "--json", *extra)
+        assert res.exit_code == 0, res.output
+        return Image.open(json.loads(res.stdout)["images"][0]).tobytes()
+
+    assert image() != image("--set", "mlcache.cache_ratio=0.2")
+
+
+@pytest.mark.parametrize("method", ["recap", "mlcache", "hybrid"])
+def test_a_base_without_partial_evaluation_is_refused_for_the_partial_methods(tmp_path, monkeypatch, method):
+    from migmcut.base.tiny_shapes import TinyShapesBase
+
+    monkeypatch.setattr(TinyShapesBase, "supports_partial", False)
+    res = invoke("--prompt", "a red circle", "--method", method, "--budget", "2", "--shortcut", str(tmp_path),
+                 "--out", str(tmp_path / "o"))
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "has no partial evaluation" in lines[0], res.stderr
+    assert not any((tmp_path / "o").glob("*.png"))
