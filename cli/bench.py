@@ -123,7 +123,7 @@ def bench(
     shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory (default: the recipe's).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps N (default: the recipe's bench.steps or sampler.steps).")] = None,
     budgets: Annotated[Optional[str], typer.Option(help="Full-step budgets B, comma-separated, e.g. 2,4,8 (default: the recipe's bench.budgets, 4,6 on tiny-shapes).")] = None,
-    methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of vanilla,cache,shortcut,recap,mlcache,hybrid (vanilla always runs: it is the front; knobs: --set recap.local=K etc., as generate).")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of vanilla,cache,shortcut,recap,mlcache,hybrid, each at --budgets or at its own as NAME:B1/B2 (e.g. shortcut:3/4/6); vanilla always runs: it is the front. Knobs: --set recap.local=K etc., as generate.")] = None,
     vanilla_steps: Annotated[Optional[str], typer.Option(help="Vanilla step counts for the front, comma-separated, each in [1, N] (default: N and every budget, then whatever the front needs).")] = None,
     prompts: Annotated[Optional[str], typer.Option(help="Text file, one prompt a line, or bench-set / selection-set (tiny-shapes' shipped held-out sets; default: the recipe's bench.prompts).")] = None,
     classes: Annotated[Optional[str], typer.Option(help="Class ids, comma-separated (class-conditional bases).")] = None,
@@ -161,6 +161,7 @@ def bench(
     mode = schedule or cfg.schedule
     front_steps = lib.parse_int_list(vanilla_steps, "--vanilla-steps") if vanilla_steps is not None else cfg.vanilla_steps
     lib.check_plan(N, budget_list, method_list, mode, front_steps)
+    method_budgets = lib.split_methods(method_list, budget_list)
     bs = batch_size if batch_size is not None else (cfg.batch_size or rec.generate.batch_size)
     reps = repeats if repeats is not None else cfg.repeats
     for name, value, low, high in (("--batch-size", bs, 1, BATCH_MAX), ("--repeats", reps, 1, 1000),
@@ -192,15 +193,15 @@ def bench(
     if N > base.num_tokens:
         raise UserError(f"--steps {N} exceeds the number of image tokens ({base.num_tokens})")
     checkpoint = shortcut or resolve_checkpoint(rec.shortcut.checkpoint)
-    need_shortcut = any(m in NEEDS_SHORTCUT for m in method_list) or search_schedule
-    if any(m in PARTIAL for m in method_list):
+    need_shortcut = any(m in NEEDS_SHORTCUT for m in method_budgets) or search_schedule
+    if any(m in PARTIAL for m in method_budgets):
         base._require_partial()
     net, meta = None, {}
     if checkpoint is not None and (need_shortcut or store is not None):
         net, meta = load_shortcut(checkpoint, base)
         net = net.to(device=dev, dtype=next(base.parameters()).dtype)
     elif need_shortcut:
-        raise UserError(f"method {next(m for m in method_list if m in NEEDS_SHORTCUT)} needs a shortcut checkpoint: "
+        raise UserError(f"method {next(m for m in method_budgets if m in NEEDS_SHORTCUT)} needs a shortcut checkpoint: "
                         "pass --shortcut DIR (made by migmcut train) or drop shortcut / hybrid from --methods")
 
     opened = _open_store(store, base, rec, N) if store is not None else None
@@ -230,9 +231,9 @@ def bench(
 
     searched: dict[int, list[int]] = {}
     errors = None
-    if any(m in NEEDS_SHORTCUT for m in method_list) and mode in ("auto", "searched", "both"):
+    if any(m in NEEDS_SHORTCUT for m in method_budgets) and mode in ("auto", "searched", "both"):
         missing = []
-        for B in budget_list:
+        for B in sorted({b for m in NEEDS_SHORTCUT for b in method_budgets.get(m, ())}):
             full = ss.load_schedule(checkpoint, N, B)
             if full is None:
                 missing.append(B)

@@ -72,16 +72,31 @@ def parse_int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def split_methods(methods: list[str], budgets: list[int]) -> dict[str, list[int]]:
+    """Method entries -> {method: its budgets}: `name` takes `budgets`, `name:B1/B2` its own
+    (e.g. shortcut:3/4/6); vanilla's are empty (its step counts are the front's)."""
+    if not methods:
+        raise UserError(f"--methods is empty: choose from {', '.join(METHODS)}")
+    out: dict[str, list[int]] = {}
+    for entry in methods:
+        name, sep, own = entry.partition(":")
+        name = name.strip()
+        if name not in METHODS:
+            raise UserError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
+        if sep and name == "vanilla":
+            raise UserError(f"--methods {entry}: vanilla takes no budgets (its step counts: --vanilla-steps)")
+        mine = [int(b) for b in own.split("/")] if sep and all(b.strip().isdigit() for b in own.split("/")) else None
+        if sep and mine is None:
+            raise UserError(f"--methods {entry!r}: expected NAME or NAME:B1/B2, e.g. shortcut:3/4/6")
+        out[name] = [] if name == "vanilla" else list(dict.fromkeys(mine if sep else budgets))
+    return out
+
+
 def check_plan(steps: int, budgets: list[int], methods: list[str], schedule: str,
                vanilla_steps: list[int] | None = None) -> None:
     if steps < 1:
         raise UserError(f"--steps must be >= 1, got {steps}")
-    for m in methods:
-        if m not in METHODS:
-            raise UserError(f"unknown method {m!r}: choose from {', '.join(METHODS)}")
-    if not methods:
-        raise UserError(f"--methods is empty: choose from {', '.join(METHODS)}")
-    for b in budgets:
+    for b in sorted({b for bs in split_methods(methods, budgets).values() for b in bs} | set(budgets)):
         if not 1 <= b <= steps:
             raise UserError(f"budget {b} must be between 1 and the step count ({steps})")
     for v in vanilla_steps or ():
@@ -96,7 +111,8 @@ def configurations(steps: int, budgets: list[int], methods: list[str], schedule:
                    vanilla_steps: list[int] | None = None, rounding: str = "half-up",
                    knobs: PolicyKnobs | None = None) -> list[Configuration]:
     """The bench plan: vanilla-N first, then vanilla at the other front step counts (default: every
-    budget), then per budget each accelerated method of `methods` at (N, B), in METHODS' order.
+    budget), then per budget each accelerated method of `methods` at (N, B), in METHODS' order
+    (an entry `name:B1/B2` runs that method at its own budgets instead of `budgets`).
 
     Vanilla runs whatever `methods` says: it is what every accelerated row is judged against.
     The shortcut and the hybrid take the `schedule` mode: auto the searched placement where
@@ -105,10 +121,12 @@ def configurations(steps: int, budgets: list[int], methods: list[str], schedule:
     their full steps by their own rules (`policies.full_steps_for`, with `knobs`).
     """
     check_plan(steps, budgets, methods, schedule, vanilla_steps)
+    plan = split_methods(methods, budgets)
+    every = sorted({b for bs in plan.values() for b in bs}) or sorted(set(budgets))
     out = [Configuration("vanilla", steps, steps, reference=True)]
-    out += [Configuration("vanilla", n, n) for n in sorted(set(vanilla_steps or budgets) - {steps})]
-    for B in dict.fromkeys(budgets):
-        for method in (m for m in METHODS[1:] if m in methods):
+    out += [Configuration("vanilla", n, n) for n in sorted(set(vanilla_steps or every) - {steps})]
+    for B in every:
+        for method in (m for m in METHODS[1:] if B in plan.get(m, ())):
             if method not in NEEDS_SHORTCUT:
                 try:
                     full = full_steps_for(method, steps, B, knobs, rounding)

@@ -127,6 +127,10 @@ def test_configurations_plan():
     assert [(c.label, c.full_steps) for c in plan[2:]] == [
         ("recap-16/8", [0, 2, 4, 6, 8, 10, 12, 14]), ("mlcache-16/8", [0, 1, 2, 3, 4, 5, 10, 15]),
         ("hybrid-16/8 (searched)", [0, 1, 2, 3, 5, 8, 11, 14])]
+    # a method may name its own budgets; vanilla runs at every budget any method has
+    plan = configurations(16, [4], ["vanilla", "cache", "shortcut:3/6", "mlcache:7"])
+    assert [c.label for c in plan] == ["vanilla-16", "vanilla-3", "vanilla-4", "vanilla-6", "vanilla-7",
+                                       "shortcut-16/3", "cache-16/4", "shortcut-16/6", "mlcache-16/7"]
 
 
 def fresh_copy(ck, tmp):
@@ -155,6 +159,9 @@ def fresh_copy(ck, tmp):
         (lambda t, ck: ["--vanilla-steps", "9"], "--vanilla-steps 9 must be between 1 and the step count (8)"),
         (lambda t, ck: ["--vanilla-steps", "4,x"], "--vanilla-steps '4,x': expected comma-separated integers"),
         (lambda t, ck: ["--vanilla-steps", "2.5"], "expected comma-separated integers"),
+        (lambda t, ck: ["--methods", "cache,shortcut:2/x"], "expected NAME or NAME:B1/B2"),
+        (lambda t, ck: ["--methods", "shortcut:9"], "budget 9 must be between 1 and the step count (8)"),
+        (lambda t, ck: ["--methods", "vanilla:4"], "vanilla takes no budgets"),
         (lambda t, ck: ["--methods", "mlcache", "--budgets", "1"], "--budgets 1: mlcache with refresh interval 5 needs a budget between 2"),
         (lambda t, ck: ["--methods", "recap", "--set", "recap.local=-1"], "recap.local must be >= 1"),
         (lambda t, ck: ["--methods", "mlcache", "--set", "mlcache.cache_ratio=1.1"], "mlcache.cache_ratio must be in (0, 1]"),
