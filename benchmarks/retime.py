@@ -26,6 +26,7 @@ import torch
 
 from migmcut import bench as lib
 from migmcut.base import load_base
+from migmcut.policies import PolicyKnobs
 from migmcut.recipe import load_recipe
 from migmcut.shortcut import load_shortcut
 
@@ -46,6 +47,10 @@ def retimed(run: dict, seconds: dict[str, float], timing: dict) -> dict:
         r["speedup"] = round(seconds[ref] / seconds[r["label"]], 4)
         if r["method"] == "vanilla":
             continue
+        equivalents = seconds[r["label"]] / (seconds[ref] / out["rows"][0]["steps"])
+        r["base_call_equivalents"] = round(equivalents, 3)
+        calls = r["base_calls"]
+        r["step_cost"] = round((equivalents - calls) / (r["steps"] - calls), 4) if r["steps"] > calls else None
         good = r.get("as_good_vanilla")
         if not good:  # runs before that list: the run's choice, and every vanilla it may have passed
             chosen = int(r["front_vanilla"].split("-")[1])  # over because its noisy seconds were higher
@@ -98,7 +103,7 @@ def measure(runs: list[dict], repeats: int) -> dict:
     bs = settings["batch_size"]
     sampler = dataclasses.replace(recipe.sampler, steps=settings["steps"])
     plan = lib.Plan(sampler, list(configs.values()), lib.expand(lib.default_prompts(recipe), bs),
-                    lib.sample_seeds(0, bs), bs, repeats=repeats, warmup=1)
+                    lib.sample_seeds(0, bs), bs, repeats=repeats, warmup=1, knobs=PolicyKnobs.of(recipe))
     seconds = lib.time_configurations(base, plan, net)
     timing = lib.measure_c(base, net, sampler, bs, repeats=2 * repeats) if net is not None else {}
     return {"seconds": seconds, "timing": timing,

@@ -288,7 +288,8 @@ def bench(
             bar.update(task, description="rollout errors", completed=0, total=None)
             errors = ss.rollout_errors(opened, val_idx, base, None if net is None else net.float(), device=dev)
     result.settings.update({"recipe": rec.name, "seed": seed, "store": store, "shortcut": str(checkpoint) if checkpoint else None,
-                            "metrics": [m.name for m in metric_list], "device": str(dev)})
+                            "metrics": [m.name for m in metric_list], "device": str(dev),
+                            "knobs": dataclasses.asdict(knobs)})
     files = lib.write_outputs(out_dir, result)
     if errors is not None:
         files.update(lib.write_rollout(out_dir, errors, {"store": store, "val_trajectories": int(len(val_idx)),
