@@ -7,17 +7,14 @@ budget on the store's validation trajectories and save it beside the shortcut ch
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from migmcut.cli.common import (
-    BATCH_MAX, COUNT_MAX, SEED_MAX, DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, check_range, console, results,
-    emit, handle_errors, load, progress, resolve_device, resolve_dtype, writable_dir,
+    DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, console, emit, handle_errors, load, progress, results,
 )
-from migmcut.errors import UserError
 
 
 def _short(name: str) -> str:
@@ -99,25 +96,6 @@ def _print_schedules(found) -> None:
     results.print(table)
 
 
-def _open_store(url: str, base, recipe, steps: int):
-
-    from migmcut.errors import StoreError
-    from migmcut.store.reader import TrajectoryStore
-
-    store = TrajectoryStore(url)
-    if store.fingerprint != base.fingerprint:
-        raise StoreError(f"--store {url} was recorded with base {store.fingerprint}, but recipe {recipe.name} "
-                         f"has base {base.fingerprint}: use the recipe the store was recorded with")
-    if store.steps != steps:
-        raise StoreError(f"--store {url} was recorded with {store.steps} steps, not {steps}: pass --steps {store.steps}")
-    recorded = store.recipe().sampler
-    if dataclasses.replace(recorded, steps=steps) != dataclasses.replace(recipe.sampler, steps=steps):
-        raise StoreError(f"--store {url} was recorded with other sampler settings ({recorded}): use its recipe")
-    if len(store.complete_indices()) == 0:
-        raise StoreError(f"--store {url} has no complete trajectories: run migmcut record first")
-    return store
-
-
 @handle_errors
 def bench(
     shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory (default: the recipe's).")] = None,
@@ -143,161 +121,32 @@ def bench(
     json_: JsonOpt = False,
 ):
     """Measure speed and quality of vanilla and accelerated sampling side by side."""
-    import numpy as np
-    import torch
-
-    from migmcut import bench as lib
-    from migmcut import schedule_search as ss
-    from migmcut.base import load_base
-    from migmcut.metrics import MetricSettings, build_metrics, default_metric_names
-    from migmcut.policies import NEEDS_SHORTCUT, PARTIAL, PolicyKnobs
-    from migmcut.shortcut import load_shortcut, resolve_checkpoint
+    from migmcut.bench import bench as run_bench
 
     rec = load(recipe, set_)
-    cfg = rec.bench
-    N = steps if steps is not None else (cfg.steps or rec.sampler.steps)
-    budget_list = lib.parse_int_list(budgets, "--budgets") if budgets is not None else list(cfg.budgets)
-    method_list = [m.strip() for m in methods.split(",") if m.strip()] if methods is not None else list(cfg.methods)
-    mode = schedule or cfg.schedule
-    front_steps = lib.parse_int_list(vanilla_steps, "--vanilla-steps") if vanilla_steps is not None else cfg.vanilla_steps
-    lib.check_plan(N, budget_list, method_list, mode, front_steps)
-    method_budgets = lib.split_methods(method_list, budget_list)
-    bs = batch_size if batch_size is not None else (cfg.batch_size or rec.generate.batch_size)
-    reps = repeats if repeats is not None else cfg.repeats
-    for name, value, low, high in (("--batch-size", bs, 1, BATCH_MAX), ("--repeats", reps, 1, 1000),
-                                   ("--num-samples", num_samples, 1, COUNT_MAX), ("--seed", seed, 0, SEED_MAX)):
-        check_range(name, value, low, high)  # --steps and --budgets: check_plan above
-    if prompts is not None and classes is not None:
-        raise UserError("give --prompts or --classes, not both")
-    if store is not None and (prompts is not None or classes is not None):
-        raise UserError("--store takes its prompts and seeds from the store: drop --prompts / --classes")
-    if search_schedule and store is None:
-        raise UserError("--search-schedule needs --store STORE (validation trajectories to measure rollout errors on)")
-    if search_schedule:
-        ss.check_writable(shortcut or resolve_checkpoint(rec.shortcut.checkpoint))
-    file_prompts = None
-    if prompts is not None:
-        file_prompts = lib.default_prompts(dataclasses.replace(rec, bench=dataclasses.replace(cfg, prompts=prompts)))
-    class_ids = lib.parse_int_list(classes, "--classes") if classes is not None else None
-    metric_names = ([m.strip() for m in metrics.split(",") if m.strip()] if metrics is not None
-                    else list(cfg.metrics) or default_metric_names(rec.base.kind))
-    from migmcut.metrics import REGISTRY
-
-    for m in metric_names:
-        if m not in REGISTRY:
-            raise UserError(f"unknown metric {m!r}: choose from {', '.join(REGISTRY)}")
-    out_dir = None if search_schedule else writable_dir(out, "--out")
-
-    dev = resolve_device(device)
-    base = load_base(rec.base, dev, resolve_dtype(dtype, dev))
-    if N > base.num_tokens:
-        raise UserError(f"--steps {N} exceeds the number of image tokens ({base.num_tokens})")
-    checkpoint = shortcut or resolve_checkpoint(rec.shortcut.checkpoint)
-    need_shortcut = any(m in NEEDS_SHORTCUT for m in method_budgets) or search_schedule
-    if any(m in PARTIAL for m in method_budgets):
-        base._require_partial()
-    net, meta = None, {}
-    if checkpoint is not None and (need_shortcut or store is not None):
-        net, meta = load_shortcut(checkpoint, base)
-        net = net.to(device=dev, dtype=next(base.parameters()).dtype)
-    elif need_shortcut:
-        raise UserError(f"method {next(m for m in method_budgets if m in NEEDS_SHORTCUT)} needs a shortcut checkpoint: "
-                        "pass --shortcut DIR (made by migmcut train) or drop shortcut / hybrid from --methods")
-
-    opened = _open_store(store, base, rec, N) if store is not None else None
-    val_idx = None
-    if opened is not None:
-        tmeta = meta.get("train", {}) if meta.get("store") else {}
-        _, val_idx = opened.split(tmeta.get("val_fraction", rec.train.val_fraction), seed=tmeta.get("seed", rec.train.seed))
-        if len(val_idx) == 0:
-            raise UserError(f"--store {store}: no validation trajectories (record more)")
-
-    def search_now(budget_values):
-        errors = ss.rollout_errors(opened, val_idx, base, net.float(), device=dev)
-        found = ss.search(errors["shortcut"], budget_values)
-        path = ss.save_schedules(checkpoint, found, {"store": str(store), "val_trajectories": int(len(val_idx)),
-                                                       "objective": ss.OBJECTIVE_TEXT})
-        net.to(dtype=next(base.parameters()).dtype)
-        return found, path, errors
-
-    if search_schedule:
-        found, path, _ = search_now(budget_list)
-        if not json_:
-            _print_schedules(found)
-            results.print(f"saved to {path}")
-        emit(json_, {"schedules": [{"steps": r.steps, "budget": r.budget, **r.to_dict()} for r in found],
-                     "file": str(path)})
-        return
-
-    searched: dict[int, list[int]] = {}
-    errors = None
-    if any(m in NEEDS_SHORTCUT for m in method_budgets) and mode in ("auto", "searched", "both"):
-        missing = []
-        for B in sorted({b for m in NEEDS_SHORTCUT for b in method_budgets.get(m, ())}):
-            full = ss.load_schedule(checkpoint, N, B)
-            if full is None:
-                missing.append(B)
-            else:
-                searched[B] = full
-        if missing and mode != "auto":
-            if opened is None:
-                raise UserError(f"no searched schedule for N={N}, B={','.join(map(str, missing))} in {checkpoint}: "
-                                f"run migmcut bench --search-schedule --store STORE (or pass --store)")
-            found, _, errors = search_now(missing)
-            searched.update({r.budget: r.full_steps for r in found})
-    knobs = PolicyKnobs.of(rec)
-    configs = lib.configurations(N, budget_list, method_list, mode, searched, front_steps, rec.sampler.budget_rounding,
-                                 knobs)
-
-    reference = None
-    if opened is not None:
-        chosen = [int(i) for i in val_idx[: num_samples or len(val_idx)]]
-        arrays = opened._arrays()
-        conditions = [arrays[opened.condition_kind][i] for i in chosen]
-        conditions = [c.item() if hasattr(c, "item") else c for c in conditions]
-        seeds = [int(arrays["seeds"][i]) for i in chosen]
-        tokens = torch.from_numpy(np.stack([arrays["tokens"][i] for i in chosen]).astype("int64")).to(dev)
-        reference = {"images": np.concatenate([base.decode(tokens[lo : lo + bs]) for lo in range(0, len(chosen), bs)])}
-    else:
-        n = num_samples if num_samples is not None else cfg.num_samples
-        if file_prompts is not None:
-            conditions = lib.expand(file_prompts, n)
-        elif class_ids is not None:
-            conditions = lib.expand(class_ids, n)
-        else:
-            conditions = lib.expand(lib.default_prompts(rec), n)
-        seeds = lib.sample_seeds(seed, len(conditions))
-    for c in conditions:
-        if isinstance(c, str) and not c.strip():
-            raise UserError("empty prompt in the bench prompts: every line needs a caption")
-    base.encode_conditions(conditions)  # every condition valid before any work
-    settings = MetricSettings(fid_inception=cfg.fid_inception, fid_reference=cfg.fid_reference,
-                              clip_model=cfg.clip_model, device=str(dev))
-    metric_list = build_metrics(metric_names, settings, warn=lambda line: console.print(line, highlight=False))
-
-    plan = lib.Plan(sampler=rec.sampler, configs=configs, conditions=conditions, seeds=seeds, batch_size=bs,
-                    repeats=reps, warmup=cfg.warmup, bootstrap=cfg.bootstrap, refine=front_steps is None, knobs=knobs)
-    with progress(not json_) as bar:
+    with progress(not json_ and not search_schedule) as bar:
         task = bar.add_task("bench", total=None)
 
         def report(desc, done, total):
             bar.update(task, description=desc, completed=done, total=total)
 
-        result = lib.run_bench(base, plan, metric_list, shortcut=net, reference=reference, progress=report)
-        if opened is not None and errors is None:
-            bar.update(task, description="rollout errors", completed=0, total=None)
-            errors = ss.rollout_errors(opened, val_idx, base, None if net is None else net.float(), device=dev)
-    result.settings.update({"recipe": rec.name, "seed": seed, "store": store, "shortcut": str(checkpoint) if checkpoint else None,
-                            "metrics": [m.name for m in metric_list], "device": str(dev),
-                            "knobs": dataclasses.asdict(knobs)})
-    files = lib.write_outputs(out_dir, result)
-    if errors is not None:
-        files.update(lib.write_rollout(out_dir, errors, {"store": store, "val_trajectories": int(len(val_idx)),
-                                                         "steps": N}))
+        run = run_bench(
+            rec, shortcut=shortcut, steps=steps, budgets=budgets, methods=methods, vanilla_steps=vanilla_steps,
+            prompts=prompts, classes=classes, num_samples=num_samples, batch_size=batch_size, repeats=repeats,
+            schedule=schedule, metrics=metrics, store=store, search_schedule=search_schedule, out=out, seed=seed,
+            device=device, dtype=dtype, progress=report, warn=lambda line: console.print(line, highlight=False),
+        )
+    if search_schedule:
+        if not json_:
+            _print_schedules(run.schedules)
+            results.print(f"saved to {run.files['schedules']}")
+        emit(json_, {"schedules": [{"steps": r.steps, "budget": r.budget, **r.to_dict()} for r in run.schedules],
+                     "file": run.files["schedules"]})
+        return
+    result = run.result
     if not json_:
-        _print_rows(result.rows, result.timing, [m.primary for m in metric_list], list(result.higher))
-        if errors is not None:
-            _print_rollout(errors)
-        results.print(f"wrote {', '.join(Path(p).name for p in files.values())} to {out_dir}")
-    emit(json_, {"rows": result.rows, "timing": result.timing, "files": files})
-
+        _print_rows(result.rows, result.timing, list(result.higher), list(result.higher))
+        if run.rollout is not None:
+            _print_rollout(run.rollout)
+        results.print(f"wrote {', '.join(Path(p).name for p in run.files.values())} to {Path(out).expanduser()}")
+    emit(json_, {"rows": result.rows, "timing": result.timing, "files": run.files})

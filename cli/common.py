@@ -15,23 +15,21 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from migmcut.errors import UserError
+from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, UserError, check_range  # noqa: F401 (re-exported)
 from migmcut.files import is_disk_full
 
 console = Console(stderr=True)  # progress, warnings, errors
 results = Console(highlight=False, soft_wrap=True)  # human results (stdout; nothing with --json)
 
-SEED_MAX = 2**32 - 1
-COUNT_MAX = 10**9  # trajectories, steps, images ...: anything above is a typo
-BATCH_MAX = 2**16
+# how a library parameter is spelled on the command line, where it is not `--name-with-dashes`
+FLAGS = {"overrides": "--set", "store_url": "--store"}
 
 
-def check_range(name: str, value, low, high, *, low_open: bool = False) -> None:
-    """Every numeric option is checked here, at the boundary: `low <= value <= high` (`low < value` if open)."""
-    if value is None:
-        return
-    if not ((low < value if low_open else low <= value) and value <= high):  # NaN fails both
-        raise UserError(f"{name} must be {'>' if low_open else '>='} {low} and <= {high}, got {value}")
+def cli_arg(name: str, value: str | bool) -> str:
+    """A parameter named in a library error, as the CLI spells it: `--budget 99`, `--overwrite`."""
+    flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+    return f"{flag} {value}" if value not in ("", True) else flag
+
 
 RecipeOpt = Annotated[str, typer.Option("--recipe", "-r", help="Built-in recipe name or a YAML path.")]
 SetOpt = Annotated[
@@ -58,7 +56,7 @@ def handle_errors(fn):
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except UserError as err:
-            console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/red] {err.render(cli_arg)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as err:
             if not is_disk_full(err):
@@ -87,48 +85,10 @@ def _internal(err: BaseException):
     raise typer.Exit(1) from None
 
 
-def resolve_device(device: str | None):
-    import torch
-
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a device (use cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    return dev
-
-
-def resolve_dtype(dtype: str, device):
-    import torch
-
-    table = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in table:
-        raise UserError(f"--dtype {dtype!r}: choose auto, fp32, bf16 or fp16")
-    return table[dtype]
-
-
 def load(recipe: str, overrides: list[str] | None):
     from migmcut.recipe import load_recipe
 
     return load_recipe(recipe, overrides or [])
-
-
-def writable_dir(path: Path, flag: str) -> Path:
-    """Create `path` if needed and make sure files can be written there (checked before any work)."""
-    path = Path(path).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".migmcut-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise UserError(f"{flag} {path}: cannot write there ({err.strerror or err}); choose another directory") from None
-    return path
 
 
 def emit(as_json: bool, payload: dict) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,15 +9,9 @@ from typing import Annotated, Optional
 import typer
 
 from migmcut.cli.common import (
-    BATCH_MAX, COUNT_MAX, SEED_MAX, DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, check_range, emit,
-    handle_errors, load, progress, resolve_device, resolve_dtype, results, writable_dir,
+    DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, emit, handle_errors, load, progress, results,
 )
-from migmcut.files import atomic_write
 from migmcut.errors import UserError
-
-
-def _slug(condition) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", str(condition).lower()).strip("-")[:60] or "image"
 
 
 @handle_errors
@@ -41,10 +34,7 @@ def generate(
     json_: JsonOpt = False,
 ):
     """Generate images with the recipe's base model, vanilla or accelerated."""
-    from PIL import Image
-
     from migmcut.generate import generate as run_generate
-    from migmcut.shortcut import resolve_checkpoint
 
     started = time.perf_counter()
     if prompt and class_id:
@@ -52,63 +42,23 @@ def generate(
     conditions = list(prompt or class_id or [])
     if not conditions:
         raise UserError("nothing to generate: give --prompt TEXT (or --class ID for class-conditional bases)")
-    for name, value, low, high in (("--steps", steps, 1, COUNT_MAX), ("--budget", budget, 1, COUNT_MAX),
-                                   ("--num-images", num_images, 1, COUNT_MAX), ("--batch-size", batch_size, 1, BATCH_MAX),
-                                   ("--seed", seed, 0, SEED_MAX)):
-        check_range(name, value, low, high)
     rec = load(recipe, set_)
-    checkpoint = shortcut or resolve_checkpoint(rec.shortcut.checkpoint)
-    method = method or ("shortcut" if checkpoint else "vanilla")
-    n = steps if steps is not None else rec.sampler.steps
-    if budget is None and method not in ("vanilla", "mlcache"):
-        budget = rec.shortcut.budget
-        if budget is not None and budget > n:
-            raise UserError(f"the recipe's default budget ({budget} full steps) does not fit --steps {n}: "
-                            f"pass --budget B with 1 <= B <= {n}")
-    full_steps = None
-    if schedule not in ("auto", "uniform", "searched"):
-        raise UserError(f"--schedule {schedule!r}: choose auto, uniform or searched")
-    # auto: the searched placement when one is saved for the shortcut; searched: required, any method
-    if schedule == "searched" or (schedule == "auto" and method in ("shortcut", "hybrid")):
-        from migmcut.schedule_search import load_schedule
-
-        if checkpoint is not None and budget is not None:
-            full_steps = load_schedule(checkpoint, n, budget)
-        if schedule == "searched" and full_steps is None:
-            if checkpoint is None or budget is None:
-                raise UserError("--schedule searched needs a shortcut checkpoint and --budget")
-            raise UserError(
-                f"no searched schedule for N={n}, B={budget} beside {checkpoint}: "
-                "run migmcut bench --search-schedule --store STORE --shortcut CKPT first"
-            )
-    dev = resolve_device(device)
-    out_dir = writable_dir(out, "--out")
-    names = [f"{_slug(c)}.png" for c in conditions for _ in range(num_images)]
-    paths = []
     with progress(not json_) as bar:
-        task = bar.add_task("generating", total=len(names))
-
-        def write(images):  # each batch as it finishes: an interrupted run keeps what it made
-            for image in images:
-                path = out_dir / f"{len(paths):04d}-{names[len(paths)]}"
-                atomic_write(path, lambda p: Image.fromarray(image).save(p, format="PNG"))
-                paths.append(str(path))
-            bar.advance(task, len(images))
-
+        task = bar.add_task("generating", total=len(conditions) * num_images)
         result = run_generate(
-            rec, conditions, num_images=num_images, seed=seed, steps=steps, method=method,
-            budget=budget, shortcut=checkpoint, full_steps=full_steps, device=dev, dtype=resolve_dtype(dtype, dev),
-            batch_size=batch_size, on_batch=write,
+            rec, conditions, num_images=num_images, seed=seed, steps=steps, method=method, budget=budget,
+            shortcut=shortcut, schedule=schedule, out=out, device=device, dtype=dtype, batch_size=batch_size,
+            on_batch=lambda images: bar.advance(task, len(images)),
         )
     seconds = time.perf_counter() - started
-    per_image = result.seconds / len(paths)
+    per_image = result.seconds / len(result.paths)
     if not json_:
         results.print(
-            f"wrote {len(paths)} image(s) to {out_dir} ({result.method}, {result.steps} steps, "
+            f"wrote {len(result.paths)} image(s) to {Path(result.paths[0]).parent} ({result.method}, {result.steps} steps, "
             f"{per_image:.3f} s/image sampling and decoding; loading {result.load_seconds:.2f} s, {seconds:.2f} s in all)"
         )
     emit(json_, {
-        "images": paths, "method": result.method, "steps": result.steps, "budget": result.budget,
+        "images": result.paths, "method": result.method, "steps": result.steps, "budget": result.budget,
         "full_steps": result.full_steps,
         "base_calls": result.base_calls, "shortcut_calls": result.shortcut_calls,
         "partial_calls": result.partial_calls, "seconds": round(seconds, 4),

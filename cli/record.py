@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Optional
 
 import typer
 
 from migmcut.cli.common import (
-    BATCH_MAX, COUNT_MAX, SEED_MAX, DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, check_range, emit,
-    handle_errors, load, progress, resolve_device, resolve_dtype, results,
+    DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, emit, handle_errors, load, progress, results,
 )
 from migmcut.errors import UserError
 
@@ -33,52 +31,38 @@ def record(
     json_: JsonOpt = False,
 ):
     """Record base-model feature trajectories (resumable; under torchrun every rank writes its share)."""
-    rank = int(os.environ.get("RANK", "0"))  # under torchrun only rank 0 speaks
+    from migmcut import distributed
+    from migmcut.record import dry_run as plan_record, record as run_record
+
+    rank = distributed.env_rank()  # under torchrun only rank 0 speaks
     try:
-        _record(out, num, batch_size, steps, codec, block_size, overwrite, dry_run, recipe, set_, device, dtype,
-                seed, json_, rank, tolerance)
+        rec = load(recipe, set_)
+        options = dict(num=num, batch_size=batch_size, steps=steps, codec=codec, seed=seed, overwrite=overwrite,
+                       device=device, dtype=dtype, block_size=block_size, tolerance=tolerance)
+        if dry_run:
+            plan = plan_record(rec, out, **options)
+            if rank == 0 and json_:
+                emit(True, plan)
+            elif rank == 0:
+                _print_plan(plan)
+            return
+        with progress(not json_ and rank == 0, plain=True) as bar:
+            state = {}
+
+            def on_start(k, dist):
+                if dist.rank == 0:
+                    what = "recording" if dist.world == 1 else f"recording (rank 0 of {dist.world})"
+                    state["task"] = bar.add_task(what, total=k)
+
+            def on_progress(n):
+                if "task" in state:
+                    bar.advance(state["task"], n)
+
+            result = run_record(rec, out, on_start=on_start, on_progress=on_progress, **options)
     except UserError:
         if rank != 0:
             raise typer.Exit(2) from None  # rank 0 says it, once
         raise
-
-
-def _record(out, num, batch_size, steps, codec, block_size, overwrite, dry_run, recipe, set_, device, dtype, seed,
-            json_, rank, tolerance=None):
-    from migmcut import record as job
-
-    for name, value, low, high in (("--num", num, 1, COUNT_MAX), ("--batch-size", batch_size, 1, BATCH_MAX),
-                                   ("--steps", steps, 1, COUNT_MAX), ("--block-size", block_size, 1, BATCH_MAX),
-                                   ("--seed", seed, 0, SEED_MAX)):
-        check_range(name, value, low, high)  # before anything is created
-    job.check_codec(codec, tolerance)
-    rec = load(recipe, set_)
-    dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    if dry_run:
-        plan = job.dry_run(rec, out, num=num, steps=steps, codec=codec, seed=seed, overwrite=overwrite, device=dev,
-                           dtype=dt, block_size=block_size, tolerance=tolerance)
-        if rank == 0 and json_:
-            emit(True, plan)
-        elif rank == 0:
-            _print_plan(plan)
-        return
-    with progress(not json_ and rank == 0, plain=True) as bar:
-        state = {}
-
-        def on_start(k, dist):
-            if dist.rank == 0:
-                what = "recording" if dist.world == 1 else f"recording (rank 0 of {dist.world})"
-                state["task"] = bar.add_task(what, total=k)
-
-        def on_progress(n):
-            if "task" in state:
-                bar.advance(state["task"], n)
-
-        result = job.record(
-            rec, out, num=num, batch_size=batch_size, steps=steps, codec=codec, seed=seed, overwrite=overwrite,
-            device=dev, dtype=dt, block_size=block_size, tolerance=tolerance, on_start=on_start, on_progress=on_progress,
-        )
     if rank != 0:
         return
     if not json_:

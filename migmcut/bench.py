@@ -29,6 +29,7 @@ import io
 import json
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from migmcut import front
-from migmcut.errors import UserError
+from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, StoreError, UserError, arg, check_range
 from migmcut.files import atomic_write
 from migmcut.policies import METHODS, NEEDS_SHORTCUT, BudgetPolicy, FullPolicy, PolicyKnobs, build, full_steps_for
 from migmcut.sampler import SamplerConfig, sample, trajectory_seed
@@ -62,21 +63,27 @@ class Configuration:
         return f"{self.method}-{self.steps}/{self.budget}{tag}"
 
 
-def parse_int_list(text: str, flag: str) -> list[int]:
+def parse_int_list(text: str | list[int], name: str) -> list[int]:
+    """Integers given as a list or comma-separated ("2,4,8") for parameter `name`."""
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in (text.split(",") if isinstance(text, str) else text) if str(v).strip()]
     except ValueError:
-        raise UserError(f"{flag} {text!r}: expected comma-separated integers, e.g. 2,4,8") from None
+        raise UserError(f"{arg(name, repr(text))}: expected comma-separated integers, e.g. 2,4,8") from None
     if not values:
-        raise UserError(f"{flag} is empty: give at least one value")
+        raise UserError(f"{arg(name)} is empty: give at least one value")
     return values
+
+
+def parse_names(text: str | list[str]) -> list[str]:
+    """Names given as a list or comma-separated ("cache,shortcut")."""
+    return [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
 
 
 def split_methods(methods: list[str], budgets: list[int]) -> dict[str, list[int]]:
     """Method entries -> {method: its budgets}: `name` takes `budgets`, `name:B1/B2` its own
     (e.g. shortcut:3/4/6); vanilla's are empty (its step counts are the front's)."""
     if not methods:
-        raise UserError(f"--methods is empty: choose from {', '.join(METHODS)}")
+        raise UserError(f"{arg('methods')} is empty: choose from {', '.join(METHODS)}")
     out: dict[str, list[int]] = {}
     for entry in methods:
         name, sep, own = entry.partition(":")
@@ -84,10 +91,10 @@ def split_methods(methods: list[str], budgets: list[int]) -> dict[str, list[int]
         if name not in METHODS:
             raise UserError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
         if sep and name == "vanilla":
-            raise UserError(f"--methods {entry}: vanilla takes no budgets (its step counts: --vanilla-steps)")
+            raise UserError(f"{arg('methods', entry)}: vanilla takes no budgets (its step counts: {arg('vanilla_steps')})")
         mine = [int(b) for b in own.split("/")] if sep and all(b.strip().isdigit() for b in own.split("/")) else None
         if sep and mine is None:
-            raise UserError(f"--methods {entry!r}: expected NAME or NAME:B1/B2, e.g. shortcut:3/4/6")
+            raise UserError(f"{arg('methods', repr(entry))}: expected NAME or NAME:B1/B2, e.g. shortcut:3/4/6")
         out[name] = [] if name == "vanilla" else list(dict.fromkeys(mine if sep else budgets))
     return out
 
@@ -95,15 +102,15 @@ def split_methods(methods: list[str], budgets: list[int]) -> dict[str, list[int]
 def check_plan(steps: int, budgets: list[int], methods: list[str], schedule: str,
                vanilla_steps: list[int] | None = None) -> None:
     if steps < 1:
-        raise UserError(f"--steps must be >= 1, got {steps}")
+        raise UserError(f"{arg('steps')} must be >= 1, got {steps}")
     for b in sorted({b for bs in split_methods(methods, budgets).values() for b in bs} | set(budgets)):
         if not 1 <= b <= steps:
             raise UserError(f"budget {b} must be between 1 and the step count ({steps})")
     for v in vanilla_steps or ():
         if not 1 <= v <= steps:
-            raise UserError(f"--vanilla-steps {v} must be between 1 and the step count ({steps})")
+            raise UserError(f"{arg('vanilla_steps', v)} must be between 1 and the step count ({steps})")
     if schedule not in SCHEDULE_MODES:
-        raise UserError(f"--schedule {schedule!r}: choose {', '.join(SCHEDULE_MODES[:-1])} or {SCHEDULE_MODES[-1]}")
+        raise UserError(f"{arg('schedule', repr(schedule))}: choose {', '.join(SCHEDULE_MODES[:-1])} or {SCHEDULE_MODES[-1]}")
 
 
 def configurations(steps: int, budgets: list[int], methods: list[str], schedule: str = "uniform",
@@ -131,7 +138,7 @@ def configurations(steps: int, budgets: list[int], methods: list[str], schedule:
                 try:
                     full = full_steps_for(method, steps, B, knobs, rounding)
                 except ValueError as err:
-                    raise UserError(f"--budgets {B}: {err}") from None
+                    raise UserError(f"{arg('budgets', B)}: {err}") from None
                 out.append(Configuration(method, steps, B, full, "uniform" if method == "cache" else None))
                 continue
             found = (searched or {}).get(B)
@@ -152,14 +159,14 @@ def configurations(steps: int, budgets: list[int], methods: list[str], schedule:
 def read_prompts_file(path: str | Path) -> list[str]:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"--prompts {path}: no such file (give a text file with one prompt a line)")
+        raise UserError(f"{arg('prompts', path)}: no such file (give a text file with one prompt a line)")
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"--prompts {path}: unreadable ({err})") from None
+        raise UserError(f"{arg('prompts', path)}: unreadable ({err})") from None
     prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
-        raise UserError(f"--prompts {path} holds no prompt: write one prompt a line")
+        raise UserError(f"{arg('prompts', path)} holds no prompt: write one prompt a line")
     return prompts
 
 
@@ -168,7 +175,7 @@ def default_prompts(recipe) -> list[str]:
     source = recipe.bench.prompts
     if source in ("bench-set", "selection-set"):
         if recipe.base.kind != "tiny-shapes":
-            raise UserError(f"bench.prompts {source} is tiny-shapes' held-out set: pass --prompts FILE for {recipe.name}")
+            raise UserError(f"bench.prompts {source} is tiny-shapes' held-out set: pass {arg('prompts', 'FILE')} for {recipe.name}")
         from migmcut.world import prompt_sets
 
         return prompt_sets.load(source.removesuffix("-set"))
@@ -176,7 +183,7 @@ def default_prompts(recipe) -> list[str]:
         return read_prompts_file(source)
     prompts = list(recipe.generate.prompts)
     if not prompts:
-        raise UserError(f"recipe {recipe.name} has no default prompts: pass --prompts FILE or --classes IDS")
+        raise UserError(f"recipe {recipe.name} has no default prompts: pass {arg('prompts', 'FILE')} or {arg('classes', 'IDS')}")
     return prompts
 
 
@@ -621,3 +628,214 @@ def write_rollout(out: Path, errors: dict, meta: dict) -> dict:
 
 def sample_seeds(run_seed: int, n: int) -> list[int]:
     return [trajectory_seed(run_seed, i) for i in range(n)]
+
+
+# ------------------------------------------------------------------------------- the job
+
+
+@dataclass
+class BenchRun:
+    result: BenchResult | None  # the rows (None when only searching schedules)
+    files: dict = field(default_factory=dict)  # what was written: json, csv, pareto (rollout_json, rollout_png)
+    rollout: dict | None = None  # {"shortcut": ..., "cache": ...} rollout errors on the store's validation trajectories
+    schedules: list | None = None  # search_schedule: the searched placements (saved to files["schedules"])
+
+
+def open_store(url: str, base, recipe, steps: int):
+    """The trajectory store at `url`, checked against the recipe's base and sampler at `steps` steps."""
+    from migmcut.store.reader import TrajectoryStore
+
+    store = TrajectoryStore(url)
+    if store.fingerprint != base.fingerprint:
+        raise StoreError(f"{arg('store', url)} was recorded with base {store.fingerprint}, but recipe {recipe.name} "
+                         f"has base {base.fingerprint}: use the recipe the store was recorded with")
+    if store.steps != steps:
+        raise StoreError(f"{arg('store', url)} was recorded with {store.steps} steps, not {steps}: "
+                         f"pass {arg('steps', store.steps)}")
+    recorded = store.recipe().sampler
+    if dataclasses.replace(recorded, steps=steps) != dataclasses.replace(recipe.sampler, steps=steps):
+        raise StoreError(f"{arg('store', url)} was recorded with other sampler settings ({recorded}): use its recipe")
+    if len(store.complete_indices()) == 0:
+        raise StoreError(f"{arg('store', url)} has no complete trajectories: run migmcut record first")
+    return store
+
+
+def store_samples(store, indices, base, batch_size: int, device) -> tuple[list, list[int], dict]:
+    """(conditions, seeds, {"images": decoded recorded tokens}) of trajectories `indices`: vanilla-N's reference."""
+    arrays = store._arrays()
+    conditions = [arrays[store.condition_kind][i] for i in indices]
+    conditions = [c.item() if hasattr(c, "item") else c for c in conditions]
+    seeds = [int(arrays["seeds"][i]) for i in indices]
+    tokens = torch.from_numpy(np.stack([arrays["tokens"][i] for i in indices]).astype("int64")).to(device)
+    images = np.concatenate([base.decode(tokens[lo : lo + batch_size]) for lo in range(0, len(indices), batch_size)])
+    return conditions, seeds, {"images": images}
+
+
+def bench(
+    recipe,
+    *,
+    shortcut=None,
+    steps: int | None = None,
+    budgets: str | list[int] | None = None,
+    methods: str | list[str] | None = None,
+    vanilla_steps: str | list[int] | None = None,
+    prompts: str | list[str] | None = None,
+    classes: str | list[int] | None = None,
+    num_samples: int | None = None,
+    batch_size: int | None = None,
+    repeats: int | None = None,
+    schedule: str | None = None,
+    metrics: str | list[str] | None = None,
+    store: str | None = None,
+    search_schedule: bool = False,
+    out: str | Path = "bench",
+    seed: int = 0,
+    device=None,
+    dtype="auto",
+    base=None,
+    progress: Callable[[str, int, int | None], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> BenchRun:
+    """Bench vanilla and the accelerated methods on the same samples; write bench.json, bench.csv, pareto.png to `out`.
+
+    Unset arguments take the recipe's `bench` section. Lists may be given comma-separated
+    ("4,6"); `methods` entries may name their own budgets ("shortcut:3/4/6"). `prompts`: a list, a
+    text file (one prompt a line) or bench-set / selection-set; `classes`: class ids instead.
+    `shortcut`: a checkpoint directory (default: the recipe's). `store`: a trajectory store whose
+    validation trajectories give the samples, vanilla-N's images (the recorded ones) and a rollout
+    error report. `search_schedule`: only search the full-step placement per budget on the store
+    and save it beside the shortcut (`schedules.json`); nothing is benched. `progress(what, done,
+    total)` follows the work; `warn(line)` gets a line per metric skipped for missing weights.
+    """
+    from migmcut import schedule_search as ss
+    from migmcut.base import load_base
+    from migmcut.devices import placement
+    from migmcut.files import writable_dir
+    from migmcut.metrics import REGISTRY, MetricSettings, build_metrics, default_metric_names
+    from migmcut.policies import NEEDS_SHORTCUT, PARTIAL
+    from migmcut.recipe import as_recipe
+    from migmcut.shortcut import load_shortcut, resolve_checkpoint
+
+    rec = as_recipe(recipe)
+    cfg = rec.bench
+    N = steps if steps is not None else (cfg.steps or rec.sampler.steps)
+    budget_list = parse_int_list(budgets, "budgets") if budgets is not None else list(cfg.budgets)
+    method_list = parse_names(methods) if methods is not None else list(cfg.methods)
+    mode = schedule or cfg.schedule
+    front_steps = parse_int_list(vanilla_steps, "vanilla_steps") if vanilla_steps is not None else cfg.vanilla_steps
+    check_plan(N, budget_list, method_list, mode, front_steps)
+    method_budgets = split_methods(method_list, budget_list)
+    bs = batch_size if batch_size is not None else (cfg.batch_size or rec.generate.batch_size)
+    reps = repeats if repeats is not None else cfg.repeats
+    for name, value, low, high in (("batch_size", bs, 1, BATCH_MAX), ("repeats", reps, 1, 1000),
+                                   ("num_samples", num_samples, 1, COUNT_MAX), ("seed", seed, 0, SEED_MAX)):
+        check_range(name, value, low, high)  # steps and budgets: check_plan above
+    if prompts is not None and classes is not None:
+        raise UserError(f"give {arg('prompts')} or {arg('classes')}, not both")
+    if store is not None and (prompts is not None or classes is not None):
+        raise UserError(f"{arg('store')} takes its prompts and seeds from the store: drop {arg('prompts')} / {arg('classes')}")
+    if search_schedule and store is None:
+        raise UserError(f"{arg('search_schedule', True)} needs {arg('store', 'STORE')} (validation trajectories to "
+                        "measure rollout errors on)")
+    checkpoint = shortcut if shortcut is not None else resolve_checkpoint(rec.shortcut.checkpoint)
+    if search_schedule:
+        ss.check_writable(checkpoint)
+    given = None
+    if isinstance(prompts, str):
+        given = default_prompts(dataclasses.replace(rec, bench=dataclasses.replace(cfg, prompts=prompts)))
+    elif prompts is not None:
+        given = list(prompts)
+    elif classes is not None:
+        given = parse_int_list(classes, "classes")
+    metric_names = parse_names(metrics) if metrics is not None else list(cfg.metrics) or default_metric_names(rec.base.kind)
+    for m in metric_names:
+        if m not in REGISTRY:
+            raise UserError(f"unknown metric {m!r}: choose from {', '.join(REGISTRY)}")
+    out_dir = None if search_schedule else writable_dir(out)
+
+    dev, dt = placement(device, dtype, base)
+    base = base if base is not None else load_base(rec.base, dev, dt)
+    if N > base.num_tokens:
+        raise UserError(f"{arg('steps', N)} exceeds the number of image tokens ({base.num_tokens})")
+    need_shortcut = any(m in NEEDS_SHORTCUT for m in method_budgets) or search_schedule
+    if any(m in PARTIAL for m in method_budgets):
+        base._require_partial()
+    net, meta = None, {}
+    if checkpoint is not None and (need_shortcut or store is not None):
+        net, meta = load_shortcut(checkpoint, base)
+        net = net.to(device=dev, dtype=next(base.parameters()).dtype)
+    elif need_shortcut:
+        raise UserError(f"method {next(m for m in method_budgets if m in NEEDS_SHORTCUT)} needs a shortcut checkpoint: "
+                        f"pass {arg('shortcut', 'DIR')} (made by migmcut train) or drop shortcut / hybrid from "
+                        f"{arg('methods')}")
+
+    opened = open_store(store, base, rec, N) if store is not None else None
+    val_idx = None
+    if opened is not None:
+        tmeta = meta.get("train", {}) if meta.get("store") else {}
+        _, val_idx = opened.split(tmeta.get("val_fraction", rec.train.val_fraction), seed=tmeta.get("seed", rec.train.seed))
+        if len(val_idx) == 0:
+            raise UserError(f"{arg('store', store)}: no validation trajectories (record more)")
+
+    def search_now(budget_values):
+        errors = ss.rollout_errors(opened, val_idx, base, net.float(), device=dev)
+        found = ss.search(errors["shortcut"], budget_values)
+        path = ss.save_schedules(checkpoint, found, {"store": str(store), "val_trajectories": int(len(val_idx)),
+                                                       "objective": ss.OBJECTIVE_TEXT})
+        net.to(dtype=next(base.parameters()).dtype)
+        return found, path, errors
+
+    if search_schedule:
+        found, path, _ = search_now(budget_list)
+        return BenchRun(None, {"schedules": str(path)}, schedules=found)
+
+    searched: dict[int, list[int]] = {}
+    errors = None
+    if any(m in NEEDS_SHORTCUT for m in method_budgets) and mode in ("auto", "searched", "both"):
+        missing = []
+        for B in sorted({b for m in NEEDS_SHORTCUT for b in method_budgets.get(m, ())}):
+            full = ss.load_schedule(checkpoint, N, B)
+            if full is None:
+                missing.append(B)
+            else:
+                searched[B] = full
+        if missing and mode != "auto":
+            if opened is None:
+                raise UserError(f"no searched schedule for N={N}, B={','.join(map(str, missing))} in {checkpoint}: "
+                                f"run migmcut bench --search-schedule --store STORE (or pass {arg('store')})")
+            found, _, errors = search_now(missing)
+            searched.update({r.budget: r.full_steps for r in found})
+    knobs = PolicyKnobs.of(rec)
+    configs = configurations(N, budget_list, method_list, mode, searched, front_steps, rec.sampler.budget_rounding, knobs)
+
+    reference = None
+    if opened is not None:
+        chosen = [int(i) for i in val_idx[: num_samples or len(val_idx)]]
+        conditions, seeds, reference = store_samples(opened, chosen, base, bs, dev)
+    else:
+        n = num_samples if num_samples is not None else cfg.num_samples
+        conditions = expand(given if given is not None else default_prompts(rec), n)
+        seeds = sample_seeds(seed, len(conditions))
+    for c in conditions:
+        if isinstance(c, str) and not c.strip():
+            raise UserError("empty prompt in the bench prompts: every line needs a caption")
+    base.encode_conditions(conditions)  # every condition valid before any work
+    settings = MetricSettings(fid_inception=cfg.fid_inception, fid_reference=cfg.fid_reference,
+                              clip_model=cfg.clip_model, device=str(dev))
+    metric_list = build_metrics(metric_names, settings, warn=warn or warnings.warn)
+
+    plan = Plan(sampler=rec.sampler, configs=configs, conditions=conditions, seeds=seeds, batch_size=bs,
+                repeats=reps, warmup=cfg.warmup, bootstrap=cfg.bootstrap, refine=front_steps is None, knobs=knobs)
+    result = run_bench(base, plan, metric_list, shortcut=net, reference=reference, progress=progress)
+    if opened is not None and errors is None:
+        if progress:
+            progress("rollout errors", 0, None)
+        errors = ss.rollout_errors(opened, val_idx, base, None if net is None else net.float(), device=dev)
+    result.settings.update({"recipe": rec.name, "seed": seed, "store": store,
+                            "shortcut": str(checkpoint) if checkpoint else None,
+                            "metrics": [m.name for m in metric_list], "device": str(dev),
+                            "knobs": dataclasses.asdict(knobs)})
+    files = write_outputs(out_dir, result)
+    if errors is not None:
+        files.update(write_rollout(out_dir, errors, {"store": store, "val_trajectories": int(len(val_idx)), "steps": N}))
+    return BenchRun(result, files, errors)

@@ -7,7 +7,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from migmcut.errors import UserError
+from migmcut.errors import UserError, arg
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -39,6 +39,19 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def writable_dir(path: Path, name: str = "out") -> Path:
+    """Create directory `path` (parameter `name`) if needed and make sure files can be written there."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".migmcut-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise UserError(f"{arg(name, path)}: cannot write there ({err.strerror or err}); choose another directory") from None
+    return path
+
+
 def is_shipped(path: Path) -> bool:
     """True for files under the installed package (shipped weights): never written at run time."""
     try:
@@ -49,7 +62,7 @@ def is_shipped(path: Path) -> bool:
 
 
 @contextmanager
-def dir_lock(path: Path, busy: str, flag: str = "--out", error: type[UserError] = UserError):
+def dir_lock(path: Path, busy: str, name: str = "out", error: type[UserError] = UserError):
     """Hold an exclusive `flock` on directory `path` (created if missing) while the block runs.
 
     The kernel drops the lock when the process ends, kill -9 included, so a dead run never leaves
@@ -60,13 +73,13 @@ def dir_lock(path: Path, busy: str, flag: str = "--out", error: type[UserError] 
 
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise error(f"{flag} {path}: exists and is not a directory; choose another {flag}")
+        raise error(f"{arg(name, path)}: exists and is not a directory; choose another {arg(name)}")
     created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError as err:
-        raise error(f"{flag} {path}: cannot write there ({err.strerror or err}); choose another location") from None
+        raise error(f"{arg(name, path)}: cannot write there ({err.strerror or err}); choose another location") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

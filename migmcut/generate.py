@@ -1,20 +1,31 @@
-"""Library entry point for making images: recipe + conditions -> uint8 images."""
+"""Library entry point for making images: recipe + conditions -> uint8 images (and PNG files).
+
+    out = generate("tiny-shapes", ["a large red circle"], num_images=4, out="outputs")
+    out.images.shape, out.method, out.full_steps      # (4, 64, 64, 3), 'shortcut', [0, 3, 6, 10]
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from migmcut.base import load_base
-from migmcut.errors import UserError
+from migmcut.devices import placement
+from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, UserError, arg, check_range
+from migmcut.files import atomic_write, writable_dir
 from migmcut.policies import METHODS, NEEDS_SHORTCUT, PARTIAL, FullPolicy, PolicyKnobs, build, full_steps_for
-from migmcut.recipe import Recipe
+from migmcut.recipe import Recipe, as_recipe
 from migmcut.sampler import sample, trajectory_seed
-from migmcut.shortcut import load_shortcut
+from migmcut.shortcut import load_shortcut, resolve_checkpoint
+
+SCHEDULES = ("auto", "uniform", "searched")
 
 @dataclass
 class Generated:
@@ -29,6 +40,7 @@ class Generated:
     seconds: float  # sampling and decoding, every batch (not `on_batch`)
     load_seconds: float = 0.0  # loading the base and the shortcut, checking the conditions
     partial_calls: int = 0  # recap / mlcache / hybrid steps per image
+    paths: list[str] = field(default_factory=list)  # the PNG files written (with `out`)
 
     @property
     def budget(self) -> int:
@@ -45,13 +57,13 @@ def make_policy(method: str, steps: int, budget: int | None, shortcut, base, ful
     """
     knobs = knobs or PolicyKnobs()
     if method not in METHODS:
-        raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+        raise UserError(f"{arg('method', repr(method))}: choose one of {', '.join(METHODS)}")
     if method == "vanilla":
         if budget is not None and budget != steps:
-            raise UserError(f"--budget {budget} needs an accelerated --method (vanilla runs every step)")
+            raise UserError(f"{arg('budget', budget)} needs an accelerated {arg('method')} (vanilla runs every step)")
         return FullPolicy, list(range(steps))
     if budget is None and full_steps is None and method != "mlcache":
-        raise UserError(f"--method {method} needs --budget B (full base steps out of {steps})")
+        raise UserError(f"{arg('method', method)} needs {arg('budget', 'B')} (full base steps out of {steps})")
     if method in PARTIAL:
         base._require_partial()
     if full_steps is None:
@@ -67,53 +79,109 @@ def make_policy(method: str, steps: int, budget: int | None, shortcut, base, ful
     net = None
     if method in NEEDS_SHORTCUT:
         if shortcut is None:
-            raise UserError(f"--method {method} needs a shortcut checkpoint: pass --shortcut DIR (made by migmcut train)")
+            raise UserError(f"{arg('method', method)} needs a shortcut checkpoint: pass {arg('shortcut', 'DIR')} "
+                            "(made by migmcut train)")
         if not isinstance(shortcut, torch.nn.Module):
             shortcut, _ = load_shortcut(shortcut, base)
         net = shortcut.to(device=base.device, dtype=next(base.parameters()).dtype)
     return (lambda: build(method, full, shortcut=net, counts=counts, knobs=knobs)), full
 
 
+def slug(condition) -> str:
+    """A file-name fragment for a condition: "a large red circle" -> "a-large-red-circle"."""
+    return re.sub(r"[^a-z0-9]+", "-", str(condition).lower()).strip("-")[:60] or "image"
+
+
+def resolve_schedule(schedule: str, method: str, steps: int, budget: int | None, checkpoint) -> list[int] | None:
+    """The full steps `schedule` asks for, or None for the method's own placement.
+
+    auto: the searched placement saved beside a shortcut checkpoint, for the shortcut and the hybrid,
+    where there is one; searched: that placement, required, for any method; uniform: None.
+    """
+    if schedule not in SCHEDULES:
+        raise UserError(f"{arg('schedule', repr(schedule))}: choose auto, uniform or searched")
+    if not (schedule == "searched" or (schedule == "auto" and method in ("shortcut", "hybrid"))):
+        return None
+    from migmcut.schedule_search import load_schedule
+
+    saved = isinstance(checkpoint, (str, Path))  # a loaded module has no schedules beside it
+    full = load_schedule(checkpoint, steps, budget) if saved and budget is not None else None
+    if schedule == "searched" and full is None:
+        if not saved or budget is None:
+            raise UserError(f"{arg('schedule', 'searched')} needs a shortcut checkpoint and {arg('budget')}")
+        raise UserError(f"no searched schedule for N={steps}, B={budget} beside {checkpoint}: "
+                        "run migmcut bench --search-schedule --store STORE --shortcut CKPT first")
+    return full
+
+
 def generate(
-    recipe: Recipe,
+    recipe: Recipe | str,
     conditions: list,
     *,
     num_images: int = 1,
     seed: int = 0,
     steps: int | None = None,
-    method: str = "vanilla",
+    method: str | None = None,
     budget: int | None = None,
     shortcut=None,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    schedule: str = "auto",
+    full_steps: list[int] | None = None,
+    out: str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "auto",
     batch_size: int | None = None,
     base=None,
     on_batch=None,
-    full_steps: list[int] | None = None,
 ) -> Generated:
     """Generate `num_images` images per condition; image j of condition i uses seed index i*num_images+j.
 
-    `on_batch(images)` is called after each batch with its uint8 images, in order (e.g. to write them).
-    `shortcut` is a checkpoint directory or a loaded `Shortcut` module, for method `shortcut`; `budget` is the number of full base steps for `cache` and `shortcut`; `full_steps` places them explicitly (e.g. `schedule_search.load_schedule(checkpoint, N, B)`) instead of uniformly.
+    `recipe`: a Recipe or a recipe name / YAML path. `method`: vanilla, cache, shortcut, recap,
+    mlcache or hybrid (default: shortcut when there is a shortcut checkpoint, else vanilla).
+    `shortcut`: a checkpoint directory or a loaded `Shortcut` (default: the recipe's).
+    `budget`: full base steps out of `steps` (default: the recipe's `shortcut.budget`).
+    `schedule`: where those go (auto, uniform or searched; see `resolve_schedule`); `full_steps`
+    places them explicitly instead. `out`: a directory to write each image to as a PNG
+    (NNNN-caption.png), batch by batch. `device` None: the given base's, else cuda if available;
+    `dtype` "auto": bf16 on a GPU, fp32 elsewhere. `on_batch(images)` is called after each batch
+    with its uint8 images, in order.
     """
     loading = time.perf_counter()
+    for name, value, low, high in (("steps", steps, 1, COUNT_MAX), ("budget", budget, 1, COUNT_MAX),
+                                   ("num_images", num_images, 1, COUNT_MAX), ("batch_size", batch_size, 1, BATCH_MAX),
+                                   ("seed", seed, 0, SEED_MAX)):
+        check_range(name, value, low, high)
+    if isinstance(conditions, (str, int)):
+        conditions = [conditions]
+    conditions = list(conditions)
     if not conditions:
-        raise UserError("nothing to generate: give at least one --prompt (or --class)")
-    if num_images < 1:
-        raise UserError(f"--num-images must be >= 1, got {num_images}")
+        raise UserError(f"nothing to generate: {arg('conditions')} is empty (give prompts, or class ids for "
+                        "class-conditional bases)")
     for c in conditions:
         if isinstance(c, str) and not c.strip():
             raise UserError("empty prompt: give a caption such as 'a large red circle'")
+    if schedule not in SCHEDULES:
+        raise UserError(f"{arg('schedule', repr(schedule))}: choose auto, uniform or searched")
+    recipe = as_recipe(recipe)
     config = dataclasses.replace(recipe.sampler, steps=steps if steps is not None else recipe.sampler.steps)
-    if config.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {config.steps}")
+    if shortcut is None:
+        shortcut = resolve_checkpoint(recipe.shortcut.checkpoint)
+    method = method or ("shortcut" if shortcut is not None else "vanilla")
     if method not in METHODS:
-        raise UserError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+        raise UserError(f"{arg('method', repr(method))}: choose one of {', '.join(METHODS)}")
+    if budget is None and full_steps is None and method not in ("vanilla", "mlcache"):
+        budget = recipe.shortcut.budget
+        if budget is not None and budget > config.steps:
+            raise UserError(f"the recipe's default budget ({budget} full steps) does not fit {arg('steps', config.steps)}: "
+                            f"pass {arg('budget', 'B')} with 1 <= B <= {config.steps}")
     if budget is not None and not 1 <= budget <= config.steps:
-        raise UserError(f"--budget {budget} must be between 1 and the step count ({config.steps})")
+        raise UserError(f"{arg('budget', budget)} must be between 1 and the step count ({config.steps})")
+    if full_steps is None:
+        full_steps = resolve_schedule(schedule, method, config.steps, budget, shortcut)
+    device, dtype = placement(device, dtype, base)
+    out = writable_dir(out) if out is not None else None
     base = base if base is not None else load_base(recipe.base, device, dtype)
     if config.steps > base.num_tokens:
-        raise UserError(f"--steps {config.steps} exceeds the number of image tokens ({base.num_tokens})")
+        raise UserError(f"{arg('steps', config.steps)} exceeds the number of image tokens ({base.num_tokens})")
     try:
         counts = config.check(base.num_tokens)
     except ValueError as err:
@@ -126,7 +194,7 @@ def generate(
     jobs = [(c, trajectory_seed(seed, i * num_images + j)) for i, c in enumerate(conditions) for j in range(num_images)]
     base.encode_conditions(conditions)  # validate every condition before any work
     bs = batch_size or recipe.generate.batch_size
-    images, counts, seconds = [], {}, 0.0
+    images, paths, counts, seconds = [], [], {}, 0.0
     load_seconds = time.perf_counter() - loading
     for lo in range(0, len(jobs), bs):
         chunk = jobs[lo : lo + bs]
@@ -135,6 +203,11 @@ def generate(
         images.append(base.decode(result.tokens))
         seconds += time.perf_counter() - start
         counts = result.counts
+        if out is not None:  # each batch as it finishes: an interrupted run keeps what it made
+            for image, (c, _) in zip(images[-1], chunk):
+                path = out / f"{len(paths):04d}-{slug(c)}.png"
+                atomic_write(path, lambda p: Image.fromarray(image).save(p, format="PNG"))
+                paths.append(str(path))
         if on_batch:
             on_batch(images[-1])
     return Generated(
@@ -149,4 +222,5 @@ def generate(
         partial_calls=sum(counts.get(k, 0) for k in PARTIAL),
         seconds=seconds,
         load_seconds=load_seconds,
+        paths=paths,
     )

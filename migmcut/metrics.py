@@ -33,7 +33,7 @@ from typing import Callable
 
 import numpy as np
 
-from migmcut.errors import UserError
+from migmcut.errors import UserError, arg
 from migmcut.world import shapes
 
 
@@ -123,7 +123,7 @@ class ShapesFD(Metric):
         prompts = _prompts(conditions, self.name)
         classifier = load_classifier(self.settings.classifier) if self.settings.classifier else None
         if len(images) < 2:
-            raise UserError("metric fd needs at least 2 images: raise --num-samples")
+            raise UserError(f"metric fd needs at least 2 images: raise {arg('num_samples')}")
         # the ground truth is rendered for the same prompts, so a resample takes both sides' rows
         gen = image_features(images, classifier)
         ref = image_features(reference_images(prompts), classifier)

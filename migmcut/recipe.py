@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from migmcut.base import BASE_CONFIGS
-from migmcut.errors import RecipeError
+from migmcut.errors import RecipeError, arg
 from migmcut.policies import HybridConfig, MLCacheConfig, RecapConfig
 from migmcut.sampler import SamplerConfig
 from migmcut.train import TrainConfig
@@ -91,6 +91,11 @@ def builtin_names() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("migmcut.recipes").iterdir() if p.name.endswith(".yaml"))
 
 
+def as_recipe(recipe: Recipe | str) -> Recipe:
+    """A Recipe as given, or the built-in recipe / YAML file it names."""
+    return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+
+
 def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
@@ -140,7 +145,7 @@ def parse_recipe(data: dict, source: str) -> Recipe:
 def _apply_override(data: dict, item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
-        raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set sampler.steps=8")
+        raise RecipeError(f"{arg('overrides', repr(item))}: expected KEY=VALUE, e.g. {arg('overrides', 'sampler.steps=8')}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -150,7 +155,7 @@ def _apply_override(data: dict, item: str) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise RecipeError(f"--set {key}: {part!r} is not a section")
+            raise RecipeError(f"{arg('overrides', key)}: {part!r} is not a section")
     node[parts[-1]] = value
 
 

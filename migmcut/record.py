@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,9 +21,11 @@ import numpy as np
 import torch
 
 from migmcut.base import load_base
-from migmcut.errors import StoreError, UserError
+from migmcut.devices import placement
+from migmcut.distributed import Dist, init
+from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, StoreError, UserError, arg, check_range
 from migmcut.files import is_disk_full
-from migmcut.recipe import Recipe
+from migmcut.recipe import Recipe, as_recipe
 from migmcut.sampler import StepEvent, sample, trajectory_seed
 from migmcut.store import location
 from migmcut.store.codecs import CODECS, DeltaEncoder, check_tolerance, encode, get_codec
@@ -105,45 +106,6 @@ def conditions_for(recipe: Recipe, run_seed: int, indices) -> list:
     return condition_source(recipe).draw(recipe, run_seed, list(indices))
 
 
-# -- distributed -------------------------------------------------------------------------------
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    created: bool = False
-
-    def broadcast(self, obj):
-        if self.world == 1:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def gather(self, obj) -> list:
-        if self.world == 1:
-            return [obj]
-        out = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def close(self) -> None:
-        if self.created and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
-def dist_context() -> Dist:
-    """Rank and world size: from an initialized process group, else from torchrun's env (gloo)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    dist.init_process_group("gloo")  # only small objects travel: gloo is enough on any device
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), created=True)
-
-
 # -- the job -----------------------------------------------------------------------------------
 @dataclass
 class RecordResult:
@@ -164,26 +126,18 @@ class RankError(UserError):
 
 
 def _validate(num: int, steps: int | None, codec: str, batch_size: int | None, block_size: int,
-              tolerance: float | None = None) -> None:
-    if num < 1:
-        raise UserError(f"--num must be >= 1, got {num}")
-    if steps is not None and steps < 1:
-        raise UserError(f"--steps must be >= 1, got {steps}")
+              tolerance: float | None = None, seed: int = 0) -> None:
+    """Every argument of a record job, checked before anything is loaded or created."""
+    for name, value, low, high in (("num", num, 1, COUNT_MAX), ("batch_size", batch_size, 1, BATCH_MAX),
+                                   ("steps", steps, 1, COUNT_MAX), ("block_size", block_size, 1, BATCH_MAX),
+                                   ("seed", seed, 0, SEED_MAX)):
+        check_range(name, value, low, high)
     if codec not in CODECS:
-        raise UserError(f"--codec {codec!r}: choose one of {', '.join(CODECS)}")
+        raise UserError(f"{arg('codec', repr(codec))}: choose one of {', '.join(CODECS)}")
     if tolerance is not None:
         if codec != "delta":
-            raise UserError(f"--tolerance is for --codec delta (this run: --codec {codec})")
+            raise UserError(f"{arg('tolerance')} is for {arg('codec', 'delta')} (this run: {arg('codec', codec)})")
         check_tolerance(tolerance)
-    if batch_size is not None and batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
-    if block_size < 1:
-        raise UserError(f"block size must be >= 1, got {block_size}")
-
-
-def check_codec(codec: str, tolerance: float | None) -> None:
-    """A known codec, and a tolerance only for delta, inside its range (UserError otherwise)."""
-    _validate(1, None, codec, None, 1, tolerance)
 
 
 def build_spec(recipe: Recipe, base, *, num: int, steps: int | None, codec: str, seed: int,
@@ -192,7 +146,7 @@ def build_spec(recipe: Recipe, base, *, num: int, steps: int | None, codec: str,
     """The store a run would write (validated: steps within the image size, a known codec ...)."""
     config = dataclasses.replace(recipe.sampler, steps=steps if steps is not None else recipe.sampler.steps)
     if config.steps > base.num_tokens:
-        raise UserError(f"--steps {config.steps} exceeds the number of image tokens ({base.num_tokens})")
+        raise UserError(f"{arg('steps', config.steps)} exceeds the number of image tokens ({base.num_tokens})")
     try:
         config.check(base.num_tokens)
     except ValueError as err:
@@ -209,11 +163,15 @@ def build_spec(recipe: Recipe, base, *, num: int, steps: int | None, codec: str,
     )
 
 
-def dry_run(recipe: Recipe, out: str, *, num: int = 1000, steps: int | None = None, codec: str = "bf16",
-            seed: int = 0, overwrite: bool = False, device="cpu", dtype: torch.dtype = torch.float32,
-            block_size: int = DEFAULT_BLOCK_SIZE, base=None, tolerance: float | None = None) -> dict:
-    """What `record` would write: arrays, shapes, estimated bytes. Loads (never runs) the base."""
-    _validate(num, steps, codec, None, block_size, tolerance)
+def dry_run(recipe: Recipe | str, out: str, *, num: int = 1000, steps: int | None = None, codec: str = "bf16",
+            seed: int = 0, overwrite: bool = False, device: str | torch.device | None = None,
+            dtype: str | torch.dtype = "auto", block_size: int = DEFAULT_BLOCK_SIZE, base=None,
+            tolerance: float | None = None, batch_size: int | None = None) -> dict:
+    """What `record` would write: arrays, shapes, estimated bytes. Loads (never runs) the base.
+    Takes `record`'s arguments (`batch_size` is checked; it does not change the store)."""
+    _validate(num, steps, codec, batch_size, block_size, tolerance, seed)
+    recipe = as_recipe(recipe)
+    device, dtype = placement(device, dtype, base)
     base = base if base is not None else load_base(recipe.base, device, dtype)
     spec = build_spec(recipe, base, num=num, steps=steps, codec=codec, seed=seed, dtype=dtype, block_size=block_size,
                       tolerance=tolerance)
@@ -259,7 +217,7 @@ class _FeatureRecorder:
 
 
 def record(
-    recipe: Recipe,
+    recipe: Recipe | str,
     out: str,
     *,
     num: int = 1000,
@@ -268,8 +226,8 @@ def record(
     codec: str = "bf16",
     seed: int = 0,
     overwrite: bool = False,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "auto",
     block_size: int = DEFAULT_BLOCK_SIZE,
     chunk_steps: int = 0,
     tolerance: float | None = None,
@@ -282,13 +240,13 @@ def record(
     `on_start(k, dist)` is told how many trajectories this process will record, `on_progress(n)`
     after each batch. Under torchrun every rank calls this; the result is the same on all ranks.
     """
-    _validate(num, steps, codec, batch_size, block_size, tolerance)
-    dist = dist_context()
+    _validate(num, steps, codec, batch_size, block_size, tolerance, seed)
+    recipe = as_recipe(recipe)
+    device, dtype = placement(device, dtype, base)
+    dist = init("gloo")  # only small objects travel: gloo is enough on any device
     lock = contextlib.ExitStack()  # rank 0 holds the store's writer lock for the whole job
     try:
-        device = torch.device(device)
-        if device.type == "cuda" and device.index is None and dist.world > 1:
-            device = torch.device("cuda", dist.local_rank)
+        device = dist.device(device)
         base = base if base is not None else load_base(recipe.base, device, dtype)
         base = base.to(device=device, dtype=dtype)
         spec = build_spec(recipe, base, num=num, steps=steps, codec=codec, seed=seed, dtype=dtype,
@@ -301,7 +259,7 @@ def record(
                 todo, action, spec = prepare_store(loc, spec, overwrite)
                 status = ("ok", todo, action, spec)
             except UserError as err:
-                status = ("user", str(err))
+                status = ("user", err.args[0])  # the message with its parameters, for the caller to render
             except Exception as err:  # noqa: BLE001 - other ranks must not wait forever
                 status = ("internal", f"{type(err).__name__}: {err}")
                 if dist.world == 1:

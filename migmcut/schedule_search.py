@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from migmcut.errors import UserError
+from migmcut.errors import UserError, arg
 from migmcut.files import atomic_write, is_shipped
 from migmcut.policies import budget_schedule
 from migmcut.train import ShortcutInputs
@@ -252,7 +252,7 @@ def check_writable(checkpoint: str | Path | None) -> None:
     """A shipped checkpoint (under the installed package) is never written: its schedules are searched on a copy."""
     if checkpoint is not None and is_shipped(checkpoint):
         raise UserError(f"{checkpoint} is the shipped shortcut, which is never written: copy it "
-                        f"(cp -r {checkpoint} DIR) and pass --shortcut DIR to save the searched schedules beside the copy")
+                        f"(cp -r {checkpoint} DIR) and pass {arg('shortcut', 'DIR')} to save the searched schedules beside the copy")
 
 
 def save_schedules(checkpoint: str | Path, results: list[SearchResult], meta: dict) -> Path:

@@ -23,17 +23,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from migmcut.errors import CheckpointError, StoreError, UserError
-from migmcut.files import atomic_write, dir_lock, is_disk_full
+from migmcut import distributed
+from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, CheckpointError, StoreError, UserError, arg, check_range
+from migmcut.files import atomic_write, dir_lock, is_disk_full, writable_dir
 from migmcut.shortcut import Shortcut, ShortcutConfig, load_weights
 
 
@@ -64,7 +64,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
-            raise UserError(f"--lr must be > 0, got {self.lr}")
+            raise UserError(f"{arg('lr')} must be > 0, got {self.lr}")
         if not 0 <= self.step_balance <= 1:
             raise UserError(f"train.step_balance must be in [0, 1], got {self.step_balance}")
         if not 0 < self.val_fraction < 1:
@@ -199,63 +199,95 @@ def save_checkpoint(out: Path, model: Shortcut, ema: Shortcut, opt, step: int, m
 def load_trainer_state(out: Path) -> dict:
     path = out / "trainer.pt"
     if not path.is_file():
-        raise CheckpointError(f"--resume: {out} holds no trainer state (trainer.pt); start without --resume")
+        raise CheckpointError(f"{arg('resume', True)}: {out} holds no trainer state (trainer.pt); start without {arg('resume')}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise CheckpointError(f"--resume: {path} is unreadable ({type(err).__name__}); start without --resume") from None
+        raise CheckpointError(f"{arg('resume', True)}: {path} is unreadable ({type(err).__name__}); start without {arg('resume')}") from None
 
 
-def _distributed() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("MIGMCUT_BACKEND") != "gloo" else "gloo"
-        torch.distributed.init_process_group(backend)
-    if world > 1:
-        return torch.distributed.get_rank(), world
-    return 0, 1
+@dataclass
+class TrainResult:
+    out: str  # the checkpoint directory (load it with `load_shortcut`)
+    steps: int  # the step the checkpoint is at
+    start_step: int  # where this run started (0, or the resumed step)
+    validation: dict = field(default_factory=dict)  # val_mse, val_mse_identity, val_cos, val_top1, val_kl ...
+    pairs_per_s: float = 0.0
+    seconds: float = 0.0
+    sampler_warning: str | None = None  # the store was recorded by another sampler than the recipe's
+
+    def to_json(self) -> dict:
+        return {"steps": self.steps, "start_step": self.start_step, **self.validation, "pairs_per_s": self.pairs_per_s,
+                "seconds": self.seconds, **({"sampler_warning": self.sampler_warning} if self.sampler_warning else {})}
 
 
 def train(
     recipe,
-    store_url: str,
-    out: Path,
-    cfg: TrainConfig,
+    store: str,
+    out: str | Path,
+    cfg: TrainConfig | None = None,
     *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    max_steps: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    workers: int | None = None,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "auto",
     resume: bool = False,
     overwrite: bool = False,
     base=None,
     log=None,
-) -> dict:
-    """Train a shortcut for `recipe`'s base from the store at `store_url`; returns the summary.
+) -> TrainResult:
+    """Train a shortcut for `recipe`'s base from the store at `store` into checkpoint directory `out`.
 
-    `dtype` is the frozen base's (its embeddings and head); the shortcut trains in fp32. A
-    non-empty `out` (hidden files aside: write probes, temporary files) is refused unless `resume`
-    or `overwrite`; one process (rank 0) at a time holds `out`'s lock. A full disk is a
-    `CheckpointError`: the last checkpoint written is intact.
+    `cfg`: the training settings (default: the recipe's `train` section); `max_steps`, `batch_size`,
+    `lr`, `workers` (DataLoader processes) and `seed` override it. `dtype` is the frozen base's
+    (its embeddings and head; "auto": bf16 on a GPU); the shortcut trains in fp32. A non-empty `out`
+    (hidden files aside: write probes, temporary files) is refused unless `resume` or `overwrite`;
+    one process (rank 0) at a time holds `out`'s lock. A full disk is a `CheckpointError`: the last
+    checkpoint written is intact. `log(step, stats)` is called after every step (rank 0).
     """
+    from migmcut.devices import placement
+    from migmcut.recipe import as_recipe
+
+    for name, value, low, high in (("max_steps", max_steps, 1, COUNT_MAX), ("batch_size", batch_size, 1, BATCH_MAX),
+                                   ("workers", workers, 0, 256), ("seed", seed, 0, SEED_MAX)):
+        check_range(name, value, low, high)
+    check_range("lr", lr, 0, 10, low_open=True)
+    recipe = as_recipe(recipe)
+    overrides = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, num_workers=workers, seed=seed)
+    cfg = dataclasses.replace(cfg or recipe.train, **{k: v for k, v in overrides.items() if v is not None})
     cfg.validate()
-    out = Path(out).expanduser()
+    device, dtype = placement(device, dtype, base)
+    out = writable_dir(out) if not resume else Path(out).expanduser()
     if not resume and not overwrite and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
-        raise CheckpointError(f"--out {out} is not empty (an earlier checkpoint?): pass --resume to continue it, "
-                              "--overwrite to replace it, or choose another --out")
-    busy = f"--out {out} is being trained into by another migmcut process; wait for it or choose another --out"
-    main = int(os.environ.get("RANK", "0")) == 0
+        raise CheckpointError(f"{arg('out', out)} is not empty (an earlier checkpoint?): pass {arg('resume', True)} to "
+                              f"continue it, {arg('overwrite', True)} to replace it, or choose another {arg('out')}")
+    busy = f"{arg('out', out)} is being trained into by another migmcut process; wait for it or choose another {arg('out')}"
+    main = distributed.env_rank() == 0
     # callers (bench, notebooks) may have switched autograd off
     with torch.enable_grad(), dir_lock(out, busy, error=CheckpointError) if main else nullcontext():
         try:
-            return _train(recipe, store_url, out, cfg, device=device, dtype=dtype, resume=resume, base=base, log=log)
+            return _train(recipe, store, out, cfg, device=device, dtype=dtype, resume=resume, base=base, log=log)
         except OSError as err:
             if not is_disk_full(err):
                 raise
-            again = "with --resume" if (out / "trainer.pt").is_file() else "again"
+            again = f"with {arg('resume', True)}" if (out / "trainer.pt").is_file() else "again"
             raise CheckpointError(f"{out}: no space left on the device ({err.strerror}); the last checkpoint is "
                                   f"intact: free some space and run the same command {again}") from None
 
 
-def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> dict:
+def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> TrainResult:
+    dist = distributed.init()
+    try:
+        return _train_ranks(dist, recipe, store_url, out, cfg, device=dist.device(device), dtype=dtype, resume=resume,
+                            base=base, log=log)
+    finally:
+        dist.close()
+
+
+def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> TrainResult:
     from migmcut.base import load_base
     from migmcut.store.reader import PairDataset, TrajectoryStore, pair_loader
 
@@ -276,8 +308,8 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> 
 
     differs = behaviour_difference(store.spec.sampler, dataclasses.replace(recipe.sampler, steps=store.steps))
     warning = f"{store_url} was recorded by another sampler than recipe {recipe.name}'s: {differs}" if differs else None
-    rank, world = _distributed()
-    torch.manual_seed(cfg.seed + rank)
+    rank, world = dist.rank, dist.world
+    torch.manual_seed(dist.seed(cfg.seed))
     arch = ShortcutConfig.from_recipe(recipe.shortcut, base.feature_dim)
     model = Shortcut(arch).to(device)
     ema = Shortcut(arch).to(device).requires_grad_(False)
@@ -293,8 +325,8 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> 
         meta = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
         summary = {k: v for k, v in meta.get("summary", {}).items() if k != "steps"}  # if nothing is left to do
         if meta.get("base_fingerprint") not in (None, base.fingerprint):
-            raise CheckpointError(f"--resume: {out} belongs to base {meta['base_fingerprint']}, not {base.fingerprint}")
-        what = f"--resume: {out} does not match this shortcut architecture"
+            raise CheckpointError(f"{arg('resume', True)}: {out} belongs to base {meta['base_fingerprint']}, not {base.fingerprint}")
+        what = f"{arg('resume', True)}: {out} does not match this shortcut architecture"
         try:
             load_weights(model, state["model"], what)
             load_weights(ema, state["ema"], what)
@@ -349,7 +381,8 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> 
         step += 1
         pairs_seen += len(window[0]["h"]) * len(window) * world
         if log is not None and rank == 0:
-            log(step, {"loss": loss.item(), "pairs_per_s": pairs_seen / (time.perf_counter() - t0)})
+            log(step, {"loss": loss.item(), "pairs_per_s": pairs_seen / (time.perf_counter() - t0),
+                       "max_steps": cfg.max_steps})
         last = step == cfg.max_steps
         if rank == 0 and (step % cfg.val_every == 0 or last):
             val_loader = pair_loader(val_data, cfg.batch_size, 0)
@@ -357,14 +390,7 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> 
         if rank == 0 and (step % cfg.checkpoint_every == 0 or last):
             meta["summary"] = {**summary, "steps": step}
             save_checkpoint(out, model, ema, opt, step, meta)
-    if world > 1:
-        torch.distributed.barrier()
+    dist.barrier()
     seconds = time.perf_counter() - t0
-    return {
-        "steps": step,
-        "start_step": start_step,
-        **{k: round(v, 6) for k, v in summary.items()},
-        "pairs_per_s": round(pairs_seen / seconds, 1) if step > start_step else 0.0,
-        "seconds": round(seconds, 3),
-        **({"sampler_warning": warning} if warning else {}),
-    }
+    return TrainResult(str(out), step, start_step, {k: round(v, 6) for k, v in summary.items()},
+                       round(pairs_seen / seconds, 1) if step > start_step else 0.0, round(seconds, 3), warning)

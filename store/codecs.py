@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from migmcut.errors import StoreError
+from migmcut.errors import StoreError, arg
 
 DEFAULT_TOLERANCE = 0.1  # delta: RMS error / RMS of the features
 TOLERANCE_RANGE = (1e-4, 0.5)  # below: more bits than bf16; above: the error is as large as the signal
@@ -126,7 +126,7 @@ class DeltaEncoder:
         if q.abs().max() >= _LEVEL_LIMIT:
             raise StoreError(
                 f"features reach {float(x.abs().max()):.3g}, beyond the delta codec's range at tolerance "
-                f"{self.tolerance:g}: record with a larger --tolerance or another --codec"
+                f"{self.tolerance:g}: record with a larger {arg('tolerance')} or another {arg('codec')}"
             )
         d = q - self.level
         self.level = q

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from migmcut.errors import StoreError
+from migmcut.errors import StoreError, arg
 from migmcut.store import location
 from migmcut.store.codecs import get_codec
 from migmcut.store.location import Location
@@ -32,7 +32,7 @@ def check_target(loc: Location, spec: StoreSpec, overwrite: bool = False) -> str
     delete what we did not write), or one recorded with other settings (unless `overwrite`).
     """
     if loc.local and loc.path.exists() and not loc.path.is_dir():
-        raise StoreError(f"{loc}: exists and is not a directory; choose another --out")
+        raise StoreError(f"{loc}: exists and is not a directory; choose another {arg('out')}")
     if not location.exists(loc) or location.is_empty_dir(loc):
         return "create"
     existing = _existing_spec(loc, overwrite)
@@ -42,7 +42,7 @@ def check_target(loc: Location, spec: StoreSpec, overwrite: bool = False) -> str
     if diffs:
         raise StoreError(
             f"{loc} holds a store recorded with different settings: {'; '.join(diffs)}. "
-            "Pass --overwrite to replace it, or choose another --out"
+            f"Pass {arg('overwrite', True)} to replace it, or choose another {arg('out')}"
         )
     return "resume"
 
@@ -75,7 +75,7 @@ def _existing_spec(loc: Location, overwrite: bool) -> StoreSpec | None:
     if not isinstance(attrs, dict) or attrs.get("format") != FORMAT:
         raise StoreError(
             f"{loc} exists and is not a migmcut trajectory store; refusing to touch it "
-            "(choose another --out, or an empty directory)"
+            f"(choose another {arg('out')}, or an empty directory)"
         )
     try:
         return read_spec(loc)[1]
@@ -95,7 +95,7 @@ def create_store(loc: Location, spec: StoreSpec):
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as err:
-            raise StoreError(f"--out {loc}: cannot write there ({err.strerror or err}); choose another location") from None
+            raise StoreError(f"{arg('out', loc)}: cannot write there ({err.strerror or err}); choose another location") from None
         for child in loc.path.iterdir():  # an old store goes; its directory stays (the writer lock is on it)
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
@@ -106,7 +106,7 @@ def create_store(loc: Location, spec: StoreSpec):
             group = zarr.open_group(location.zarr_store(loc, read_only=False), mode="w-" if loc.local else "w",
                                     attributes={ATTR: spec.attrs()})
     except (OSError, PermissionError, NotImplementedError) as err:
-        raise StoreError(f"--out {loc}: cannot write there ({err}); choose another location") from None
+        raise StoreError(f"{arg('out', loc)}: cannot write there ({err}); choose another location") from None
     _ensure_arrays(group, spec)
     return group
 

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 import migmcut
-from migmcut.cli.common import BATCH_MAX, COUNT_MAX, SEED_MAX, check_range
+from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, check_range
 from migmcut.cli.main import app
 from migmcut.errors import UserError, quote
 from migmcut.recipe import load_recipe
@@ -49,10 +49,10 @@ def test_a_numeric_option_out_of_range_is_one_line_naming_it_and_creates_nothing
 @pytest.mark.parametrize("value, ok", [(1, True), (5, True), (0, False), (6, False), (float("nan"), False)])
 def test_check_range_takes_both_bounds_and_refuses_nan(value, ok):
     if ok:
-        check_range("--x", value, 1, 5)
+        check_range("x", value, 1, 5)
     else:
-        with pytest.raises(UserError, match=r"^--x must be >= 1 and <= 5"):
-            check_range("--x", value, 1, 5)
+        with pytest.raises(UserError, match=r"^x must be >= 1 and <= 5"):
+            check_range("x", value, 1, 5)
 
 
 def test_quoted_input_is_shortened():
