@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import migmcut
 from migmcut.base import load_base
 from migmcut.devices import placement
 from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, UserError, arg, check_range
@@ -224,3 +226,6 @@ def generate(
         load_seconds=load_seconds,
         paths=paths,
     )
+
+
+sys.modules[__name__].__class__ = migmcut.CallableModule  # migmcut.generate(...) calls generate() above

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+import migmcut
 from migmcut.base import load_base
 from migmcut.devices import placement
 from migmcut.distributed import Dist, init
@@ -313,3 +315,6 @@ def _record_blocks(base, recipe: Recipe, spec: StoreSpec, loc, blocks: list[int]
             if on_progress:
                 on_progress(len(batch))
     return len(indices)
+
+
+sys.modules[__name__].__class__ = migmcut.CallableModule  # migmcut.record(...) calls record() above
