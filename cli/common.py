@@ -8,21 +8,20 @@ import os
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, UserError, check_range  # noqa: F401 (re-exported)
+from migmcut.errors import UserError
 from migmcut.files import is_disk_full
 
 console = Console(stderr=True)  # progress, warnings, errors
 results = Console(highlight=False, soft_wrap=True)  # human results (stdout; nothing with --json)
 
 # how a library parameter is spelled on the command line, where it is not `--name-with-dashes`
-FLAGS = {"overrides": "--set", "store_url": "--store"}
+FLAGS = {"overrides": "--set"}
 
 
 def cli_arg(name: str, value: str | bool) -> str:

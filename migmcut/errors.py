@@ -6,7 +6,7 @@ library never speaks of flags and the command line still does:
 
     raise UserError(f"{arg('budget', 99)} must be between 1 and the step count (16)")
     str(err)                 # "budget=99 must be between 1 and the step count (16)"
-    err.render(cli_flag)     # "--budget 99 must be between 1 and the step count (16)"
+    err.render(cli_arg)      # "--budget 99 must be between 1 and the step count (16)"
 """
 
 from __future__ import annotations
