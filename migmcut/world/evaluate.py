@@ -36,7 +36,7 @@ def evaluate(recipe, num: int = 256, steps: int = 16, batch_size: int = 16, seed
     report = {"recipe": recipe.name, "fingerprint": base.fingerprint, "steps": steps}
     for n_obj, name in ((1, "one_shape"), (2, "two_shape")):
         prompts = heldout_prompts(num, n_obj, seed)
-        out = generate(recipe, prompts, seed=seed, steps=steps, batch_size=batch_size, base=base,
+        out = generate(recipe, prompts, method="vanilla", seed=seed, steps=steps, batch_size=batch_size, base=base,
                        device=device, dtype=dtype)
         report[name] = tiny_shapes_quality(out.images, prompts)
         report[name]["seconds_per_image"] = out.seconds / len(prompts)  # sampling + decoding, not scoring
