@@ -148,6 +148,7 @@ def test_hybrid_evaluates_candidates_and_the_tokens_just_fixed_and_carries_exact
     policy = HybridPolicy([0, 4], shortcut, candidates=2.0, refresh_new=True)
     result = sample(base, PROMPTS, SEEDS, cfg, policy=policy, observers=(events.append,))
     assert result.counts == {"full": 2, "hybrid": cfg.steps - 2} and calls["full"] == 2
+    assert not any(calls["context"])  # the prompt's keys/values stay those of the full step unless asked
     hybrid_steps = [t for t in range(cfg.steps) if t not in (0, 4)]
     for (positions, update), t in zip(calls["partial"], hybrid_steps):
         assert update
@@ -169,3 +170,10 @@ def test_partial_policies_need_a_base_with_partial_evaluation():
 
     with pytest.raises(UserError, match="no partial evaluation"):
         BaseModel().forward_with_cache(None, None)
+
+
+def test_hybrid_context_recomputes_the_prompt_positions_too(base, debug_recipe):
+    shortcut = Shortcut(ShortcutConfig(feature_dim=base.feature_dim, heads=2)).eval()
+    calls = _calls(base)
+    sample(base, PROMPTS, SEEDS, debug_recipe.sampler, policy=HybridPolicy([0], shortcut, context=True))
+    assert calls["context"] and all(calls["context"])
