@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from migmcut.shortcut import ShortcutInputs
+
 
 @dataclass
 class Proposal:
@@ -223,7 +225,7 @@ class BudgetPolicy:
         self.full_steps = set(full_steps)
         self.shortcut = shortcut
         self.kind = "cache" if shortcut is None else "shortcut"
-        self.features = None
+        self.features = self.inputs = None
 
     def step(self, base, state):
         if state.t in self.full_steps:
@@ -234,21 +236,15 @@ class BudgetPolicy:
         return Proposal(self.kind, None, self.features)  # the sampler runs the head where it reads logits
 
     def predict(self, base, state, branches: int) -> torch.Tensor:
+        if self.inputs is None:
+            self.inputs = ShortcutInputs(base, base.device, self.features.dtype)
         B = state.tokens.shape[0]
         # every trajectory of a batch fixes the same number of tokens per step
-        pos = state.new_tokens.nonzero()[:, 1].view(B, -1)
-        ids = state.tokens.gather(1, pos)
-        emb = base.embed_tokens(ids) + base.embed_positions(pos)
-        emb = emb.repeat(branches, 1, 1).to(self.features.dtype)
-        new_mask = torch.ones(emb.shape[:2], dtype=torch.bool, device=emb.device)
-        ratio = torch.full((emb.shape[0],), state.mask_ratio, device=emb.device)
-        wants_pos = self.shortcut.config.query_positions
-        return self.shortcut(
-            self.features, emb, new_mask, ratio,
-            cond_emb=base.embed_conditions(state.cond),
-            cond_mask=base.condition_mask(state.cond),
-            query_pos=base.grid_position_embeddings().to(self.features.dtype) if wants_pos else None,
-        )
+        pos = state.new_tokens.nonzero()[:, 1].view(B, -1).repeat(branches, 1)
+        ids = _rows(state).gather(1, pos)
+        new_mask = torch.ones(pos.shape, dtype=torch.bool, device=pos.device)
+        ratio = torch.full((pos.shape[0],), state.mask_ratio, device=pos.device)
+        return self.shortcut(**self.inputs.step(self.features, ids, pos, new_mask, ratio, state.cond))
 
 
 def _branches(state) -> int:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from migmcut.errors import UserError, arg
 from migmcut.files import atomic_write, is_shipped
 from migmcut.policies import budget_schedule
-from migmcut.train import ShortcutInputs
+from migmcut.shortcut import ShortcutInputs
 
 SCHEDULES_FILE = "schedules.json"
 METRICS = ("mse", "cos", "top1", "kl")
@@ -121,15 +121,10 @@ def rollout_errors(store, indices, base, shortcut=None, *, device="cpu", chunk: 
         conds = [t["condition"] for t in trajs for _ in range(br)]
         branch = torch.arange(br).repeat(n)
         cond = inputs.conditions(conds, branch)
-        cond_emb = base.embed_conditions(cond).to(device=device, dtype=torch.float32)
-        cond_mask = base.condition_mask(cond)
-        cond_mask = None if cond_mask is None else cond_mask.to(device)
-        steps_in = []
+        steps_in = []  # the shortcut's inputs for the tokens fixed at each step t, h left to fill in
         for t in range(N - 1):
             ids, pos, valid = _new_tokens(tokens, order, t)
-            emb = (base.embed_tokens(ids.to(base.device)) + base.embed_positions(pos.to(base.device))).float().to(device)
-            ratio = (order > t).float().mean(1).to(device)
-            steps_in.append((emb, valid.to(device), ratio))
+            steps_in.append(inputs.step(feats[:, 0], ids, pos, valid, (order > t).float().mean(1), cond))
         for s in range(N - 1):
             h_sc = feats[:, s]
             for k in range(1, N - s):
@@ -140,8 +135,7 @@ def rollout_errors(store, indices, base, shortcut=None, *, device="cpu", chunk: 
                 if m == 0:
                     continue
                 if net is not None:
-                    emb, valid, ratio = steps_in[t - 1]
-                    h_sc = net(h_sc, emb, valid, ratio, cond_emb, cond_mask, inputs.query_pos)
+                    h_sc = net(**{**steps_in[t - 1], "h": h_sc})
                 true_logp = _sampler_logp(base, target, mask, br, sampler, t)
                 true_top = true_logp.argmax(-1)
                 preds = {"cache": feats[:, s]}

@@ -103,6 +103,49 @@ class Block(nn.Module):
         return x + self.self_ffn(x)
 
 
+class ShortcutInputs:
+    """The shortcut's inputs, from the base's frozen embeddings: the one place the sampler's policy,
+    the trainer and the rollout evaluation build them.
+
+    `step(h, ids, pos, new_mask, mask_ratio, cond)`: features h (R, L, D) in, the tokens fixed at
+    the last step (ids, grid positions, validity: (R, M)), the fraction still masked (R,), and the
+    encoded conditions (R, ...) of each row (the null condition on CFG's unconditional rows) ->
+    the keyword arguments of `Shortcut.forward`, on `device` in `dtype`. `__call__(batch)` does the
+    same for a batch of store pairs (`store.reader.collate_pairs`).
+    """
+
+    def __init__(self, base, device=None, dtype: torch.dtype = torch.float32):
+        self.base, self.device, self.dtype = base, torch.device(device or base.device), dtype
+        with torch.no_grad():
+            self.query_pos = base.grid_position_embeddings().to(self.device, dtype)  # the same for every call
+
+    def conditions(self, conditions: list, branch: torch.Tensor) -> torch.Tensor:
+        """Encoded conditions of store pairs: branch 1 (CFG's unconditional) gets the null condition."""
+        cond = self.base.encode_conditions(list(conditions))
+        null = self.base.null_conditions(len(conditions))
+        uncond = (branch == 1).to(cond.device).view(-1, *([1] * (cond.dim() - 1)))
+        return torch.where(uncond, null, cond)
+
+    @torch.no_grad()
+    def step(self, h, ids, pos, new_mask, mask_ratio, cond) -> dict:
+        base, dev = self.base, self.device
+        new_emb = base.embed_tokens(ids.to(base.device)) + base.embed_positions(pos.to(base.device))
+        cond_mask = base.condition_mask(cond)
+        return dict(
+            h=h.to(dev),
+            new_emb=new_emb.to(dev, self.dtype),
+            new_mask=new_mask.to(dev),
+            mask_ratio=mask_ratio.to(dev),
+            cond_emb=base.embed_conditions(cond).to(dev, self.dtype),
+            cond_mask=None if cond_mask is None else cond_mask.to(dev),
+            query_pos=self.query_pos,
+        )
+
+    def __call__(self, batch: dict) -> dict:
+        cond = self.conditions(batch["condition"], batch["branch"])
+        return self.step(batch["h"], batch["new_ids"], batch["new_pos"], batch["new_mask"], batch["mask_ratio"], cond)
+
+
 class Shortcut(nn.Module):
     def __init__(self, cfg: ShortcutConfig):
         super().__init__()

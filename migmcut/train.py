@@ -36,7 +36,7 @@ import migmcut
 from migmcut import distributed
 from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, CheckpointError, StoreError, UserError, arg, check_range
 from migmcut.files import atomic_write, dir_lock, is_disk_full, writable_dir
-from migmcut.shortcut import Shortcut, ShortcutConfig, load_weights
+from migmcut.shortcut import Shortcut, ShortcutConfig, ShortcutInputs, load_weights
 
 
 @dataclass
@@ -78,38 +78,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = min(1.0, (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-class ShortcutInputs:
-    """Turns a batch of pairs into the shortcut's inputs using the base's frozen embeddings."""
-
-    def __init__(self, base, device):
-        self.base, self.device = base, device
-        with torch.no_grad():
-            self.query_pos = base.grid_position_embeddings().float().to(device)  # the same for every batch
-
-    def conditions(self, conditions: list, branch: torch.Tensor) -> torch.Tensor:
-        cond = self.base.encode_conditions(list(conditions))
-        null = self.base.null_conditions(len(conditions))
-        uncond = (branch == 1).to(cond.device).view(-1, *([1] * (cond.dim() - 1)))
-        return torch.where(uncond, null, cond)
-
-    def __call__(self, batch: dict) -> dict:
-        dev, base = self.device, self.base
-        ids, pos = batch["new_ids"].to(dev), batch["new_pos"].to(dev)
-        with torch.no_grad():  # the base may run in bf16; the shortcut trains in fp32
-            new_emb = (base.embed_tokens(ids) + base.embed_positions(pos)).float()
-            cond = self.conditions(batch["condition"], batch["branch"])
-            cond_emb = base.embed_conditions(cond).float()
-        return dict(
-            h=batch["h"].to(dev),
-            new_emb=new_emb,
-            new_mask=batch["new_mask"].to(dev),
-            mask_ratio=batch["mask_ratio"].to(dev),
-            cond_emb=cond_emb,
-            cond_mask=base.condition_mask(cond),
-            query_pos=self.query_pos,
-        )
 
 
 class Rollout(torch.nn.Module):
