@@ -117,9 +117,9 @@ def reader_rate(store: Path, workers: int, batch: int, batches: int) -> float:
 def trainer_rate(base, store: Path, batch: int, iters: int) -> float | None:
     """Pairs/s of shortcut forward + backward + AdamW step (the trainer's inner loop, no data loading)."""
     try:
-        from migmcut.shortcut import Shortcut, ShortcutConfig
+        from migmcut.shortcut import Shortcut, ShortcutConfig, ShortcutInputs
         from migmcut.store import PairDataset, collate_pairs
-        from migmcut.train import ShortcutInputs, masked_mse
+        from migmcut.train import masked_mse
     except ImportError:
         return None
     pairs = []

@@ -225,7 +225,7 @@ class BudgetPolicy:
         self.full_steps = set(full_steps)
         self.shortcut = shortcut
         self.kind = "cache" if shortcut is None else "shortcut"
-        self.features = self.inputs = None
+        self.features = self.inputs = self.conditioned = None
 
     def step(self, base, state):
         if state.t in self.full_steps:
@@ -236,15 +236,16 @@ class BudgetPolicy:
         return Proposal(self.kind, None, self.features)  # the sampler runs the head where it reads logits
 
     def predict(self, base, state, branches: int) -> torch.Tensor:
-        if self.inputs is None:
+        if self.inputs is None:  # a policy samples one batch: its conditions stay the same
             self.inputs = ShortcutInputs(base, base.device, self.features.dtype)
+            self.conditioned = self.inputs.condition(state.cond)
         B = state.tokens.shape[0]
         # every trajectory of a batch fixes the same number of tokens per step
         pos = state.new_tokens.nonzero()[:, 1].view(B, -1).repeat(branches, 1)
         ids = _rows(state).gather(1, pos)
         new_mask = torch.ones(pos.shape, dtype=torch.bool, device=pos.device)
         ratio = torch.full((pos.shape[0],), state.mask_ratio, device=pos.device)
-        return self.shortcut(**self.inputs.step(self.features, ids, pos, new_mask, ratio, state.cond))
+        return self.shortcut(self.features, **self.inputs.tokens(ids, pos, new_mask, ratio), **self.conditioned)
 
 
 def _branches(state) -> int:

@@ -120,11 +120,11 @@ def rollout_errors(store, indices, base, shortcut=None, *, device="cpu", chunk: 
         order = torch.stack([t["order"] for t in trajs]).repeat_interleave(br, 0)
         conds = [t["condition"] for t in trajs for _ in range(br)]
         branch = torch.arange(br).repeat(n)
-        cond = inputs.conditions(conds, branch)
-        steps_in = []  # the shortcut's inputs for the tokens fixed at each step t, h left to fill in
+        conditioned = inputs.condition(inputs.conditions(conds, branch))
+        steps_in = []  # the shortcut's inputs for the tokens fixed at each step t
         for t in range(N - 1):
             ids, pos, valid = _new_tokens(tokens, order, t)
-            steps_in.append(inputs.step(feats[:, 0], ids, pos, valid, (order > t).float().mean(1), cond))
+            steps_in.append(inputs.tokens(ids, pos, valid, (order > t).float().mean(1)))
         for s in range(N - 1):
             h_sc = feats[:, s]
             for k in range(1, N - s):
@@ -135,7 +135,7 @@ def rollout_errors(store, indices, base, shortcut=None, *, device="cpu", chunk: 
                 if m == 0:
                     continue
                 if net is not None:
-                    h_sc = net(**{**steps_in[t - 1], "h": h_sc})
+                    h_sc = net(h_sc, **steps_in[t - 1], **conditioned)
                 true_logp = _sampler_logp(base, target, mask, br, sampler, t)
                 true_top = true_logp.argmax(-1)
                 preds = {"cache": feats[:, s]}

@@ -105,13 +105,14 @@ class Block(nn.Module):
 
 class ShortcutInputs:
     """The shortcut's inputs, from the base's frozen embeddings: the one place the sampler's policy,
-    the trainer and the rollout evaluation build them.
+    the trainer and the rollout evaluation build them, on `device` in `dtype`.
 
-    `step(h, ids, pos, new_mask, mask_ratio, cond)`: features h (R, L, D) in, the tokens fixed at
-    the last step (ids, grid positions, validity: (R, M)), the fraction still masked (R,), and the
-    encoded conditions (R, ...) of each row (the null condition on CFG's unconditional rows) ->
-    the keyword arguments of `Shortcut.forward`, on `device` in `dtype`. `__call__(batch)` does the
-    same for a batch of store pairs (`store.reader.collate_pairs`).
+    `condition(cond)`: the encoded conditions (R, ...) of each row (the null condition on CFG's
+    unconditional rows) -> cond_emb, cond_mask, query_pos (fixed for a whole trajectory: callers
+    that step keep it). `tokens(ids, pos, new_mask, mask_ratio)`: the tokens fixed at the last step
+    (ids, grid positions, validity: (R, M)) and the fraction still masked (R,) -> new_emb, new_mask,
+    mask_ratio. `Shortcut.forward(h, **tokens, **condition)` takes both; `__call__(batch)` builds
+    them, with h, for a batch of store pairs (`store.reader.collate_pairs`).
     """
 
     def __init__(self, base, device=None, dtype: torch.dtype = torch.float32):
@@ -127,23 +128,23 @@ class ShortcutInputs:
         return torch.where(uncond, null, cond)
 
     @torch.no_grad()
-    def step(self, h, ids, pos, new_mask, mask_ratio, cond) -> dict:
-        base, dev = self.base, self.device
+    def condition(self, cond: torch.Tensor) -> dict:
+        mask = self.base.condition_mask(cond)
+        return dict(cond_emb=self.base.embed_conditions(cond).to(self.device, self.dtype),
+                    cond_mask=None if mask is None else mask.to(self.device), query_pos=self.query_pos)
+
+    @torch.no_grad()
+    def tokens(self, ids, pos, new_mask, mask_ratio) -> dict:
+        base = self.base
         new_emb = base.embed_tokens(ids.to(base.device)) + base.embed_positions(pos.to(base.device))
-        cond_mask = base.condition_mask(cond)
-        return dict(
-            h=h.to(dev),
-            new_emb=new_emb.to(dev, self.dtype),
-            new_mask=new_mask.to(dev),
-            mask_ratio=mask_ratio.to(dev),
-            cond_emb=base.embed_conditions(cond).to(dev, self.dtype),
-            cond_mask=None if cond_mask is None else cond_mask.to(dev),
-            query_pos=self.query_pos,
-        )
+        return dict(new_emb=new_emb.to(self.device, self.dtype), new_mask=new_mask.to(self.device),
+                    mask_ratio=mask_ratio.to(self.device))
 
     def __call__(self, batch: dict) -> dict:
         cond = self.conditions(batch["condition"], batch["branch"])
-        return self.step(batch["h"], batch["new_ids"], batch["new_pos"], batch["new_mask"], batch["mask_ratio"], cond)
+        return dict(h=batch["h"].to(self.device),
+                    **self.tokens(batch["new_ids"], batch["new_pos"], batch["new_mask"], batch["mask_ratio"]),
+                    **self.condition(cond))
 
 
 class Shortcut(nn.Module):
