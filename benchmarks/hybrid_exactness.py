@@ -24,7 +24,7 @@ from migmcut.base import load_base
 from migmcut.bench import expand, sample_seeds
 from migmcut.policies import HybridPolicy, PolicyKnobs, _branches, _rows, budget_schedule
 from migmcut.recipe import load_recipe
-from migmcut.sampler import _split_branches, sample
+from migmcut.sampler import guided, sample
 from migmcut.shortcut import load_shortcut, resolve_checkpoint
 from migmcut.world import prompt_sets
 
@@ -63,11 +63,7 @@ class Compared(HybridPolicy):
 
     def top1(self, logits: torch.Tensor, t: int) -> torch.Tensor:
         """The guided argmax token of (B * branches, n, K) logits."""
-        logits = _split_branches(logits.float(), self.sampler.branches)
-        if self.sampler.branches == 2:
-            w = self.sampler.cfg_weight(t)
-            return ((1 + w) * logits[:, 0] - w * logits[:, 1]).argmax(-1)
-        return logits[:, 0].argmax(-1)
+        return guided(self.sampler, t, logits).argmax(-1)
 
 
 def main() -> None:

@@ -237,16 +237,21 @@ def _logits_at(base: BaseModel, out: Proposal, at: torch.Tensor) -> torch.Tensor
     return base.head_at(features, at)
 
 
+def guided(config: SamplerConfig, t: int, logits: torch.Tensor) -> torch.Tensor:
+    """The logits step t draws from (B, n, K), from the branches' (B * branches, n, K), conditional
+    branch first: (1 + w_t) l_cond - w_t l_uncond under CFG."""
+    logits = _split_branches(logits.float(), config.branches)
+    if config.branches == 2:
+        w = config.cfg_weight(t)
+        return (1 + w) * logits[:, 0] - w * logits[:, 1]
+    return logits[:, 0]
+
+
 def _draw(config: SamplerConfig, t: int, logits: torch.Tensor, where: torch.Tensor, u_tok: torch.Tensor,
           u_conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A candidate token and its noisy confidence at each of `where` (B, n), from the branches'
     logits there (B * branches, n, K) and the step's uniforms over the whole grid (B, L)."""
-    logits = _split_branches(logits.float(), config.branches)
-    if config.branches == 2:
-        w = config.cfg_weight(t)
-        logits = (1 + w) * logits[:, 0] - w * logits[:, 1]
-    else:
-        logits = logits[:, 0]
+    logits = guided(config, t, logits)
     u_tok, u_conf = u_tok.gather(1, where), u_conf.gather(1, where)
     if config.temperature_mode == "multiply":
         logp = torch.log_softmax(logits * config.temperature, dim=-1)
