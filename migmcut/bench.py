@@ -42,7 +42,9 @@ import migmcut
 from migmcut import front
 from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, StoreError, UserError, arg, check_range
 from migmcut.files import atomic_write
-from migmcut.policies import METHODS, NEEDS_SHORTCUT, BudgetPolicy, FullPolicy, PolicyKnobs, build, full_steps_for
+from migmcut.policies import (
+    METHODS, NEEDS_SHORTCUT, PARTIAL, BudgetPolicy, FullPolicy, PolicyKnobs, build, full_steps_for,
+)
 from migmcut.sampler import SamplerConfig, sample, trajectory_seed
 
 SCHEDULE_MODES = ("auto", "uniform", "searched", "both")  # auto: as generate (searched where saved)
@@ -102,10 +104,12 @@ def split_methods(methods: list[str], budgets: list[int]) -> dict[str, list[int]
 
 
 def check_plan(steps: int, budgets: list[int], methods: list[str], schedule: str,
-               vanilla_steps: list[int] | None = None) -> None:
+               vanilla_steps: list[int] | None = None) -> dict[str, list[int]]:
+    """Every plan argument checked; -> `split_methods(methods, budgets)`."""
     if steps < 1:
         raise UserError(f"{arg('steps')} must be >= 1, got {steps}")
-    for b in sorted({b for bs in split_methods(methods, budgets).values() for b in bs} | set(budgets)):
+    plan = split_methods(methods, budgets)
+    for b in sorted({b for bs in plan.values() for b in bs} | set(budgets)):
         if not 1 <= b <= steps:
             raise UserError(f"budget {b} must be between 1 and the step count ({steps})")
     for v in vanilla_steps or ():
@@ -113,6 +117,7 @@ def check_plan(steps: int, budgets: list[int], methods: list[str], schedule: str
             raise UserError(f"{arg('vanilla_steps', v)} must be between 1 and the step count ({steps})")
     if schedule not in SCHEDULE_MODES:
         raise UserError(f"{arg('schedule', repr(schedule))}: choose {', '.join(SCHEDULE_MODES[:-1])} or {SCHEDULE_MODES[-1]}")
+    return plan
 
 
 def configurations(steps: int, budgets: list[int], methods: list[str], schedule: str = "uniform",
@@ -129,8 +134,7 @@ def configurations(steps: int, budgets: list[int], methods: list[str], schedule:
     sampler's `budget_rounding` as generate's does. The cache is uniform; recap and mlcache place
     their full steps by their own rules (`policies.full_steps_for`, with `knobs`).
     """
-    check_plan(steps, budgets, methods, schedule, vanilla_steps)
-    plan = split_methods(methods, budgets)
+    plan = check_plan(steps, budgets, methods, schedule, vanilla_steps)
     every = sorted({b for bs in plan.values() for b in bs}) or sorted(set(budgets))
     out = [Configuration("vanilla", steps, steps, reference=True)]
     out += [Configuration("vanilla", n, n) for n in sorted(set(vanilla_steps or every) - {steps})]
@@ -397,7 +401,7 @@ def run_bench(base, plan: Plan, metrics: list, *, shortcut=None, reference: dict
             "budget": cfg.budget,
             "base_calls": calls,
             "shortcut_calls": got["counts"].get("shortcut", 0),
-            "partial_calls": sum(got["counts"].get(k, 0) for k in ("recap", "mlcache", "hybrid")),
+            "partial_calls": sum(got["counts"].get(k, 0) for k in PARTIAL),
             "schedule": cfg.schedule,
             "full_steps": cfg.full_steps,
             "label": cfg.label,
@@ -714,7 +718,6 @@ def bench(
     from migmcut.devices import placement
     from migmcut.files import writable_dir
     from migmcut.metrics import REGISTRY, MetricSettings, build_metrics, default_metric_names
-    from migmcut.policies import NEEDS_SHORTCUT, PARTIAL
     from migmcut.recipe import as_recipe
     from migmcut.shortcut import load_shortcut, resolve_checkpoint
 
@@ -725,8 +728,7 @@ def bench(
     method_list = parse_names(methods) if methods is not None else list(cfg.methods)
     mode = schedule or cfg.schedule
     front_steps = parse_int_list(vanilla_steps, "vanilla_steps") if vanilla_steps is not None else cfg.vanilla_steps
-    check_plan(N, budget_list, method_list, mode, front_steps)
-    method_budgets = split_methods(method_list, budget_list)
+    method_budgets = check_plan(N, budget_list, method_list, mode, front_steps)
     bs = batch_size if batch_size is not None else (cfg.batch_size or rec.generate.batch_size)
     reps = repeats if repeats is not None else cfg.repeats
     for name, value, low, high in (("batch_size", bs, 1, BATCH_MAX), ("repeats", reps, 1, 1000),

@@ -161,8 +161,6 @@ def generate(
     for c in conditions:
         if isinstance(c, str) and not c.strip():
             raise UserError("empty prompt: give a caption such as 'a large red circle'")
-    if schedule not in SCHEDULES:
-        raise UserError(f"{arg('schedule', repr(schedule))}: choose auto, uniform or searched")
     recipe = as_recipe(recipe)
     config = dataclasses.replace(recipe.sampler, steps=steps if steps is not None else recipe.sampler.steps)
     if shortcut is None:
@@ -185,14 +183,14 @@ def generate(
     if config.steps > base.num_tokens:
         raise UserError(f"{arg('steps', config.steps)} exceeds the number of image tokens ({base.num_tokens})")
     try:
-        counts = config.check(base.num_tokens)
+        per_step = config.check(base.num_tokens)
     except ValueError as err:
         raise UserError(f"sampler: {err}") from None
     base = base.to(device=device, dtype=dtype)
     if full_steps is not None and budget is None:
         budget = len(full_steps)
     policy_factory, full = make_policy(method, config.steps, budget, shortcut, base, full_steps,
-                                       config.budget_rounding, PolicyKnobs.of(recipe), counts)
+                                       config.budget_rounding, PolicyKnobs.of(recipe), per_step)
     jobs = [(c, trajectory_seed(seed, i * num_images + j)) for i, c in enumerate(conditions) for j in range(num_images)]
     base.encode_conditions(conditions)  # validate every condition before any work
     bs = batch_size or recipe.generate.batch_size

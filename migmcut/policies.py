@@ -68,7 +68,7 @@ class RecapConfig:
 
     def validate(self) -> None:
         if self.local is not None and self.local < 1:
-            raise ValueError(f"recap.local must be >= 1 (local steps per full step), got {self.local}")
+            raise ValueError(f"local must be >= 1 (local steps per full step), got {self.local}")
 
     def local_for(self, steps: int, budget: int) -> int:
         return self.local if self.local is not None else max(1, math.ceil(steps / budget) - 1)
@@ -87,9 +87,9 @@ class MLCacheConfig:
     def validate(self) -> None:
         for name in ("cache_ratio", "warmup_ratio"):
             if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"mlcache.{name} must be in (0, 1], got {getattr(self, name)}")
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.refresh_interval < 1:
-            raise ValueError(f"mlcache.refresh_interval must be >= 1, got {self.refresh_interval}")
+            raise ValueError(f"refresh_interval must be >= 1, got {self.refresh_interval}")
 
 
 @dataclass
@@ -102,7 +102,7 @@ class HybridConfig:
 
     def validate(self) -> None:
         if not 1 <= self.candidates <= 64:
-            raise ValueError(f"hybrid.candidates must be between 1 and 64 (a multiple of the tokens fixed), "
+            raise ValueError(f"candidates must be between 1 and 64 (a multiple of the tokens fixed), "
                              f"got {self.candidates}")
 
 

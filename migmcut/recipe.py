@@ -137,8 +137,7 @@ def parse_recipe(data: dict, source: str) -> Recipe:
         try:
             getattr(recipe, section).validate()
         except ValueError as err:
-            where = "sampler: " if section == "sampler" else ""  # the others' messages name their key
-            raise RecipeError(f"{source}: {where}{err}") from None
+            raise RecipeError(f"{source}: {section}: {err}") from None
     return recipe
 
 

@@ -163,8 +163,8 @@ def fresh_copy(ck, tmp):
         (lambda t, ck: ["--methods", "shortcut:9"], "budget 9 must be between 1 and the step count (8)"),
         (lambda t, ck: ["--methods", "vanilla:4"], "vanilla takes no budgets"),
         (lambda t, ck: ["--methods", "mlcache", "--budgets", "1"], "--budgets 1: mlcache with refresh interval 5 needs a budget between 2"),
-        (lambda t, ck: ["--methods", "recap", "--set", "recap.local=-1"], "recap.local must be >= 1"),
-        (lambda t, ck: ["--methods", "mlcache", "--set", "mlcache.cache_ratio=1.1"], "mlcache.cache_ratio must be in (0, 1]"),
+        (lambda t, ck: ["--methods", "recap", "--set", "recap.local=-1"], "recap: local must be >= 1"),
+        (lambda t, ck: ["--methods", "mlcache", "--set", "mlcache.cache_ratio=1.1"], "mlcache: cache_ratio must be in (0, 1]"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path, make_args, message):

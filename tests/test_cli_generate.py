@@ -60,11 +60,11 @@ def test_steps_and_seed_change_the_images(tmp_path):
         (["--prompt", "a red circle", "--method", "hybrid", "--budget", "2"], "needs a shortcut checkpoint"),
         (["--prompt", "a red circle", "--method", "mlcache", "--budget", "1"], "mlcache with refresh interval 5 needs a budget between 2"),
         (["--prompt", "a red circle", "--method", "recap", "--budget", "2", "--set", "recap.local=1"], "needs a budget between 4"),
-        (["--prompt", "a red circle", "--method", "mlcache", "--set", "mlcache.cache_ratio=0"], "mlcache.cache_ratio must be in (0, 1]"),
-        (["--prompt", "a red circle", "--method", "mlcache", "--set", "mlcache.warmup_ratio=1.5"], "mlcache.warmup_ratio must be in (0, 1]"),
-        (["--prompt", "a red circle", "--method", "mlcache", "--set", "mlcache.refresh_interval=0"], "mlcache.refresh_interval must be >= 1"),
-        (["--prompt", "a red circle", "--method", "recap", "--budget", "2", "--set", "recap.local=0"], "recap.local must be >= 1"),
-        (["--prompt", "a red circle", "--set", "hybrid.candidates=0.5"], "hybrid.candidates must be between 1 and 64"),
+        (["--prompt", "a red circle", "--method", "mlcache", "--set", "mlcache.cache_ratio=0"], "mlcache: cache_ratio must be in (0, 1]"),
+        (["--prompt", "a red circle", "--method", "mlcache", "--set", "mlcache.warmup_ratio=1.5"], "mlcache: warmup_ratio must be in (0, 1]"),
+        (["--prompt", "a red circle", "--method", "mlcache", "--set", "mlcache.refresh_interval=0"], "mlcache: refresh_interval must be >= 1"),
+        (["--prompt", "a red circle", "--method", "recap", "--budget", "2", "--set", "recap.local=0"], "recap: local must be >= 1"),
+        (["--prompt", "a red circle", "--set", "hybrid.candidates=0.5"], "hybrid: candidates must be between 1 and 64"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
