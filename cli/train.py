@@ -14,8 +14,10 @@ from migmcut.cli.common import (
 
 @handle_errors
 def train(
-    store: Annotated[str, typer.Option(help="Trajectory store made by `migmcut record` (path or URL).")],
     out: Annotated[Path, typer.Option(help="Checkpoint directory (shortcut.safetensors, config.json, trainer.pt).")],
+    store: Annotated[Optional[str], typer.Option(help="Trajectory store made by `migmcut record` (path or URL); with --online, validation only.")] = None,
+    online: Annotated[bool, typer.Option("--online", help="Train on the shortcut's own rollouts, the base as teacher at each step (train.online).")] = False,
+    init: Annotated[Optional[str], typer.Option(help="Start from this shortcut checkpoint (a directory or builtin:NAME).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (default: the recipe's train.max_steps).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Pairs per step (default: the recipe's).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's).")] = None,
@@ -46,14 +48,15 @@ def train(
                        description=f"training loss {stats['loss']:.4f} {stats['pairs_per_s']:.0f} pairs/s")
 
         result = run_train(rec, store, out, max_steps=max_steps, batch_size=batch_size, lr=lr, workers=workers,
-                           seed=seed, device=device, dtype=dtype, resume=resume, overwrite=overwrite, log=log)
+                           seed=seed, device=device, dtype=dtype, resume=resume, overwrite=overwrite, init=init,
+                           online=online or None, log=log)
     if not main_rank:
         return
     if result.sampler_warning:
         console.print(f"warning: {result.sampler_warning}", highlight=False, soft_wrap=True)
     if not json_:
         figures = ", ".join(f"{k} {result.validation[k]:.4g}" for k in (
-            "val_mse", "val_mse_identity", "val_cos", "val_cos_identity", "val_top1", "val_top1_identity")
+            "online_mse", "online_mse_identity", "val_mse", "val_mse_identity", "val_cos", "val_cos_identity", "val_top1", "val_top1_identity")
             if k in result.validation)
         done = result.steps - result.start_step
         what = (f"trained {done} steps (to step {result.steps}) in {result.seconds:.1f}s" if done

@@ -236,6 +236,10 @@ class BudgetPolicy:
         return Proposal(self.kind, None, self.features)  # the sampler runs the head where it reads logits
 
     def predict(self, base, state, branches: int) -> torch.Tensor:
+        return self.shortcut(self.features, **self.step_inputs(base, state, branches))
+
+    def step_inputs(self, base, state, branches: int) -> dict:
+        """The shortcut's inputs at step t besides h: the tokens fixed at step t - 1 and the conditions."""
         if self.inputs is None:  # a policy samples one batch: its conditions stay the same
             self.inputs = ShortcutInputs(base, base.device, self.features.dtype)
             self.conditioned = self.inputs.condition(state.cond)
@@ -245,7 +249,7 @@ class BudgetPolicy:
         ids = _rows(state).gather(1, pos)
         new_mask = torch.ones(pos.shape, dtype=torch.bool, device=pos.device)
         ratio = torch.full((pos.shape[0],), state.mask_ratio, device=pos.device)
-        return self.shortcut(self.features, **self.inputs.tokens(ids, pos, new_mask, ratio), **self.conditioned)
+        return {**self.inputs.tokens(ids, pos, new_mask, ratio), **self.conditioned}
 
 
 def _branches(state) -> int:

@@ -11,6 +11,13 @@ each from the previous prediction as at generation time, and averages the k loss
 cosine decay to `min_lr_ratio`, gradient clipping, an EMA of the weights (the EMA is what is
 exported). Validation compares against copying h_t forward (the cache): `val_mse_identity`.
 
+`online` trains on the shortcut's own rollouts instead (`migmcut.online`): batches of the recipe's
+training conditions sampled with the shortcut at `online_budgets` full steps (each budget's
+searched schedule where `init` has one, else uniform), one update per shortcut step with the
+base's features at the reached state as targets; the store, when given, supplies validation
+only. `online_mse` / `online_mse_identity` are the last `val_every` updates' on-policy errors.
+`init` starts from a trained checkpoint (its architecture, not the recipe's).
+
 Under torchrun (WORLD_SIZE > 1) the shortcut is wrapped in DDP: every rank reads its own
 trajectories of the same train split, rank 0 alone logs, validates and writes checkpoints.
 Checkpoint directory: `shortcut.safetensors` (EMA weights) + `config.json` (architecture, base
@@ -53,6 +60,8 @@ class TrainConfig:
     step_balance: float = 0.0  # alpha: each pair's MSE / (its cache MSE)^alpha (1: late steps count like early ones)
     unroll: int = 1  # chain this many shortcut steps from the recorded h_t, as at generation, and average their losses
     kl_temperature: float = 1.0
+    online: bool = False  # on-policy pairs: roll the shortcut policy out, the base as teacher (migmcut.online)
+    online_budgets: list[int] = field(default_factory=lambda: [3, 4, 6])  # full steps per rollout, in turn
     val_fraction: float = 0.05
     val_every: int = 500
     val_pairs: int = 4096
@@ -69,6 +78,8 @@ class TrainConfig:
             raise UserError(f"{arg('lr')} must be > 0, got {self.lr}")
         if not 0 <= self.step_balance <= 1:
             raise UserError(f"train.step_balance must be in [0, 1], got {self.step_balance}")
+        if not self.online_budgets or any(b < 1 for b in self.online_budgets):
+            raise UserError(f"train.online_budgets must be a list of full-step counts >= 1, got {self.online_budgets}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"train.val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -193,7 +204,7 @@ class TrainResult:
 
 def train(
     recipe,
-    store: str,
+    store: str | None,
     out: str | Path,
     cfg: TrainConfig | None = None,
     *,
@@ -206,6 +217,8 @@ def train(
     dtype: str | torch.dtype = "auto",
     resume: bool = False,
     overwrite: bool = False,
+    init: str | Path | None = None,
+    online: bool | None = None,
     base=None,
     log=None,
 ) -> TrainResult:
@@ -215,7 +228,9 @@ def train(
     `lr`, `workers` (DataLoader processes) and `seed` override it. `dtype` is the frozen base's
     (its embeddings and head; "auto": bf16 on a GPU); the shortcut trains in fp32. A non-empty `out`
     (hidden files aside: write probes, temporary files) is refused unless `resume` or `overwrite`;
-    one process (rank 0) at a time holds `out`'s lock. A full disk is a `CheckpointError`: the last
+    one process (rank 0) at a time holds `out`'s lock. `init`: a shortcut checkpoint to start from
+    (`builtin:NAME` or a directory); `online`: train on the shortcut's own rollouts (the store,
+    optional then, is used for validation only). A full disk is a `CheckpointError`: the last
     checkpoint written is intact. `log(step, stats)` is called after every step (rank 0).
     """
     from migmcut.devices import placement
@@ -226,9 +241,20 @@ def train(
         check_range(name, value, low, high)
     check_range("lr", lr, 0, 10, low_open=True)
     recipe = as_recipe(recipe)
-    overrides = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, num_workers=workers, seed=seed)
+    overrides = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, num_workers=workers, seed=seed, online=online)
     cfg = dataclasses.replace(cfg or recipe.train, **{k: v for k, v in overrides.items() if v is not None})
     cfg.validate()
+    if store is None and not cfg.online:
+        raise UserError(f"training needs a trajectory store ({arg('store')}), or {arg('online', True)} rollouts")
+    if init is not None:
+        from migmcut.shortcut import resolve_checkpoint
+
+        init = resolve_checkpoint(str(init))
+        if init is None or not (init / "shortcut.safetensors").is_file():
+            raise CheckpointError(f"{arg('init', init)} is not a shortcut checkpoint (no shortcut.safetensors)")
+    if cfg.online and any(b >= recipe.sampler.steps for b in cfg.online_budgets):
+        raise UserError(f"train.online_budgets must be below the sampler's {recipe.sampler.steps} steps "
+                        f"(a rollout needs shortcut steps), got {cfg.online_budgets}")
     device, dtype = placement(device, dtype, base)
     out = writable_dir(out) if not resume else Path(out).expanduser()
     if not resume and not overwrite and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
@@ -239,7 +265,8 @@ def train(
     # callers (bench, notebooks) may have switched autograd off
     with torch.enable_grad(), dir_lock(out, busy, error=CheckpointError) if main else nullcontext():
         try:
-            return _train(recipe, store, out, cfg, device=device, dtype=dtype, resume=resume, base=base, log=log)
+            return _train(recipe, store, out, cfg, device=device, dtype=dtype, resume=resume, init=init, base=base,
+                          log=log)
         except OSError as err:
             if not is_disk_full(err):
                 raise
@@ -248,40 +275,35 @@ def train(
                                   f"intact: free some space and run the same command {again}") from None
 
 
-def _train(recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> TrainResult:
+def _train(recipe, store_url, out, cfg, *, device, dtype, resume, init, base, log) -> TrainResult:
     dist = distributed.init()
     try:
         return _train_ranks(dist, recipe, store_url, out, cfg, device=dist.device(device), dtype=dtype, resume=resume,
-                            base=base, log=log)
+                            init=init, base=base, log=log)
     finally:
         dist.close()
 
 
-def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, base, log) -> TrainResult:
+def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, init, base, log) -> TrainResult:
     from migmcut.base import load_base
-    from migmcut.store.reader import PairDataset, TrajectoryStore, pair_loader
-
-    store = TrajectoryStore(store_url)
-    complete = store.complete_indices()
-    if len(complete) == 0:
-        raise StoreError(f"{store_url} has no complete trajectories: run migmcut record first")
-    if len(complete) < 2:
-        raise StoreError(f"{store_url} has {len(complete)} complete trajectory; training needs at least 2 (train + val)")
-    base = base if base is not None else load_base(recipe.base, device, dtype)
-    fingerprint = store.attrs.get("fingerprint")
-    if fingerprint != base.fingerprint:
-        raise StoreError(
-            f"{store_url} was recorded with base {fingerprint}, but recipe {recipe.name} has base "
-            f"{base.fingerprint}: use the recipe the store was recorded with"
-        )
     from migmcut.sampler import behaviour_difference
 
-    differs = behaviour_difference(store.spec.sampler, dataclasses.replace(recipe.sampler, steps=store.steps))
+    base = base if base is not None else load_base(recipe.base, device, dtype)
+    store = _open_store(store_url, base, recipe.name) if store_url is not None else None
+    differs = store and behaviour_difference(store.spec.sampler, dataclasses.replace(recipe.sampler, steps=store.steps))
     warning = f"{store_url} was recorded by another sampler than recipe {recipe.name}'s: {differs}" if differs else None
     rank, world = dist.rank, dist.world
     torch.manual_seed(dist.seed(cfg.seed))
-    arch = ShortcutConfig.from_recipe(recipe.shortcut, base.feature_dim)
+    if init is not None:
+        from migmcut.shortcut import load_shortcut
+
+        start, _ = load_shortcut(init, base)
+        arch = start.config
+    else:
+        arch = ShortcutConfig.from_recipe(recipe.shortcut, base.feature_dim)
     model = Shortcut(arch).to(device)
+    if init is not None:
+        model.load_state_dict(start.state_dict())
     ema = Shortcut(arch).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -307,37 +329,42 @@ def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, ba
         torch.set_rng_state(state["torch_rng"])
     rollout = Rollout(model)
     ddp = torch.nn.parallel.DistributedDataParallel(rollout) if world > 1 else rollout
-    train_idx, val_idx = store.split(cfg.val_fraction, seed=cfg.seed)
-    if len(val_idx) == 0 or len(train_idx) == 0:
-        raise StoreError(f"{store_url}: too few trajectories for a train/val split at val_fraction {cfg.val_fraction}")
-    if cfg.unroll >= store.steps:
-        raise UserError(f"train.unroll must be below the store's step count ({store.steps}), got {cfg.unroll}")
-    data = PairDataset(store, train_idx, seed=cfg.seed + step, epochs=None, buffer=cfg.buffer, rank=rank, world=world,
-                       window=cfg.unroll)
-    loader = iter(pair_loader(data, cfg.batch_size, cfg.num_workers))
-    val_data = PairDataset(store, val_idx, seed=cfg.seed, shuffle=True, buffer=cfg.buffer, rank=0, world=1)
     inputs = ShortcutInputs(base, device)
-    meta = {
-        "base_fingerprint": base.fingerprint,
-        "recipe": recipe.name,
-        "store": str(store_url),
-        "train": dataclasses.asdict(cfg),
-        "train_trajectories": int(len(train_idx)),
-        "val_trajectories": int(len(val_idx)),
-        **({"sampler_warning": warning} if warning else {}),
-    }
+    val_data = None
+    meta = {"base_fingerprint": base.fingerprint, "recipe": recipe.name, "store": None if store is None else str(store_url),
+            "train": dataclasses.asdict(cfg), **({"init": str(init)} if init is not None else {})}
+    if store is not None:
+        from migmcut.store.reader import PairDataset, pair_loader
+
+        train_idx, val_idx = store.split(cfg.val_fraction, seed=cfg.seed)
+        if len(val_idx) == 0 or (len(train_idx) == 0 and not cfg.online):
+            raise StoreError(f"{store_url}: too few trajectories for a train/val split at val_fraction {cfg.val_fraction}")
+        val_data = PairDataset(store, val_idx, seed=cfg.seed, shuffle=True, buffer=cfg.buffer, rank=0, world=1)
+        meta.update(train_trajectories=int(len(train_idx)), val_trajectories=int(len(val_idx)))
+    if warning:
+        meta["sampler_warning"] = warning
+    online = None
+    if cfg.online:
+        from migmcut.online import OnlineBatches
+
+        online = OnlineBatches(base, model, recipe, cfg, init, rank=rank, world=world, start=step)
+        meta["online_schedules"] = online.schedules
+        batches = iter(online)
+    else:
+        if cfg.unroll >= store.steps:
+            raise UserError(f"train.unroll must be below the store's step count ({store.steps}), got {cfg.unroll}")
+        data = PairDataset(store, train_idx, seed=cfg.seed + step, epochs=None, buffer=cfg.buffer, rank=rank,
+                           world=world, window=cfg.unroll)
+        batches = store_batches(pair_loader(data, cfg.batch_size, cfg.num_workers), inputs, device)
     t0, pairs_seen, start_step = time.perf_counter(), 0, step
     while step < cfg.max_steps:
-        batch = next(loader)
-        window = batch if isinstance(batch, list) else [batch]
-        xs = [inputs(b) for b in window]
+        xs, targets, masks = next(batches)
         loss = 0.0
-        for b, x, pred in zip(window, xs, ddp(xs)):
-            target, mask = b["h_next"].to(device), b["loss_mask"].to(device)
-            loss = loss + balanced_mse(pred, target, x["h"], mask, cfg.step_balance) / len(window)
+        for x, target, mask, pred in zip(xs, targets, masks, ddp(xs)):
+            loss = loss + balanced_mse(pred, target, x["h"], mask, cfg.step_balance) / len(xs)
             if cfg.kl_weight > 0:
                 kl, _ = head_kl(base, pred, target, mask, cfg.kl_temperature)
-                loss = loss + cfg.kl_weight * kl / len(window)
+                loss = loss + cfg.kl_weight * kl / len(xs)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
@@ -348,22 +375,52 @@ def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, ba
             d = min(cfg.ema, (1 + step) / (10 + step))
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - d)
+            if online is not None:
+                online.observe(pred, target, x["h"], mask)
         step += 1
-        pairs_seen += len(window[0]["h"]) * len(window) * world
+        pairs_seen += len(xs[0]["h"]) * len(xs) * world
         if log is not None and rank == 0:
             log(step, {"loss": loss.item(), "pairs_per_s": pairs_seen / (time.perf_counter() - t0),
                        "max_steps": cfg.max_steps})
         last = step == cfg.max_steps
         if rank == 0 and (step % cfg.val_every == 0 or last):
-            val_loader = pair_loader(val_data, cfg.batch_size, 0)
-            summary = evaluate(ema, base, val_loader, inputs, cfg.val_pairs, cfg.kl_temperature)
+            summary = online.figures() if online is not None else {}
+            if val_data is not None:
+                summary.update(evaluate(ema, base, pair_loader(val_data, cfg.batch_size, 0), inputs, cfg.val_pairs,
+                                        cfg.kl_temperature))
         if rank == 0 and (step % cfg.checkpoint_every == 0 or last):
             meta["summary"] = {**summary, "steps": step}
             save_checkpoint(out, model, ema, opt, step, meta)
+            if online is not None:
+                online.save_schedules(out)
     dist.barrier()
     seconds = time.perf_counter() - t0
     return TrainResult(str(out), step, start_step, {k: round(v, 6) for k, v in summary.items()},
                        round(pairs_seen / seconds, 1) if step > start_step else 0.0, round(seconds, 3), warning)
+
+
+def _open_store(store_url, base, recipe_name: str):
+    from migmcut.store.reader import TrajectoryStore
+
+    store = TrajectoryStore(store_url)
+    complete = store.complete_indices()
+    if len(complete) == 0:
+        raise StoreError(f"{store_url} has no complete trajectories: run migmcut record first")
+    if len(complete) < 2:
+        raise StoreError(f"{store_url} has {len(complete)} complete trajectory; training needs at least 2 (train + val)")
+    fingerprint = store.attrs.get("fingerprint")
+    if fingerprint != base.fingerprint:
+        raise StoreError(f"{store_url} was recorded with base {fingerprint}, but recipe {recipe_name} has base "
+                         f"{base.fingerprint}: use the recipe the store was recorded with")
+    return store
+
+
+def store_batches(loader, inputs: ShortcutInputs, device):
+    """(shortcut inputs, targets, loss masks) of each batch of store pairs: lists of one, or of `unroll`."""
+    for batch in loader:
+        window = batch if isinstance(batch, list) else [batch]
+        yield ([inputs(b) for b in window], [b["h_next"].to(device) for b in window],
+               [b["loss_mask"].to(device) for b in window])
 
 
 sys.modules[__name__].__class__ = migmcut.CallableModule  # migmcut.train(...) calls train() above
