@@ -56,7 +56,8 @@ def train(
         console.print(f"warning: {result.sampler_warning}", highlight=False, soft_wrap=True)
     if not json_:
         figures = ", ".join(f"{k} {result.validation[k]:.4g}" for k in (
-            "online_mse", "online_mse_identity", "val_mse", "val_mse_identity", "val_cos", "val_cos_identity", "val_top1", "val_top1_identity")
+            "online_mse", "online_mse_identity", "val_mse", "val_mse_identity", "val_cos", "val_cos_identity",
+            "val_top1", "val_top1_identity")
             if k in result.validation)
         done = result.steps - result.start_step
         what = (f"trained {done} steps (to step {result.steps}) in {result.seconds:.1f}s" if done

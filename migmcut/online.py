@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from migmcut.policies import BudgetPolicy, Proposal, _branches, _rows
+from migmcut.policies import BudgetPolicy, _rows
 from migmcut.sampler import sample, trajectory_seed
 
 ROLLOUT_STREAM = 0x6F6E6C6E  # rollout seeds apart from record's (the same run seed gives other draws)
@@ -50,16 +50,12 @@ class TeacherTap(BudgetPolicy):
         super().__init__(full_steps, shortcut)
         self.pairs: list[Pair] = []
 
-    def step(self, base, state):
-        if state.t in self.full_steps:
-            return super().step(base, state)
-        branches = _branches(state)
-        h, inputs = self.features, self.step_inputs(base, state, branches)
-        self.features = self.shortcut(h, **inputs)
+    def predict(self, base, state, branches: int) -> torch.Tensor:
+        inputs = self.step_inputs(base, state, branches)
         rows = _rows(state)
         _, target = base(rows, state.cond)
-        self.pairs.append(Pair(h, inputs, target, rows == base.mask_id, state.t))
-        return Proposal("shortcut", None, self.features)
+        self.pairs.append(Pair(self.features, inputs, target, rows == base.mask_id, state.t))
+        return self.shortcut(self.features, **inputs)
 
 
 def rollout_pairs(base, shortcut, conditions: list, seeds: list[int], config, full_steps: list[int]) -> tuple[list[Pair], torch.Tensor]:

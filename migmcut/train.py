@@ -290,20 +290,18 @@ def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, in
 
     base = base if base is not None else load_base(recipe.base, device, dtype)
     store = _open_store(store_url, base, recipe.name) if store_url is not None else None
-    differs = store and behaviour_difference(store.spec.sampler, dataclasses.replace(recipe.sampler, steps=store.steps))
+    differs = None if store is None else behaviour_difference(
+        store.spec.sampler, dataclasses.replace(recipe.sampler, steps=store.steps))
     warning = f"{store_url} was recorded by another sampler than recipe {recipe.name}'s: {differs}" if differs else None
     rank, world = dist.rank, dist.world
     torch.manual_seed(dist.seed(cfg.seed))
-    if init is not None:
+    if init is not None:  # its own architecture, whatever the recipe's
         from migmcut.shortcut import load_shortcut
 
-        start, _ = load_shortcut(init, base)
-        arch = start.config
+        model = load_shortcut(init, base)[0].requires_grad_(True).train().to(device)
     else:
-        arch = ShortcutConfig.from_recipe(recipe.shortcut, base.feature_dim)
-    model = Shortcut(arch).to(device)
-    if init is not None:
-        model.load_state_dict(start.state_dict())
+        model = Shortcut(ShortcutConfig.from_recipe(recipe.shortcut, base.feature_dim)).to(device)
+    arch = model.config
     ema = Shortcut(arch).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
