@@ -279,7 +279,7 @@ def measure_c(base, shortcut, sampler: SamplerConfig, batch_size: int, repeats: 
     except UserError:
         cond = base.encode_conditions([0] * B)
     if branches == 2:
-        cond = torch.cat([cond, base.null_conditions(B)])
+        cond = cond.cat(base.null_conditions(B))
     from migmcut.sampler import StepState
 
     state = StepState(1, tokens, cond, new.to(base.device), 0.5)

@@ -253,7 +253,7 @@ class BudgetPolicy:
 
 
 def _branches(state) -> int:
-    return state.cond.shape[0] // state.tokens.shape[0]
+    return len(state.cond) // state.tokens.shape[0]
 
 
 def _rows(state) -> torch.Tensor:

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from migmcut.base.conditions import Conditions
 from migmcut.base.interface import BaseModel
 from migmcut.policies import ROUNDINGS, FullPolicy, Proposal
 from migmcut.schedule import SCHEDULES, tokens_per_step
@@ -133,7 +134,7 @@ class StepState:
 
     t: int
     tokens: torch.Tensor  # (B, L) current state, mask_id where masked
-    cond: torch.Tensor  # (B * branches, ...) conditions, conditional branch first
+    cond: Conditions  # B * branches rows, conditional branch first
     new_tokens: torch.Tensor | None  # (B, L) bool: positions fixed at step t-1 (None at t=0)
     mask_ratio: float  # fraction of positions masked at this step's input
 
@@ -187,7 +188,7 @@ def sample(
     gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
     cond = base.encode_conditions(conditions)
     if config.branches == 2:
-        cond = torch.cat([cond, base.null_conditions(B)])
+        cond = cond.cat(base.null_conditions(B))
     tokens = torch.full((B, L), base.mask_id, dtype=torch.long, device=device)
     order = torch.full((B, L), -1, dtype=torch.long, device=device)
     new_tokens = None

@@ -52,6 +52,30 @@ class ShortcutConfig:
         return json.dumps(asdict(self), indent=2)
 
 
+def position_table(n: int, d: int) -> torch.Tensor:
+    """(n, d) fixed sinusoids, sin and cos interleaved: the shortcut's own position embedding."""
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, d, 2, dtype=torch.float64) / d)
+    table = torch.zeros(n, d, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
+    return table.float()
+
+
+def grid_positions(base) -> torch.Tensor:
+    """(L, D) position embeddings of the grid in raster order, in the base's dtype on its device:
+    the base's own (`embed_positions`), or for a base without absolute positions (RoPE: Lumina-DiMOO)
+    the fixed sinusoids scaled to the RMS of its image-token embeddings."""
+    with torch.no_grad():
+        grid = torch.arange(base.num_tokens, device=base.device)
+        own = base.embed_positions(grid)
+        if own is not None:
+            return own
+        codes = base.embed_tokens(torch.arange(base.codebook_size, device=base.device))
+        scale = codes.float().pow(2).mean().sqrt().item()
+        return (position_table(base.num_tokens, base.feature_dim) * scale).to(codes.device, codes.dtype)
+
+
 def sinusoid(x: torch.Tensor, dim: int) -> torch.Tensor:
     half = dim // 2
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
@@ -107,7 +131,7 @@ class ShortcutInputs:
     """The shortcut's inputs, from the base's frozen embeddings: the one place the sampler's policy,
     the trainer and the rollout evaluation build them, on `device` in `dtype`.
 
-    `condition(cond)`: the encoded conditions (R, ...) of each row (the null condition on CFG's
+    `condition(cond)`: the encoded conditions (`Conditions`, R rows; the null condition on CFG's
     unconditional rows) -> cond_emb, cond_mask, query_pos (fixed for a whole trajectory: callers
     that step keep it). `tokens(ids, pos, new_mask, mask_ratio)`: the tokens fixed at the last step
     (ids, grid positions, validity: (R, M)) and the fraction still masked (R,) -> new_emb, new_mask,
@@ -117,26 +141,24 @@ class ShortcutInputs:
 
     def __init__(self, base, device=None, dtype: torch.dtype = torch.float32):
         self.base, self.device, self.dtype = base, torch.device(device or base.device), dtype
-        with torch.no_grad():
-            self.query_pos = base.grid_position_embeddings().to(self.device, dtype)  # the same for every call
+        self.positions = grid_positions(base)  # (L, D), base dtype and device
+        self.query_pos = self.positions.to(self.device, dtype)  # the same for every call
 
-    def conditions(self, conditions: list, branch: torch.Tensor) -> torch.Tensor:
+    def conditions(self, conditions: list, branch: torch.Tensor):
         """Encoded conditions of store pairs: branch 1 (CFG's unconditional) gets the null condition."""
         cond = self.base.encode_conditions(list(conditions))
-        null = self.base.null_conditions(len(conditions))
-        uncond = (branch == 1).to(cond.device).view(-1, *([1] * (cond.dim() - 1)))
-        return torch.where(uncond, null, cond)
+        return cond.where(branch == 1, self.base.null_conditions(len(conditions)))
 
     @torch.no_grad()
-    def condition(self, cond: torch.Tensor) -> dict:
-        mask = self.base.condition_mask(cond)
-        return dict(cond_emb=self.base.embed_conditions(cond).to(self.device, self.dtype),
+    def condition(self, cond) -> dict:
+        emb, mask = self.base.embed_conditions(cond), self.base.condition_mask(cond)
+        return dict(cond_emb=None if emb is None else emb.to(self.device, self.dtype),
                     cond_mask=None if mask is None else mask.to(self.device), query_pos=self.query_pos)
 
     @torch.no_grad()
     def tokens(self, ids, pos, new_mask, mask_ratio) -> dict:
         base = self.base
-        new_emb = base.embed_tokens(ids.to(base.device)) + base.embed_positions(pos.to(base.device))
+        new_emb = base.embed_tokens(ids.to(base.device)) + self.positions[pos.to(base.device)]
         return dict(new_emb=new_emb.to(self.device, self.dtype), new_mask=new_mask.to(self.device),
                     mask_ratio=mask_ratio.to(self.device))
 

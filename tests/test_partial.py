@@ -40,7 +40,7 @@ def case(request, tmp_path_factory):
     base, seq_index, length, conditions, layers = ADAPTERS[request.param](tmp_path_factory.mktemp(request.param))
     assert base.supports_partial
     # CFG as the sampler runs it: conditional rows, then the null branch
-    cond = torch.cat([base.encode_conditions(conditions), base.null_conditions(2)])
+    cond = base.encode_conditions(conditions).cat(base.null_conditions(2))
     g = torch.Generator().manual_seed(0)
     L, K = base.num_tokens, base.codebook_size
     old = torch.randint(0, K, (4, L), generator=g)

@@ -39,6 +39,27 @@ def test_default_settings_sample_the_tokens_they_always_did(debug_base, debug_re
     assert _digest(sample(debug_base, PROMPTS, [3, 4], config, policy=policy)) == expected, label
 
 
+# Generated at 2dce7ea, before conditions became adapter-owned objects (issue 15): every policy that
+# reads conditions samples the same tokens with the shipped tiny-shapes base and shortcut.
+@pytest.mark.parametrize("method, budget, expected", [
+    ("shortcut", 4, "fc9d9cfceb62a10c"),
+    ("hybrid", 4, "9a86b18fd630fced"),
+    ("recap", 8, "df196f25b34eb3e1"),
+    ("mlcache", None, "2030adb09c518bfb"),
+])
+def test_shipped_tiny_shapes_policies_sample_the_tokens_they_always_did(method, budget, expected):
+    from migmcut.base import load_base
+    from migmcut.policies import build, full_steps_for
+    from migmcut.shortcut import load_shortcut, resolve_checkpoint
+
+    recipe = load_recipe("tiny-shapes")
+    base = load_base(recipe.base)
+    shortcut, _ = load_shortcut(resolve_checkpoint(recipe.shortcut.checkpoint), base)
+    counts = tokens_per_step(base.num_tokens, 16, recipe.sampler.schedule)
+    policy = build(method, full_steps_for(method, 16, budget), shortcut=shortcut, counts=counts)
+    assert _digest(sample(base, PROMPTS, [3, 4], recipe.sampler, policy=policy)) == expected
+
+
 # -- the real recipes' settings, against their reference code ------------------------------------
 # MaskGIT: valeoai/Maskgit-pytorch v1 archive 674ef1d934963b7550ad9068015e705a525ceecb, Trainer/vit.py
 # (`adap_sche`, `MaskGIT.sample`); the same in Kaiwen-Zhu/MIGM-Shortcut 93349c444c40cd9f681289bfd6233a0ad337f0b1

@@ -37,7 +37,7 @@ def test_the_trainer_and_the_sampler_hand_the_shortcut_identical_tensors(store, 
     # the sampler's state after step t: the tokens fixed up to t, those of step t new
     order, tokens = traj["order"][None], traj["tokens"][None]
     state = StepState(t + 1, torch.where(order <= t, tokens, base.mask_id),
-                      torch.cat([base.encode_conditions([traj["condition"]]), base.null_conditions(1)]),
+                      base.encode_conditions([traj["condition"]]).cat(base.null_conditions(1)),
                       order == t, (order > t).float().mean().item())
     net = Recording(ShortcutConfig(feature_dim=base.feature_dim, heads=2))
     policy = BudgetPolicy([0], net)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from migmcut.base.conditions import Conditions
 from migmcut.base.interface import BaseModel, fingerprint_of
 from migmcut.base.partial import Sequence, split_heads
 from migmcut.base.statedict import KeyMap, load_into, require_path
@@ -158,15 +159,6 @@ def positions_and_mask(ids: torch.Tensor, keep: torch.Tensor | None) -> tuple[to
     return (keep.long().cumsum(1) - 1).clamp_min(0), keep[:, None, None, :]
 
 
-def _sinusoids(n: int, d: int) -> torch.Tensor:
-    pos = torch.arange(n, dtype=torch.float64)[:, None]
-    freq = torch.exp(-math.log(10000.0) * torch.arange(0, d, 2, dtype=torch.float64) / d)
-    table = torch.zeros(n, d, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(pos * freq)
-    table[:, 1::2] = torch.cos(pos * freq)[:, : d // 2]
-    return table.float()
-
-
 def read_llada_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
@@ -215,12 +207,8 @@ class DiMOOBase(BaseModel):
         tail = torch.full((2 + h * (w + 1) + 2,), cfg.newline_token_id, dtype=torch.long)
         tail[0], tail[1], tail[-2], tail[-1] = cfg.boa_token_id, cfg.boi_token_id, cfg.eoi_token_id, cfg.eoa_token_id
         self.register_buffer("tail", tail, persistent=False)
-        # RoPE gives no absolute position embedding: a fixed sinusoid table scaled to the image rows' RMS
-        rows = net.embed_tokens.weight[self.image_offset : self.image_offset + self.codebook_size].float()
-        scale = rows.pow(2).mean().sqrt().item() if rows.device.type != "meta" else 1.0
-        self.register_buffer("pos_table", _sinusoids(h * w, self.feature_dim) * scale, persistent=False)
         self._null = self._tokenize(["<uncondition>"], check=False)[0] if tokenizer is not None else None
-        self.fingerprint = fingerprint_of(meta, self) if rows.device.type != "meta" else "meta"
+        self.fingerprint = fingerprint_of(meta, self) if net.embed_tokens.weight.device.type != "meta" else "meta"
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -272,17 +260,18 @@ class DiMOOBase(BaseModel):
             out[i, P - len(ids):] = torch.tensor(ids)
         return out
 
-    def encode_conditions(self, conditions: list) -> torch.Tensor:
+    def encode_conditions(self, conditions: list) -> Conditions:
+        """Conditions(ids=(B, max_prompt_tokens)): each prompt's template ids, left-padded with PAD."""
         if not all(isinstance(c, str) for c in conditions):
             raise UserError("dimoo is text-conditioned: give --prompt TEXT, not --class")
-        return self._tokenize(conditions).to(self.device)
+        return Conditions(ids=self._tokenize(conditions).to(self.device))
 
-    def null_conditions(self, n: int) -> torch.Tensor:
-        return self._null.to(self.device).expand(n, -1).clone()
+    def null_conditions(self, n: int) -> Conditions:
+        return Conditions(ids=self._null.to(self.device).expand(n, -1).clone())
 
     # -- the model --------------------------------------------------------------------------
-    def sequence(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B = tokens.shape[0]
+    def sequence(self, tokens: torch.Tensor, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, cond = tokens.shape[0], cond["ids"]
         image = torch.where(tokens == self.mask_id, self.cfg.mask_token_id, tokens + self.image_offset)
         tail = self.tail.expand(B, -1).clone()
         tail[:, self.image_index] = image
@@ -292,10 +281,10 @@ class DiMOOBase(BaseModel):
             return ids, None
         return ids, torch.cat([keep, torch.ones_like(tail, dtype=torch.bool)], 1)
 
-    def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor]:
         ids, keep = self.sequence(tokens, cond)
         hidden = self.net(ids, keep)
-        features = hidden[:, cond.shape[1] + self.image_index]
+        features = hidden[:, self.prompt_length + self.image_index]
         return self.head(features), features
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
@@ -305,20 +294,20 @@ class DiMOOBase(BaseModel):
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.net.embed_tokens(tokens + self.image_offset)
 
-    def embed_positions(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.pos_table[positions].to(self.net.embed_tokens.weight.dtype)
+    # no embed_positions: RoPE has no absolute position embedding, so the shortcut uses its own
 
-    def embed_conditions(self, cond: torch.Tensor) -> torch.Tensor:
-        emb = self.net.embed_tokens(cond.clamp_min(0))
-        return emb * (cond != PAD)[..., None].to(emb.dtype)  # padding -> zero vectors
+    def embed_conditions(self, cond: Conditions) -> torch.Tensor:
+        ids = cond["ids"]
+        emb = self.net.embed_tokens(ids.clamp_min(0))
+        return emb * (ids != PAD)[..., None].to(emb.dtype)  # padding -> zero vectors
 
-    def condition_mask(self, cond: torch.Tensor) -> torch.Tensor:
-        return cond != PAD  # the shortcut does not attend to prompt padding
+    def condition_mask(self, cond: Conditions) -> torch.Tensor:
+        return cond["ids"] != PAD  # the shortcut does not attend to prompt padding
 
     # -- partial evaluation: LlamaDecoderLayer by hand (pre-RMSNorm, RoPE, SwiGLU) --------------------
     supports_partial = True
 
-    def partial_sequence(self, tokens: torch.Tensor, cond: torch.Tensor) -> Sequence:
+    def partial_sequence(self, tokens: torch.Tensor, cond: Conditions) -> Sequence:
         ids, keep = self.sequence(tokens, cond)
         return Sequence(ids, *positions_and_mask(ids, keep))
 

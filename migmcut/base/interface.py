@@ -3,8 +3,8 @@
 A base model is a masked token model over an image grid of L = H*W tokens from a codebook of
 K entries. The sampler only ever talks to it through this class:
 
-    cond = base.encode_conditions(["a red circle"])        # (B, ...) condition tensor
-    null = base.null_conditions(B)                        # the CFG unconditional branch
+    cond = base.encode_conditions(["a red circle"])        # Conditions: named tensors, B rows
+    cond = cond.cat(base.null_conditions(B))              # paired with CFG's unconditional branch
     logits, features = base.forward(tokens, cond)         # (B, L, K), (B, L, D)
     logits = base.head(features)                          # the output head alone
     images = base.decode(tokens)                          # uint8 (B, H_img, W_img, 3)
@@ -23,8 +23,11 @@ ones of every other position (other image tokens and prompt/condition positions,
 cached full step). The cache holds whatever batch the full step ran (under CFG: every branch).
 
 `tokens` hold image token ids in [0, K) and `mask_id` (== K) where a position is still masked.
-`embed_tokens`, `embed_positions` and `embed_conditions` expose the frozen embeddings the
-shortcut reads new tokens and prompts with. `fingerprint` identifies config + weights: stores
+Conditions are the adapter's own (`conditions.Conditions`: whatever tensors its model takes); the
+sampler and trainer only pair, select and move them. `embed_tokens`, `embed_positions` and
+`embed_conditions` expose the frozen embeddings the shortcut reads new tokens and prompts with; a
+base without absolute position embeddings (RoPE) returns None from `embed_positions`, and the
+shortcut uses its own (`shortcut.grid_positions`). `fingerprint` identifies config + weights: stores
 and checkpoints record it and refuse to pair with another base.
 """
 
@@ -35,6 +38,7 @@ import json
 
 import torch
 
+from migmcut.base.conditions import Conditions
 from migmcut.base.partial import KVCache, Sequence, run_layers
 from migmcut.errors import UserError
 
@@ -54,13 +58,15 @@ class BaseModel(torch.nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def encode_conditions(self, conditions: list) -> torch.Tensor:
+    def encode_conditions(self, conditions: list) -> Conditions:
+        """Raw conditions (prompts, class ids) -> their encoded batch; UserError for one this base cannot take."""
         raise NotImplementedError
 
-    def null_conditions(self, n: int) -> torch.Tensor:
+    def null_conditions(self, n: int) -> Conditions:
+        """n rows of CFG's unconditional condition, pairable with `encode_conditions`' output."""
         raise NotImplementedError
 
-    def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
@@ -69,17 +75,16 @@ class BaseModel(torch.nn.Module):
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def embed_positions(self, positions: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def embed_positions(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """The base's absolute position embeddings (..., D) of grid positions; None for a base without
+        them (the shortcut then uses its own)."""
+        return None
 
-    def embed_conditions(self, cond: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def embed_conditions(self, cond: Conditions) -> torch.Tensor | None:
+        """(B, P, D): condition embeddings the shortcut attends to (None: it attends to none)."""
+        return None
 
-    def grid_position_embeddings(self) -> torch.Tensor:
-        """(L, D): the position embeddings of every grid position in raster order (the shortcut's queries)."""
-        return self.embed_positions(torch.arange(self.num_tokens, device=self.device))
-
-    def condition_mask(self, cond: torch.Tensor) -> torch.Tensor | None:
+    def condition_mask(self, cond: Conditions) -> torch.Tensor | None:
         """(B, P) bool: the condition positions the shortcut may attend to (None: all of them)."""
         return None
 
@@ -89,7 +94,7 @@ class BaseModel(torch.nn.Module):
     # -- partial evaluation -------------------------------------------------------------------
     supports_partial: bool = False
 
-    def forward_with_cache(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, KVCache]:
+    def forward_with_cache(self, tokens: torch.Tensor, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor, KVCache]:
         """`forward` (same logits and features) that also returns every layer's K/V."""
         self._require_partial()
         seq = self.partial_sequence(tokens, cond)
@@ -98,7 +103,7 @@ class BaseModel(torch.nn.Module):
         features = self.final_norm(_rows(x, self.image_rows(grid)))
         return self.head(features), features, cache
 
-    def partial_forward(self, tokens: torch.Tensor, cond: torch.Tensor, positions: torch.Tensor,
+    def partial_forward(self, tokens: torch.Tensor, cond: Conditions, positions: torch.Tensor,
                         cache: KVCache, update: bool = False, context: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, n, K) and features (B, n, D) at grid `positions` (B, n), other positions from
         `cache`; with `update` the recomputed positions' K/V are written into `cache` (ML-Cache);
@@ -136,7 +141,7 @@ class BaseModel(torch.nn.Module):
                             f"partial_forward), which recap, mlcache and hybrid need: use vanilla, cache or shortcut")
 
     # the hooks `migmcut.base.partial.run_layers` drives; an adapter with `supports_partial` defines them
-    def partial_sequence(self, tokens: torch.Tensor, cond: torch.Tensor) -> Sequence:
+    def partial_sequence(self, tokens: torch.Tensor, cond: Conditions) -> Sequence:
         """The input sequence: ids, position ids and key mask."""
         raise NotImplementedError
 

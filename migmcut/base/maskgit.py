@@ -24,6 +24,7 @@ import torch
 import yaml
 from torch import nn
 
+from migmcut.base.conditions import Conditions
 from migmcut.base.interface import BaseModel, fingerprint_of
 from migmcut.base.partial import Sequence, split_heads
 from migmcut.base.statedict import load_into, read_tensors, require_path
@@ -316,7 +317,7 @@ class MaskGITBase(BaseModel):
         return cls(net, vq, cfg.grid, meta)
 
     # -- the interface --------------------------------------------------------------------
-    def encode_conditions(self, conditions: list) -> torch.Tensor:
+    def encode_conditions(self, conditions: list) -> Conditions:
         ids = []
         for c in conditions:
             if isinstance(c, str) or isinstance(c, bool) or not isinstance(c, (int, np.integer)):
@@ -324,13 +325,14 @@ class MaskGITBase(BaseModel):
             if not 0 <= int(c) < self.num_classes:
                 raise UserError(f"class id {c} is out of range: give 0..{self.num_classes - 1}")
             ids.append(int(c) + self.codebook_size + 1)
-        return torch.tensor(ids, dtype=torch.long, device=self.device).view(-1, 1)
+        return Conditions(ids=torch.tensor(ids, dtype=torch.long, device=self.device).view(-1, 1))
 
-    def null_conditions(self, n: int) -> torch.Tensor:
-        return torch.full((n, 1), self.codebook_size + 1 + self.num_classes, dtype=torch.long, device=self.device)
+    def null_conditions(self, n: int) -> Conditions:
+        null = self.codebook_size + 1 + self.num_classes
+        return Conditions(ids=torch.full((n, 1), null, dtype=torch.long, device=self.device))
 
-    def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.net.features(tokens, cond)
+    def forward(self, tokens: torch.Tensor, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.net.features(tokens, cond["ids"])
         return self.net.head(features), features
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
@@ -342,14 +344,14 @@ class MaskGITBase(BaseModel):
     def embed_positions(self, positions: torch.Tensor) -> torch.Tensor:
         return self.net.pos_emb[0][positions]
 
-    def embed_conditions(self, cond: torch.Tensor) -> torch.Tensor:
-        return self.net.tok_emb(cond)
+    def embed_conditions(self, cond: Conditions) -> torch.Tensor:
+        return self.net.tok_emb(cond["ids"])
 
     # -- partial evaluation: the pre-norm encoder layers by hand ------------------------------------
     supports_partial = True
 
-    def partial_sequence(self, tokens: torch.Tensor, cond: torch.Tensor) -> Sequence:
-        ids = torch.cat([tokens, cond], 1)  # the class token is last
+    def partial_sequence(self, tokens: torch.Tensor, cond: Conditions) -> Sequence:
+        ids = torch.cat([tokens, cond["ids"]], 1)  # the class token is last
         return Sequence(ids, torch.arange(ids.shape[1], device=ids.device).expand_as(ids), None)
 
     def image_rows(self, positions: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ import transformers
 from diffusers import VQModel
 from transformers import BertConfig, BertForMaskedLM
 
+from migmcut.base.conditions import Conditions
 from migmcut.base.interface import BaseModel, fingerprint_of
 from migmcut.base.partial import Sequence, split_heads
 from migmcut.errors import UserError, quote
@@ -143,19 +144,19 @@ class TinyShapesBase(BaseModel):
         return cls(mlm, vq, prompt_length, meta)
 
     # -- the interface --------------------------------------------------------------------
-    def encode_conditions(self, conditions: list) -> torch.Tensor:
+    def encode_conditions(self, conditions: list) -> Conditions:
         if not all(isinstance(c, str) for c in conditions):
             raise UserError("tiny-shapes is text-conditioned: give --prompt, not --class")
-        return tokenize_prompts(conditions, self.prompt_length).to(self.device)
+        return Conditions(ids=tokenize_prompts(conditions, self.prompt_length).to(self.device))
 
-    def null_conditions(self, n: int) -> torch.Tensor:
-        return torch.full((n, self.prompt_length), NULL, dtype=torch.long, device=self.device)
+    def null_conditions(self, n: int) -> Conditions:
+        return Conditions(ids=torch.full((n, self.prompt_length), NULL, dtype=torch.long, device=self.device))
 
-    def input_ids(self, tokens: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def input_ids(self, tokens: torch.Tensor, cond: Conditions) -> torch.Tensor:
         image = torch.where(tokens == self.mask_id, MASK, tokens + IMAGE_OFFSET)
-        return torch.cat([cond, image], dim=1)
+        return torch.cat([cond["ids"], image], dim=1)
 
-    def forward(self, tokens: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.mlm.bert(input_ids=self.input_ids(tokens, cond)).last_hidden_state
         features = hidden[:, self.prompt_length :]
         return self.head(features), features
@@ -173,13 +174,13 @@ class TinyShapesBase(BaseModel):
     def embed_positions(self, positions: torch.Tensor) -> torch.Tensor:
         return self.mlm.bert.embeddings.position_embeddings(positions + self.prompt_length)
 
-    def embed_conditions(self, cond: torch.Tensor) -> torch.Tensor:
-        return self.mlm.bert.embeddings.word_embeddings(cond)
+    def embed_conditions(self, cond: Conditions) -> torch.Tensor:
+        return self.mlm.bert.embeddings.word_embeddings(cond["ids"])
 
     # -- partial evaluation: BertLayer by hand (post-norm attention and MLP, as modeling_bert) ------
     supports_partial = True
 
-    def partial_sequence(self, tokens: torch.Tensor, cond: torch.Tensor) -> Sequence:
+    def partial_sequence(self, tokens: torch.Tensor, cond: Conditions) -> Sequence:
         ids = self.input_ids(tokens, cond)
         return Sequence(ids, torch.arange(ids.shape[1], device=ids.device).expand_as(ids), None)
 
