@@ -63,7 +63,8 @@ def resolve(kind) -> type:
         ep = eps[0]
         dist = getattr(ep, "dist", None)
         package = f", package {dist.name} {dist.version}" if dist is not None else ""
-        cls = _load(ep.value, f"base.kind {kind!r} (entry point {ep.name} = {ep.value}, group {GROUP}{package})")
+        target = f"{ep.module}:{ep.attr}" if ep.attr else ep.module  # ep.value may carry [extras]
+        cls = _load(target, f"base.kind {kind!r} (entry point {ep.name} = {ep.value}, group {GROUP}{package})")
     _check(cls, kind)
     return cls
 
@@ -74,7 +75,7 @@ def _load(target: str, what: str):
         obj = importlib.import_module(module_name)
     except Exception as err:  # an adapter's import may fail in any way: say which and how
         raise RecipeError(f"{what}: module {module_name} does not import: {_one_line(err)}") from None
-    for part in attr.split("."):
+    for part in attr.split(".") if attr else ():
         try:
             obj = getattr(obj, part)
         except AttributeError:
