@@ -20,7 +20,7 @@ samples (an index array), which bench uses for paired bootstrap intervals (None:
 - `clip_score` (text-conditioned real bases): torchmetrics' `CLIPScore` with a CLIP model and
   processor loaded by transformers from a local directory (`clip_model`).
 
-Which metrics run by default depends on the base kind (`default_metric_names`). A metric whose
+Which metrics run by default is the base adapter's `default_metrics` (`default_metric_names`). A metric whose
 weights are absent is skipped with one warning line by `build_metrics`, never faked; an unknown
 metric name is a `UserError`.
 """
@@ -241,11 +241,11 @@ REGISTRY: dict[str, type[Metric]] = {
     "clip_score": CLIPScoreMetric,
 }
 
-DEFAULTS = {"tiny-shapes": ("prompt_accuracy", "fd")}
-
-
 def default_metric_names(base_kind: str) -> list[str]:
-    return list(DEFAULTS.get(base_kind, ("fid", "clip_score")))
+    """The metrics `bench` runs unless told: the base adapter's `default_metrics`."""
+    from migmcut.base.registry import resolve
+
+    return list(resolve(base_kind).default_metrics)
 
 
 def build_metrics(names, settings: MetricSettings | None = None, warn: Callable[[str], None] | None = None) -> list[Metric]:

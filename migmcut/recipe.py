@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from migmcut.base import BASE_CONFIGS
+from migmcut.base import registry
 from migmcut.errors import RecipeError, arg
 from migmcut.policies import HybridConfig, MLCacheConfig, RecapConfig
 from migmcut.sampler import SamplerConfig
@@ -69,7 +69,7 @@ class BenchConfig:
 @dataclass
 class Recipe:
     name: str
-    base: typing.Any  # one of BASE_CONFIGS, picked by `base.kind`
+    base: typing.Any  # the adapter's config_class, picked by `base.kind` (migmcut.base.registry)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     shortcut: ShortcutSection = field(default_factory=ShortcutSection)
@@ -126,11 +126,13 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
 def parse_recipe(data: dict, source: str) -> Recipe:
     base = data.get("base")
     if not isinstance(base, dict) or "kind" not in base:
-        raise RecipeError(f"{source}: 'base' must be a mapping with a 'kind' ({', '.join(BASE_CONFIGS)})")
-    if base["kind"] not in BASE_CONFIGS:
-        raise RecipeError(f"{source}: unknown base.kind {base['kind']!r} (choose from {', '.join(BASE_CONFIGS)})")
+        raise RecipeError(f"{source}: 'base' must be a mapping with a 'kind' ({registry.known_kinds()})")
+    try:
+        adapter = registry.resolve(base["kind"])
+    except RecipeError as err:
+        raise RecipeError(f"{source}: {err.args[0]}") from None
     data = dict(data)
-    data["base"] = _build(BASE_CONFIGS[base["kind"]], base, "base", source)
+    data["base"] = _build(adapter.config_class, base, "base", source)
     recipe = _build(Recipe, data, "", source, skip={"base", "source"})
     recipe.source = source
     for section in ("sampler", "recap", "mlcache", "hybrid"):

@@ -23,6 +23,8 @@ import torch
 
 import migmcut
 from migmcut.base import load_base
+from migmcut.base.condition_sources import ConditionSource
+from migmcut.base.registry import resolve
 from migmcut.devices import placement
 from migmcut.distributed import Dist, init
 from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, StoreError, UserError, arg, check_range
@@ -34,73 +36,14 @@ from migmcut.store.codecs import CODECS, DeltaEncoder, check_tolerance, encode, 
 from migmcut.store.schema import DEFAULT_BLOCK_SIZE, StoreSpec
 from migmcut.store.writer import BlockWriter, check_target, prepare_store
 
+
 # -- conditions --------------------------------------------------------------------------------
-_CONDITION_STREAM = 0x636F6E64  # keeps condition draws apart from the sampler's streams
-
-
-def _condition_rng(run_seed: int, index: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(run_seed), int(index), _CONDITION_STREAM]))
-
-
-def _tiny_shapes_prompts(recipe: Recipe, run_seed: int, indices) -> list[str]:
-    """Captions of the training split, half one-shape and half two-shape (as the base was trained)."""
-    from migmcut.world import shapes
-
-    singles, pairs = _split_cache("singles", lambda: shapes.split_specs(False, 1)), _split_cache(
-        "pairs", lambda: shapes.split_specs(False, 2)
-    )
-    out = []
-    for i in indices:
-        rng = _condition_rng(run_seed, i)
-        specs = singles if rng.random() < 0.5 else pairs
-        out.append(shapes.caption(specs[rng.integers(len(specs))]))
-    return out
-
-
-_SPLITS: dict = {}
-
-
-def _split_cache(name, make):
-    if name not in _SPLITS:
-        _SPLITS[name] = make()
-    return _SPLITS[name]
-
-
-@dataclass(frozen=True)
-class ConditionSource:
-    kind: str  # "prompts" or "labels": the store array that holds them
-    name: str  # recorded in the store: a different draw is a different store
-    draw: Callable  # (recipe, run_seed, indices) -> list of conditions
-
-
-# Keyed by the recipe's base kind. A class-conditional base (MaskGIT) would add e.g.
-# ConditionSource("labels", "imagenet/uniform-1000/v1", lambda r, s, idx: [int(_condition_rng(s, i).integers(1000)) for i in idx])
-def _uniform_labels(recipe: Recipe, run_seed: int, indices) -> list[int]:
-    """Class-conditional bases: one label per trajectory, uniform over the recipe's classes."""
-    n = recipe.base.num_classes
-    return [int(_condition_rng(run_seed, i).integers(n)) for i in indices]
-
-
-def _recipe_prompts(recipe: Recipe, run_seed: int, indices) -> list[str]:
-    """Text bases without a world of their own: the recipe's prompt list, one drawn per trajectory."""
-    prompts = recipe.generate.prompts
-    if not prompts:
-        raise UserError("recording needs prompts: list them under generate.prompts in the recipe")
-    return [prompts[int(_condition_rng(run_seed, i).integers(len(prompts)))] for i in indices]
-
-
-CONDITION_SOURCES = {
-    "tiny-shapes": ConditionSource("prompts", "tiny-shapes/train-split/half-single-half-pair/v1", _tiny_shapes_prompts),
-    "maskgit": ConditionSource("labels", "classes/uniform/v1", _uniform_labels),
-    "dimoo": ConditionSource("prompts", "recipe-prompts/uniform/v1", _recipe_prompts),
-}
-
-
 def condition_source(recipe: Recipe) -> ConditionSource:
-    kind = recipe.base.kind
-    if kind not in CONDITION_SOURCES:
-        raise UserError(f"recording is not supported for base kind {kind!r} yet (no condition source)")
-    return CONDITION_SOURCES[kind]
+    """How trajectories' conditions are drawn: the base adapter's `condition_source`."""
+    source = resolve(recipe.base.kind).condition_source
+    if source is None:
+        raise UserError(f"recording is not supported for base kind {recipe.base.kind!r} yet (no condition source)")
+    return source
 
 
 def conditions_for(recipe: Recipe, run_seed: int, indices) -> list:

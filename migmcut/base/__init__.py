@@ -1,17 +1,16 @@
-"""Base-model adapters: one module per MIGM family behind `interface.BaseModel`."""
+"""Base-model adapters: one module per MIGM family behind `interface.BaseModel`.
+
+`registry` turns a recipe's `base.kind` into the adapter class: a built-in name, an installed
+entry point (group `migmcut.bases`) or `package.module:Class` (docs/adapters.md).
+"""
 
 from __future__ import annotations
 
 import torch
 
 from migmcut.base.interface import BaseModel
-from migmcut.base.dimoo import DiMOOBase, DiMOOConfig
-from migmcut.base.maskgit import MaskGITBase, MaskGITConfig
 from migmcut.base.partial import KVCache
-from migmcut.base.tiny_shapes import TinyShapesBase, TinyShapesConfig
-
-BASE_CONFIGS = {"tiny-shapes": TinyShapesConfig, "maskgit": MaskGITConfig, "dimoo": DiMOOConfig}
-BASE_CLASSES = {"tiny-shapes": TinyShapesBase, "maskgit": MaskGITBase, "dimoo": DiMOOBase}
+from migmcut.base.registry import resolve
 
 
 def load_base(config, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> BaseModel:
@@ -19,7 +18,7 @@ def load_base(config, device: str | torch.device = "cpu", dtype: torch.dtype = t
 
     Adapters whose checkpoints are large read them straight into `dtype` (no fp32 copy).
     """
-    return BASE_CLASSES[config.kind].from_config(config, dtype=dtype).to(device=device, dtype=dtype)
+    return resolve(config.kind).from_config(config, dtype=dtype).to(device=device, dtype=dtype)
 
 
-__all__ = ["BaseModel", "KVCache", "load_base", "BASE_CONFIGS"]
+__all__ = ["BaseModel", "KVCache", "load_base", "resolve"]

@@ -37,6 +37,7 @@ from migmcut.base.interface import BaseModel, fingerprint_of
 from migmcut.base.partial import Sequence, split_heads
 from migmcut.base.statedict import KeyMap, load_into, require_path
 from migmcut.errors import CheckpointError, UserError, quote
+from migmcut.base.condition_sources import ConditionSource, recipe_prompts
 
 PAD = -1  # prompt padding inside condition tensors (never a vocabulary id)
 
@@ -188,6 +189,9 @@ def read_shards(folder: Path, dtype: torch.dtype | None = None) -> dict:
 
 
 class DiMOOBase(BaseModel):
+    config_class = DiMOOConfig
+    condition_source = ConditionSource("prompts", "recipe-prompts/uniform/v1", recipe_prompts)
+
     def __init__(self, net: BidirectionalLlama, vq, tokenizer, cfg: DiMOOConfig, meta: dict):
         super().__init__()
         self.net = net.eval().requires_grad_(False)

@@ -50,6 +50,11 @@ class BaseModel(torch.nn.Module):
     feature_dim: int
     fingerprint: str
 
+    # what the rest of migmcut reads from the adapter class (migmcut.base.registry, docs/adapters.md)
+    config_class: type | None = None  # the dataclass of the recipe's `base` section (with a `kind` field)
+    condition_source = None  # a condition_sources.ConditionSource: what `record` draws (None: no recording)
+    default_metrics: tuple[str, ...] = ("fid", "clip_score")  # what `bench` measures unless told
+
     @property
     def num_tokens(self) -> int:
         return self.grid[0] * self.grid[1]

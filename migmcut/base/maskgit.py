@@ -29,6 +29,7 @@ from migmcut.base.interface import BaseModel, fingerprint_of
 from migmcut.base.partial import Sequence, split_heads
 from migmcut.base.statedict import load_into, read_tensors, require_path
 from migmcut.errors import CheckpointError, UserError
+from migmcut.base.condition_sources import ConditionSource, uniform_labels
 
 
 @dataclass(kw_only=True)
@@ -267,6 +268,9 @@ def read_vqgan_params(folder: Path) -> dict:
 
 
 class MaskGITBase(BaseModel):
+    config_class = MaskGITConfig
+    condition_source = ConditionSource("labels", "classes/uniform/v1", uniform_labels)
+
     def __init__(self, net: MaskGITTransformer, vq: TamingVQDecoder, grid: int, meta: dict):
         super().__init__()
         self.net = net.eval().requires_grad_(False)

@@ -29,6 +29,7 @@ from migmcut.base.partial import Sequence, split_heads
 from migmcut.errors import UserError, quote
 from migmcut.world import shapes
 from migmcut.world import tokenizer as tok
+from migmcut.base.condition_sources import ConditionSource, tiny_shapes_prompts
 
 PAD, MASK, NULL = 0, 1, 2
 WORDS = (
@@ -98,6 +99,10 @@ def tokenize_prompts(prompts: list[str], length: int) -> torch.Tensor:
 
 
 class TinyShapesBase(BaseModel):
+    config_class = TinyShapesConfig
+    condition_source = ConditionSource("prompts", "tiny-shapes/train-split/half-single-half-pair/v1", tiny_shapes_prompts)
+    default_metrics = ("prompt_accuracy", "fd")
+
     def __init__(self, mlm: BertForMaskedLM, vq: VQModel, prompt_length: int, meta: dict):
         super().__init__()
         self.mlm = mlm.eval().requires_grad_(False)
