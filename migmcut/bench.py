@@ -827,6 +827,8 @@ def bench(
     settings = MetricSettings(fid_inception=cfg.fid_inception, fid_reference=cfg.fid_reference,
                               clip_model=cfg.clip_model, device=str(dev))
     metric_list = build_metrics(metric_names, settings, warn=warn or warnings.warn)
+    for metric in metric_list:
+        metric.check(conditions)
 
     plan = Plan(sampler=rec.sampler, configs=configs, conditions=conditions, seeds=seeds, batch_size=bs,
                 repeats=reps, warmup=cfg.warmup, bootstrap=cfg.bootstrap, refine=front_steps is None, knobs=knobs)

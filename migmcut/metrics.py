@@ -78,6 +78,9 @@ class Metric:
         """Why this metric cannot run here (absent weights), or None when it can."""
         return None
 
+    def check(self, conditions: list) -> None:
+        """UserError for a condition this metric cannot score (bench calls it before any sampling)."""
+
     def __call__(self, images: np.ndarray, conditions: list) -> dict:
         return self.evaluate(images, conditions)[0]
 
@@ -92,7 +95,18 @@ def _prompts(conditions: list, metric: str) -> list[str]:
     return list(conditions)
 
 
-class PromptAccuracy(Metric):
+class _ShapesMetric(Metric):
+    """A tiny-shapes metric: it scores captions of the world's grammar only."""
+
+    def check(self, conditions: list) -> None:
+        for prompt in dict.fromkeys(_prompts(conditions, self.name)):
+            try:
+                shapes.parse_caption(prompt)
+            except ValueError as err:
+                raise UserError(f"metric {self.name} scores tiny-shapes captions only: {err}") from None
+
+
+class PromptAccuracy(_ShapesMetric):
     name = primary = "prompt_accuracy"
     higher_is_better = True
 
@@ -105,7 +119,7 @@ class PromptAccuracy(Metric):
         return figures, lambda idx: float(ok[idx].mean())
 
 
-class ShapesFD(Metric):
+class ShapesFD(_ShapesMetric):
     name = primary = "fd"
     higher_is_better = False
 

@@ -151,6 +151,7 @@ def fresh_copy(ck, tmp):
         (lambda t, ck: ["--metrics", "psnr"], "unknown metric 'psnr'"),
         (lambda t, ck: ["--prompts", str(t / "absent.txt")], "no such file"),
         (lambda t, ck: ["--prompts", str(t / "empty.txt")], "holds no prompt"),
+        (lambda t, ck: ["--prompts", str(t / "foreign.txt")], "metric prompt_accuracy scores tiny-shapes captions only"),
         (lambda t, ck: ["--set", "base.init_seed=7"], "trained for base"),
         (lambda t, ck: ["--out", str(t / "file")], "cannot write there"),
         (lambda t, ck: ["--schedule", "searched", "--shortcut", fresh_copy(ck, t)], "no searched schedule"),
@@ -170,6 +171,7 @@ def fresh_copy(ck, tmp):
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path, make_args, message):
     _, ck = trained
     (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "foreign.txt").write_text("a large red circle\na red circle\n")
     (tmp_path / "file").write_text("not a directory")
     out = tmp_path / "out"
     args = ["--shortcut", str(ck), "--num-samples", "2", "--out", str(out), *make_args(tmp_path, ck)]
