@@ -93,6 +93,7 @@ CONDITION_SOURCES = {
     "tiny-shapes": ConditionSource("prompts", "tiny-shapes/train-split/half-single-half-pair/v1", _tiny_shapes_prompts),
     "maskgit": ConditionSource("labels", "classes/uniform/v1", _uniform_labels),
     "dimoo": ConditionSource("prompts", "recipe-prompts/uniform/v1", _recipe_prompts),
+    "amused": ConditionSource("prompts", "recipe-prompts/uniform/v1", _recipe_prompts),
 }
 
 

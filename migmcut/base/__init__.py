@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 
 from migmcut.base.interface import BaseModel
+from migmcut.base.amused import AmusedBase, AmusedConfig
 from migmcut.base.dimoo import DiMOOBase, DiMOOConfig
 from migmcut.base.maskgit import MaskGITBase, MaskGITConfig
 from migmcut.base.partial import KVCache
 from migmcut.base.tiny_shapes import TinyShapesBase, TinyShapesConfig
 
-BASE_CONFIGS = {"tiny-shapes": TinyShapesConfig, "maskgit": MaskGITConfig, "dimoo": DiMOOConfig}
-BASE_CLASSES = {"tiny-shapes": TinyShapesBase, "maskgit": MaskGITBase, "dimoo": DiMOOBase}
+BASE_CONFIGS = {"tiny-shapes": TinyShapesConfig, "maskgit": MaskGITConfig, "dimoo": DiMOOConfig, "amused": AmusedConfig}
+BASE_CLASSES = {"tiny-shapes": TinyShapesBase, "maskgit": MaskGITBase, "dimoo": DiMOOBase, "amused": AmusedBase}
 
 
 def load_base(config, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> BaseModel:
