@@ -18,12 +18,19 @@ positions the sampler scored, most confident first.
 How each of these is computed is a named setting of `SamplerConfig`; the defaults are the
 tiny-shapes sampler (its shipped shortcut was trained on it), the real recipes name their
 reference's settings (docs/real-models.md):
-- `schedule` (k_t): `schedule.SCHEDULES`; `maskgit` and `dimoo` are their reference's integer counts.
+- `schedule` (k_t): `schedule.SCHEDULES`; `maskgit`, `dimoo` and `amused` are their reference's integer counts.
 - `cfg_schedule` (w_t): linear cfg (t + 1) / N | linear-from-zero cfg t / (N - 1) | constant cfg.
-- `noise_schedule` (s_t): linear r_temp (1 - t / N) | linear-to-zero r_temp (1 - t / (N - 1)) | constant r_temp.
+- `cfg_mix`: weighted ((1 + w) l_cond - w l_uncond) | difference (l_uncond + (1 + w) (l_cond - l_uncond),
+  AmusedPipeline's `uncond + guidance_scale * (cond - uncond)` with guidance_scale = 1 + w).
+- `noise_schedule` (s_t): linear r_temp (1 - t / N) | linear-to-zero r_temp (1 - t / (N - 1)) | constant r_temp
+  | linspace `torch.linspace(r_temp, r_temp_end, N)[t]` in float32 (AmusedScheduler's temperatures).
   (At N = 1, where the reference divides by zero, the ramps take their first step's value.)
 - `temperature_mode`: divide (softmax(logits / T)) | multiply (softmax(logits * T)).
-- `confidence`: tempered (log p from the tempered softmax) | untempered (from softmax(logits)).
+- `draw` (the candidate): inverse-cdf (one uniform per position against the cumulative softmax) |
+  multinomial (`torch.multinomial(p, 1)` as its CPU kernel computes it, argmax p / Exp(1) with an
+  (L, K) Exp(1) draw per step and trajectory: AmusedScheduler's draw over the whole grid).
+- `confidence`: tempered (log p from the tempered softmax) | untempered (from softmax(logits)) |
+  probability (log(softmax(logits).clamp(1e-20)): AmusedScheduler's `mask_by_random_topk`).
 - `budget_rounding`: where B full steps go among N (`policies.budget_schedule`): half-up | half-even.
 
 Every random draw of trajectory i comes from its own generator seeded with `seeds[i]`, so a
@@ -45,9 +52,11 @@ from migmcut.policies import ROUNDINGS, FullPolicy, Proposal
 from migmcut.schedule import SCHEDULES, tokens_per_step
 
 CFG_SCHEDULES = ("linear", "linear-from-zero", "constant")
-NOISE_SCHEDULES = ("linear", "linear-to-zero", "constant")
+NOISE_SCHEDULES = ("linear", "linear-to-zero", "constant", "linspace")
 TEMPERATURE_MODES = ("divide", "multiply")
-CONFIDENCES = ("tempered", "untempered")
+CONFIDENCES = ("tempered", "untempered", "probability")
+CFG_MIXES = ("weighted", "difference")
+DRAWS = ("inverse-cdf", "multinomial")
 
 
 @dataclass
@@ -56,11 +65,14 @@ class SamplerConfig:
     schedule: str = "cosine"
     temperature: float = 1.0
     r_temp: float = 4.5  # Gumbel confidence noise scale (at step 0 for the linear schedules)
+    r_temp_end: float = 0.0  # the last step's noise scale under noise_schedule linspace
     cfg: float | None = 3.0  # None: no unconditional branch at all
     cfg_schedule: str = "linear"
     noise_schedule: str = "linear"
     temperature_mode: str = "divide"
     confidence: str = "tempered"
+    cfg_mix: str = "weighted"
+    draw: str = "inverse-cdf"
     budget_rounding: str = "half-up"
 
     def validate(self) -> None:
@@ -68,11 +80,12 @@ class SamplerConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         for name, known in (("schedule", SCHEDULES), ("cfg_schedule", CFG_SCHEDULES),
                             ("noise_schedule", NOISE_SCHEDULES), ("temperature_mode", TEMPERATURE_MODES),
-                            ("confidence", CONFIDENCES), ("budget_rounding", ROUNDINGS)):
+                            ("confidence", CONFIDENCES), ("cfg_mix", CFG_MIXES), ("draw", DRAWS),
+                            ("budget_rounding", ROUNDINGS)):
             if getattr(self, name) not in known:
                 raise ValueError(f"{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}")
-        if self.temperature < 0 or self.r_temp < 0:
-            raise ValueError("temperature and r_temp must be >= 0")
+        if self.temperature < 0 or self.r_temp < 0 or self.r_temp_end < 0:
+            raise ValueError("temperature, r_temp and r_temp_end must be >= 0")
         if self.temperature == 0 and self.temperature_mode == "multiply":
             raise ValueError("temperature 0 with temperature_mode multiply is a uniform softmax: "
                              "use temperature_mode divide for greedy decoding")
@@ -100,6 +113,8 @@ class SamplerConfig:
             return self.r_temp * (1 - t / self.steps)
         if self.noise_schedule == "linear-to-zero":
             return self.r_temp * (1 - t / max(self.steps - 1, 1))
+        if self.noise_schedule == "linspace":  # float32, as AmusedScheduler.set_timesteps computes it
+            return float(torch.linspace(self.r_temp, self.r_temp_end, self.steps)[t])
         return self.r_temp
 
     def behaviour(self) -> dict:
@@ -108,7 +123,11 @@ class SamplerConfig:
         d = dataclasses.asdict(self)
         d.pop("budget_rounding")  # placement of full steps: generation only, never a recorded trajectory
         if self.temperature == 1:  # logits * 1 == logits / 1: the same softmax either way
-            d.pop("temperature_mode"), d.pop("confidence")
+            d.pop("temperature_mode")
+            if self.confidence != "probability":  # log(softmax) is not log_softmax bit for bit
+                d.pop("confidence")
+        if self.noise_schedule != "linspace":
+            d.pop("r_temp_end")
         return d
 
 
@@ -199,9 +218,14 @@ def sample(
         state = StepState(t, tokens, cond, new_tokens, masked[0].float().mean().item())
         out = policy.step(base, state)
         counts[out.kind] = counts.get(out.kind, 0) + 1
-        # per-trajectory noise: one uniform per position for the candidate (inverse-CDF draw)
-        # and one for the confidence, so a trajectory's draws do not depend on its batch
-        u_tok = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device)
+        # per-trajectory noise: one uniform per position for the candidate (inverse-CDF draw; for the
+        # multinomial draw an Exp(1) per position and code) and one for the confidence, so a
+        # trajectory's draws do not depend on its batch
+        if config.draw == "multinomial":
+            K = base.codebook_size
+            u_tok = torch.stack([torch.empty(L, K).exponential_(1, generator=g) for g in gens]).to(device)
+        else:
+            u_tok = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device)
         u_conf = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device)
         if out.at is not None:
             where, logits = out.at, out.logits
@@ -240,10 +264,14 @@ def _logits_at(base: BaseModel, out: Proposal, at: torch.Tensor) -> torch.Tensor
 
 def guided(config: SamplerConfig, t: int, logits: torch.Tensor) -> torch.Tensor:
     """The logits step t draws from (B, n, K), from the branches' (B * branches, n, K), conditional
-    branch first: (1 + w_t) l_cond - w_t l_uncond under CFG."""
+    branch first: (1 + w_t) l_cond - w_t l_uncond under CFG (cfg_mix difference:
+    l_uncond + (1 + w_t) (l_cond - l_uncond), the same up to rounding)."""
     logits = _split_branches(logits.float(), config.branches)
     if config.branches == 2:
         w = config.cfg_weight(t)
+        if config.cfg_mix == "difference":
+            cond, uncond = logits[:, 0], logits[:, 1]
+            return uncond + (1 + w) * (cond - uncond)
         return (1 + w) * logits[:, 0] - w * logits[:, 1]
     return logits[:, 0]
 
@@ -251,21 +279,34 @@ def guided(config: SamplerConfig, t: int, logits: torch.Tensor) -> torch.Tensor:
 def _draw(config: SamplerConfig, t: int, logits: torch.Tensor, where: torch.Tensor, u_tok: torch.Tensor,
           u_conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A candidate token and its noisy confidence at each of `where` (B, n), from the branches'
-    logits there (B * branches, n, K) and the step's uniforms over the whole grid (B, L)."""
+    logits there (B * branches, n, K) and the step's random numbers over the whole grid: u_tok (B, L),
+    or (B, L, K) Exp(1) for the multinomial draw, and u_conf (B, L)."""
     logits = guided(config, t, logits)
-    u_tok, u_conf = u_tok.gather(1, where), u_conf.gather(1, where)
-    if config.temperature_mode == "multiply":
-        logp = torch.log_softmax(logits * config.temperature, dim=-1)
+    u_conf = u_conf.gather(1, where)
+    if u_tok.dim() == 3:
+        u_tok = u_tok.gather(1, where[..., None].expand(-1, -1, u_tok.shape[-1]))
     else:
-        logp = torch.log_softmax(logits / max(config.temperature, 1e-6), dim=-1)
-    if config.temperature > 0:
+        u_tok = u_tok.gather(1, where)
+    if config.temperature_mode == "multiply":
+        scaled = logits * config.temperature
+    else:
+        scaled = logits / max(config.temperature, 1e-6)
+    logp = torch.log_softmax(scaled, dim=-1)
+    if config.draw == "multinomial":  # torch.multinomial(p, 1) on a CPU: argmax(p / Exp(1))
+        candidate = (torch.softmax(scaled, dim=-1) / u_tok).argmax(-1)
+    elif config.temperature > 0:
         cdf = logp.exp().cumsum(-1)
         candidate = torch.searchsorted(cdf, (u_tok * cdf[..., -1])[..., None]).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
     else:
         candidate = logp.argmax(-1)
-    scored = logp if config.confidence == "tempered" else torch.log_softmax(logits, dim=-1)
-    conf = scored.gather(-1, candidate[..., None]).squeeze(-1)
-    noise = -torch.log(-torch.log(u_conf.clamp_min(1e-20)))
+    if config.confidence == "probability":  # AmusedScheduler: log(probs.clamp(1e-20)) of the untempered softmax
+        conf = torch.log(torch.softmax(logits, dim=-1).gather(-1, candidate[..., None]).squeeze(-1).clamp(1e-20))
+    else:
+        scored = logp if config.confidence == "tempered" else torch.log_softmax(logits, dim=-1)
+        conf = scored.gather(-1, candidate[..., None]).squeeze(-1)
+    # Gumbel noise as AmusedScheduler's gumbel_noise computes it; the outer clamp never binds for
+    # u < 1 (-log u >= 6e-8), so the other samplers' noise is unchanged bit for bit
+    noise = -torch.log((-torch.log(u_conf.clamp(1e-20))).clamp(1e-20))
     return candidate, conf + config.noise_scale(t) * noise
 
 

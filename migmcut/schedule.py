@@ -11,6 +11,9 @@ reference code, computed as it does (in float32, with its rounding):
 - `dimoo`: Alpha-VLLM/Lumina-DiMOO (81344e6) `generators/image_generation_generator.py`
   `generate_image` with `cosine_schedule`: before the last step keep
   max(1, floor(L cos(pi/2 (t + 1) / N))) masked (at least one fixed), none after it.
+- `amused`: diffusers' `AmusedScheduler.step` (0.42.1, masking_schedule cosine, starting_mask_ratio 1):
+  before the last step keep mask_len = floor(L cos((t + 1) / N * pi / 2)) masked, computed in float32
+  as the scheduler does, then min(still masked - 1, .) and max(1, .); none after it (timestep 0).
 A reference count that leaves a step nothing to fix (the reference would skip the step) is
 refused: the sampler runs exactly N steps.
 
@@ -24,7 +27,7 @@ import math
 import torch
 
 CURVES = ("arccos", "cosine", "linear")
-SCHEDULES = CURVES + ("maskgit", "dimoo")
+SCHEDULES = CURVES + ("maskgit", "dimoo", "amused")
 
 
 def gamma(name: str, x: float) -> float:
@@ -40,8 +43,8 @@ def gamma(name: str, x: float) -> float:
 def tokens_per_step(num_tokens: int, steps: int, name: str) -> list[int]:
     if not 1 <= steps <= num_tokens:
         raise ValueError(f"steps must be between 1 and the number of tokens ({num_tokens}), got {steps}")
-    if name in ("maskgit", "dimoo"):
-        counts = (_maskgit if name == "maskgit" else _dimoo)(num_tokens, steps)
+    if name in REFERENCE:
+        counts = REFERENCE[name](num_tokens, steps)
         if min(counts) < 1:
             raise ValueError(f"the {name} schedule leaves step {counts.index(min(counts))} of {steps} nothing to fix "
                              f"at {num_tokens} tokens: use fewer steps")
@@ -79,3 +82,21 @@ def _dimoo(num_tokens: int, steps: int) -> list[int]:
         counts.append(masked - keep)
         masked = keep
     return counts
+
+
+def _amused(num_tokens: int, steps: int) -> list[int]:
+    counts, masked = [], num_tokens
+    for t in range(steps):
+        keep = 0
+        if t < steps - 1:  # AmusedScheduler.step at step_idx t (timestep != 0), its tensor ops in order
+            ratio = (torch.tensor([[t]]) + 1) / steps  # float32
+            mask_ratio = 1.0 * torch.cos(ratio * math.pi / 2)  # starting_mask_ratio 1
+            mask_len = (num_tokens * mask_ratio).floor()
+            mask_len = torch.min(torch.tensor([[masked]]) - 1, mask_len)
+            keep = int(torch.max(torch.tensor([1]), mask_len).item())
+        counts.append(masked - keep)  # 0 only where one position is left before the last step (never at N <= L)
+        masked = keep
+    return counts
+
+
+REFERENCE = {"maskgit": _maskgit, "dimoo": _dimoo, "amused": _amused}  # the reference codes' integer counts

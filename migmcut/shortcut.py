@@ -36,13 +36,16 @@ class ShortcutConfig:
     mask_ratio_embedding: bool = True  # ablation switch: False drops the r_t modulation
     attend_condition: bool = True  # also attend over the prompt tokens (text-conditioned bases)
     query_positions: bool = False  # add the base's position embeddings to the features it updates
+    condition_dim: int | None = None  # width of the base's condition embeddings where not feature_dim (aMUSEd's CLIP)
 
     @classmethod
-    def from_recipe(cls, section, feature_dim: int) -> "ShortcutConfig":
-        """The architecture a recipe's `shortcut` section asks for, on a base of `feature_dim` features."""
+    def from_recipe(cls, section, feature_dim: int, condition_dim: int | None = None) -> "ShortcutConfig":
+        """The architecture a recipe's `shortcut` section asks for, on a base of `feature_dim` features
+        whose condition embeddings are `condition_dim` wide (None or feature_dim: the same width)."""
         return cls(feature_dim=feature_dim, ratio=section.ratio, n_block=section.n_block, heads=section.heads,
                    ffn_mult=section.ffn_mult, cross_attention=section.cross_attention,
-                   mask_ratio_embedding=section.mask_ratio_embedding, query_positions=section.query_positions)
+                   mask_ratio_embedding=section.mask_ratio_embedding, query_positions=section.query_positions,
+                   condition_dim=None if condition_dim in (None, feature_dim) else condition_dim)
 
     @property
     def width(self) -> int:
@@ -178,6 +181,8 @@ class Shortcut(nn.Module):
         self.kv_proj = nn.Linear(D, w)
         if cfg.query_positions:
             self.pos_proj = nn.Linear(D, w)
+        if cfg.condition_dim is not None:  # only then: checkpoints of same-width bases load unchanged
+            self.cond_proj = nn.Linear(cfg.condition_dim, D)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_block))
         self.out = nn.Sequential(nn.LayerNorm(w), nn.Linear(w, w), nn.GELU(), nn.LayerNorm(w))
         if cfg.mask_ratio_embedding:
@@ -194,7 +199,7 @@ class Shortcut(nn.Module):
         new_emb: torch.Tensor,  # (B, M, D) embeddings (token + position) of the tokens just fixed
         new_mask: torch.Tensor,  # (B, M) bool, True where new_emb is a real token (not padding)
         mask_ratio: torch.Tensor,  # (B,) fraction of positions still masked after those tokens
-        cond_emb: torch.Tensor | None = None,  # (B, P, D) prompt token embeddings
+        cond_emb: torch.Tensor | None = None,  # (B, P, D or condition_dim) prompt token embeddings
         cond_mask: torch.Tensor | None = None,  # (B, P) bool (None: attend to every position)
         query_pos: torch.Tensor | None = None,  # (L, D) the base's position embeddings of the grid
     ) -> torch.Tensor:
@@ -207,7 +212,10 @@ class Shortcut(nn.Module):
         if cond_emb is not None and self.config.attend_condition:
             if cond_mask is None:
                 cond_mask = torch.ones(cond_emb.shape[:2], dtype=torch.bool, device=cond_emb.device)
-            ctx = torch.cat([ctx, cond_emb.to(ctx.dtype)], 1)
+            cond_emb = cond_emb.to(ctx.dtype)
+            if self.config.condition_dim is not None:
+                cond_emb = self.cond_proj(cond_emb)
+            ctx = torch.cat([ctx, cond_emb], 1)
             ctx_mask = torch.cat([ctx_mask, cond_mask], 1)
         ctx = self.kv_proj(ctx)
         for block in self.blocks:

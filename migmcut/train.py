@@ -300,7 +300,7 @@ def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, in
 
         model = load_shortcut(init, base)[0].requires_grad_(True).train().to(device)
     else:
-        model = Shortcut(ShortcutConfig.from_recipe(recipe.shortcut, base.feature_dim)).to(device)
+        model = Shortcut(ShortcutConfig.from_recipe(recipe.shortcut, base.feature_dim, base.condition_dim)).to(device)
     arch = model.config
     ema = Shortcut(arch).to(device).requires_grad_(False)
     ema.load_state_dict(model.state_dict())

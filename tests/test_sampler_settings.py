@@ -206,3 +206,87 @@ def test_a_reference_schedule_with_too_many_steps_is_a_user_error(debug_base, de
     recipe = dataclasses.replace(debug_recipe, sampler=dataclasses.replace(debug_recipe.sampler, schedule="maskgit"))
     with pytest.raises(UserError, match="nothing to fix"):
         generate(recipe, ["a large red circle"], steps=200, base=debug_base)
+
+
+# -- aMUSEd: diffusers 0.42.1 schedulers/scheduling_amused.py (AmusedScheduler) and
+# pipelines/deprecated/amused/pipeline_amused.py (AmusedPipeline.__call__) -----------------------------
+@pytest.mark.parametrize("L, N", [(256, 12), (1024, 12), (16, 6), (16, 12), (1024, 32), (4096, 18)])
+def test_amused_schedule_fixes_what_the_scheduler_unmasks(L, N):
+    """AmusedScheduler.step (cosine) on random logits: the tokens it unmasks per step."""
+    from diffusers import AmusedScheduler
+
+    K = 8
+    scheduler = AmusedScheduler(mask_token_id=K)
+    scheduler.set_timesteps(N)
+    g = torch.Generator().manual_seed(0)
+    state, counts = torch.full((1, L), K), []
+    for timestep in scheduler.timesteps:
+        nxt = scheduler.step(torch.randn(1, L, K, generator=g), timestep, state, generator=g).prev_sample
+        counts.append(int((state == K).sum() - (nxt == K).sum()))
+        state = nxt
+    assert tokens_per_step(L, N, "amused") == counts
+
+
+def test_amused_recipes_name_the_pipeline_defaults():
+    from diffusers import AmusedScheduler
+
+    for name in ("amused-256", "amused-512"):
+        s = load_recipe(name).sampler
+        assert (s.steps, s.schedule, s.cfg, s.cfg_schedule, s.cfg_mix) == (12, "amused", 9.0, "constant", "difference")
+        assert (s.draw, s.confidence, s.temperature, s.temperature_mode) == ("multinomial", "probability", 1.0, "divide")
+        scheduler = AmusedScheduler(mask_token_id=8255)
+        scheduler.set_timesteps(12, (2, 0))  # the pipeline's temperature default
+        assert [s.noise_scale(t) for t in range(12)] == scheduler.temperatures.tolist()
+    assert load_recipe("amused-256").base.height == 256 and load_recipe("amused-512").base.height == 512
+
+
+def test_difference_cfg_mix_is_the_pipelines_formula():
+    from migmcut.sampler import SamplerConfig, guided
+
+    logits = torch.randn(2 * 3, 5, 7)
+    config = SamplerConfig(cfg=9.0, cfg_schedule="constant", cfg_mix="difference")
+    cond, uncond = logits[:3], logits[3:]
+    assert torch.equal(guided(config, 0, logits), uncond + 10.0 * (cond - uncond))
+    torch.testing.assert_close(guided(config, 0, logits), guided(dataclasses.replace(config, cfg_mix="weighted"), 0, logits))
+
+
+def test_multinomial_draw_is_torch_multinomial_and_probability_confidence_the_schedulers():
+    from diffusers.schedulers.scheduling_amused import gumbel_noise
+
+    from migmcut.sampler import SamplerConfig, _draw
+
+    L, K = 10, 6
+    logits = torch.randn(1, L, K) * 3
+    where = torch.tensor([[0, 2, 3, 7, 9]])
+    config = SamplerConfig(cfg=None, draw="multinomial", confidence="probability", noise_schedule="linspace",
+                           r_temp=2.0, steps=4)
+    g = torch.Generator().manual_seed(5)
+    u_tok, u_conf = torch.empty(1, L, K).exponential_(1, generator=g), torch.rand(1, L, generator=g)
+    candidate, conf = _draw(config, 1, logits[:, where[0]], where, u_tok, u_conf)
+    g = torch.Generator().manual_seed(5)
+    probs = logits[0].softmax(-1)
+    drawn = torch.multinomial(probs, 1, generator=g)[:, 0]
+    noise = gumbel_noise(torch.zeros(1, L), generator=g)
+    assert torch.equal(candidate[0], drawn[where[0]])
+    expected = torch.log(probs.gather(-1, drawn[:, None])[:, 0].clamp(1e-20)) + torch.linspace(2, 0, 4)[1] * noise[0]
+    assert torch.equal(conf[0], expected[where[0]])
+
+
+def test_behaviour_keeps_what_changes_a_trajectory():
+    from migmcut.sampler import SamplerConfig
+
+    plain = SamplerConfig()
+    assert "r_temp_end" not in plain.behaviour() and "confidence" not in plain.behaviour()
+    amused = load_recipe("amused-256").sampler
+    assert amused.behaviour()["confidence"] == "probability" and amused.behaviour()["r_temp_end"] == 0.0
+    assert dataclasses.replace(amused, draw="inverse-cdf").behaviour() != amused.behaviour()
+
+
+@pytest.mark.parametrize("setting, words", [("sampler.cfg_mix=sum", "cfg_mix must be one of"),
+                                            ("sampler.draw=gumbel", "draw must be one of"),
+                                            ("sampler.r_temp_end=-1", "r_temp_end must be >= 0")])
+def test_an_unknown_amused_setting_is_one_line_exit_2(tmp_path, setting, words):
+    res = CliRunner().invoke(app, ["generate", "--recipe", "debug", "--device", "cpu", "--prompt", "a large red circle",
+                                   "--out", str(tmp_path / "o"), "--set", setting])
+    assert res.exit_code == 2, res.output
+    assert words in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr

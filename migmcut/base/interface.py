@@ -86,8 +86,13 @@ class BaseModel(torch.nn.Module):
         return None
 
     def embed_conditions(self, cond: Conditions) -> torch.Tensor | None:
-        """(B, P, D): condition embeddings the shortcut attends to (None: it attends to none)."""
+        """(B, P, condition_dim): condition embeddings the shortcut attends to (None: it attends to none)."""
         return None
+
+    @property
+    def condition_dim(self) -> int:
+        """The width of `embed_conditions`' vectors (the shortcut projects them where it is not feature_dim)."""
+        return self.feature_dim
 
     def condition_mask(self, cond: Conditions) -> torch.Tensor | None:
         """(B, P) bool: the condition positions the shortcut may attend to (None: all of them)."""

@@ -27,6 +27,7 @@ BUILTIN = {
     "tiny-shapes": "migmcut.base.tiny_shapes:TinyShapesBase",
     "maskgit": "migmcut.base.maskgit:MaskGITBase",
     "dimoo": "migmcut.base.dimoo:DiMOOBase",
+    "amused": "migmcut.base.amused:AmusedBase",
 }
 
 _TARGET = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
