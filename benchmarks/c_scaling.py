@@ -36,7 +36,7 @@ def main() -> None:
             recipe = load_recipe("tiny-shapes", ["base.weights=random", f"base.hidden_size={d}",
                                                  f"base.num_layers={layers}", f"base.num_heads={max(1, d // 32)}"])
             base = load_base(recipe.base)
-            net = Shortcut(ShortcutConfig.from_recipe(recipe.shortcut, base.feature_dim))
+            net = Shortcut(ShortcutConfig.from_recipe(recipe.shortcut, base.feature_dim, base.condition_dim))
             c = measure_c(base, net, recipe.sampler, args.batch_size, args.repeats)
             row = {"D": d, "layers": layers, **{k: round(v, 5) for k, v in c.items()},
                    "bound_16_4": round(bound(16, 4, c["c"]), 3)}

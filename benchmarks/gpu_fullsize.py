@@ -88,7 +88,7 @@ def build_dimoo(arch: dict, device, dtype, scratch: Path):
 
 def measure(name: str, recipe, base, device, dtype, batch: int, rec_num: int, rec_steps: int, out: Path) -> dict:
     params = sum(p.numel() for p in base.net.parameters())
-    shortcut = Shortcut(ShortcutConfig.from_recipe(recipe.shortcut, base.feature_dim)).to(device, dtype)
+    shortcut = Shortcut(ShortcutConfig.from_recipe(recipe.shortcut, base.feature_dim, base.condition_dim)).to(device, dtype)
     _sync(device)
     c = measure_c(base, shortcut, recipe.sampler, batch, repeats=5)
     row = {"model": name, "params": params, "shortcut_params": sum(p.numel() for p in shortcut.parameters()),

@@ -171,13 +171,10 @@ class AmusedBase(BaseModel):
 
     @torch.no_grad()
     def null_conditions(self, n: int) -> Conditions:
-        if self._null is None or self._null["hidden"].device != self.device or self._null["hidden"].dtype != self.dtype_:
-            self._null = self._encode([""])  # the pipeline's default negative prompt
+        hidden = None if self._null is None else self._null["hidden"]
+        if hidden is None or hidden.device != self.device or hidden.dtype != self.text_encoder.dtype:
+            self._null = self._encode([""])  # the pipeline's default negative prompt, again after a move
         return Conditions(**{k: v.expand(n, *v.shape[1:]).clone() for k, v in self._null.tensors.items()})
-
-    @property
-    def dtype_(self) -> torch.dtype:
-        return next(self.text_encoder.parameters()).dtype
 
     # -- the model --------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor]:

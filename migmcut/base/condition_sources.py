@@ -9,6 +9,7 @@ This module is light (numpy only) so that adapters can import it without a cycle
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,9 +36,7 @@ def tiny_shapes_prompts(recipe, run_seed: int, indices) -> list[str]:
     """Captions of the training split, half one-shape and half two-shape (as the base was trained)."""
     from migmcut.world import shapes
 
-    singles, pairs = _split_cache("singles", lambda: shapes.split_specs(False, 1)), _split_cache(
-        "pairs", lambda: shapes.split_specs(False, 2)
-    )
+    singles, pairs = _training_split(1), _training_split(2)
     out = []
     for i in indices:
         rng = condition_rng(run_seed, i)
@@ -46,13 +45,11 @@ def tiny_shapes_prompts(recipe, run_seed: int, indices) -> list[str]:
     return out
 
 
-_SPLITS: dict = {}
+@functools.cache
+def _training_split(num_objects: int) -> list:
+    from migmcut.world import shapes
 
-
-def _split_cache(name, make):
-    if name not in _SPLITS:
-        _SPLITS[name] = make()
-    return _SPLITS[name]
+    return shapes.split_specs(False, num_objects)
 
 
 def uniform_labels(recipe, run_seed: int, indices) -> list[int]:
