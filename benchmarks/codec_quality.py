@@ -26,7 +26,7 @@ import torch
 from migmcut import bench as lib
 from migmcut import front
 from migmcut.base import load_base
-from migmcut.metrics import MetricSettings, build_metrics, measure_resampled
+from migmcut.metrics import build_metrics, default_metric_names, measure_resampled
 from migmcut.policies import full_steps_for
 from migmcut.recipe import load_recipe
 from migmcut.shortcut import ShortcutInputs, load_shortcut, resolve_checkpoint
@@ -69,12 +69,14 @@ def main() -> None:
     for path in dict.fromkeys(args.shortcuts):  # in order, each once
         net, meta = load_shortcut(resolve_checkpoint(path), base)
         nets[path], metas[path] = net.float().eval(), meta
-    metrics = build_metrics(list(rec.bench.metrics), MetricSettings())
+    names = list(rec.bench.metrics) or default_metric_names(rec.base.kind)  # as bench picks them
+    metrics = build_metrics(names, lib.metric_settings(rec, "cpu"))
     higher = {m.primary: m.higher_is_better for m in metrics}
     conditions = lib.expand(lib.default_prompts(rec), args.num_samples)
     plan = lib.Plan(sampler=rec.sampler, configs=[], conditions=conditions,
                     seeds=lib.sample_seeds(args.seed, len(conditions)), batch_size=rec.bench.batch_size)
     indices = front.bootstrap_indices(len(conditions), rec.bench.bootstrap)
+    tails = [(1 - plan.level) / 2, (1 + plan.level) / 2]
     result: dict = {"steps": args.steps, "num_samples": len(conditions), "seed": args.seed,
                     "shortcuts": list(nets), "budgets": {}}
     with torch.no_grad():
@@ -90,16 +92,16 @@ def main() -> None:
                 point = {m: quality[m] for m in higher if quality.get(m) is not None}
                 scores[path] = front.scores(point, resamplers, indices)
             first = next(iter(scores))
-            row = {p: {m: {"point": round(sc.point[m], 6), "interval": [round(v, 6) for v in sc.interval(m)]}
+            row = {p: {m: {"point": round(sc.point[m], 6), "interval": [round(v, 6) for v in sc.interval(m, plan.level)]}
                        for m in higher} for p, sc in scores.items()}
             for p, sc in list(scores.items())[1:]:
                 versus = {}
                 for m in higher:
-                    lo, hi = np.quantile(sc.draws[m] - scores[first].draws[m], [0.025, 0.975])
+                    lo, hi = np.quantile(sc.draws[m] - scores[first].draws[m], tails)
                     versus[m] = {"difference": round(sc.point[m] - scores[first].point[m], 6),
                                  "paired_interval": [round(float(lo), 6), round(float(hi), 6)]}
-                versus["as_good_as_first"] = front.at_least_as_good(sc, scores[first], higher)
-                versus["first_as_good"] = front.at_least_as_good(scores[first], sc, higher)
+                versus["as_good_as_first"] = front.at_least_as_good(sc, scores[first], higher, plan.level)
+                versus["first_as_good"] = front.at_least_as_good(scores[first], sc, higher, plan.level)
                 row[p]["versus_first"] = versus
             result["budgets"][B] = row
             log(json.dumps(row))

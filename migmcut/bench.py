@@ -632,6 +632,15 @@ def write_rollout(out: Path, errors: dict, meta: dict) -> dict:
     return {f"rollout_{k}": str(v) for k, v in files.items()}
 
 
+def metric_settings(recipe, device):
+    """Where the recipe's bench section keeps the metrics' weights (local paths), for `device`."""
+    from migmcut.metrics import MetricSettings
+
+    cfg = recipe.bench
+    return MetricSettings(fid_inception=cfg.fid_inception, fid_reference=cfg.fid_reference,
+                          clip_model=cfg.clip_model, device=str(device))
+
+
 def sample_seeds(run_seed: int, n: int) -> list[int]:
     return [trajectory_seed(run_seed, i) for i in range(n)]
 
@@ -717,7 +726,7 @@ def bench(
     from migmcut.base import load_base
     from migmcut.devices import placement
     from migmcut.files import writable_dir
-    from migmcut.metrics import REGISTRY, MetricSettings, build_metrics, default_metric_names
+    from migmcut.metrics import REGISTRY, build_metrics, default_metric_names
     from migmcut.recipe import as_recipe
     from migmcut.shortcut import load_shortcut, resolve_checkpoint
 
@@ -824,9 +833,7 @@ def bench(
         if isinstance(c, str) and not c.strip():
             raise UserError("empty prompt in the bench prompts: every line needs a caption")
     base.encode_conditions(conditions)  # every condition valid before any work
-    settings = MetricSettings(fid_inception=cfg.fid_inception, fid_reference=cfg.fid_reference,
-                              clip_model=cfg.clip_model, device=str(dev))
-    metric_list = build_metrics(metric_names, settings, warn=warn or warnings.warn)
+    metric_list = build_metrics(metric_names, metric_settings(rec, dev), warn=warn or warnings.warn)
     for metric in metric_list:
         metric.check(conditions)
 
