@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from migmcut.errors import UserError
 from migmcut.shortcut import ShortcutInputs
 
 
@@ -225,17 +226,27 @@ class BudgetPolicy:
         self.full_steps = set(full_steps)
         self.shortcut = shortcut
         self.kind = "cache" if shortcut is None else "shortcut"
-        self.features = self.inputs = self.conditioned = None
+        # a shortcut that reads the whole input sequence (the paper's released ones) carries it instead
+        self.reads_sequence = getattr(shortcut, "reads_sequence", False)
+        self.features = self.sequence = self.inputs = self.conditioned = None
 
     def step(self, base, state):
         if state.t in self.full_steps:
-            logits, self.features = base(_rows(state), state.cond)
+            if self.reads_sequence:
+                logits, self.features, self.sequence = base.forward_sequence(_rows(state), state.cond)
+            else:
+                logits, self.features = base(_rows(state), state.cond)
             return Proposal("full", logits, self.features)
         if self.shortcut is not None:
             self.features = self.predict(base, state, _branches(state))
         return Proposal(self.kind, None, self.features)  # the sampler runs the head where it reads logits
 
     def predict(self, base, state, branches: int) -> torch.Tensor:
+        if self.reads_sequence:
+            self.sequence = self.shortcut.advance(base, self.sequence, _rows(state), state.cond,
+                                                  state.new_tokens.repeat(branches, 1), state.mask_ratio)
+            grid = torch.arange(base.num_tokens, device=self.sequence.device).expand(self.sequence.shape[0], -1)
+            return _rows_of(self.sequence, base.image_rows(grid))
         return self.shortcut(self.features, **self.step_inputs(base, state, branches))
 
     def step_inputs(self, base, state, branches: int) -> dict:
@@ -259,6 +270,11 @@ def _branches(state) -> int:
 def _rows(state) -> torch.Tensor:
     """The base's input rows: the token state once per CFG branch."""
     return state.tokens.repeat(_branches(state), 1)
+
+
+def _rows_of(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x (R, T, D) at rows (R, n) -> (R, n, D)."""
+    return x.gather(1, rows[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def _scatter_rows(x: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -336,6 +352,9 @@ class HybridPolicy(BudgetPolicy):
     def __init__(self, full_steps: list[int], shortcut: torch.nn.Module, candidates: float = 2.0,
                  refresh_new: bool = True, context: bool = False):
         super().__init__(full_steps, shortcut)
+        if self.reads_sequence:
+            raise UserError("hybrid writes exact features into the map the shortcut carries, and a released "
+                            "shortcut carries the whole input sequence: use method shortcut with it")
         self.kind, self.candidates, self.refresh_new, self.context = "hybrid", candidates, refresh_new, context
         self.cache = None
 

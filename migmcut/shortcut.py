@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from migmcut.base import released
 from migmcut.files import atomic_write
 
 
@@ -269,14 +270,17 @@ def load_weights(module: nn.Module, state: dict, what: str) -> None:
     module.load_state_dict(state)
 
 
-def load_shortcut(directory: str | Path, base=None) -> tuple[Shortcut, dict]:
-    """Load `shortcut.safetensors` + `config.json`; refuse a checkpoint made for another base."""
+def load_shortcut(directory: str | Path, base=None) -> tuple[nn.Module, dict]:
+    """Load `shortcut.safetensors` + `config.json`, or one of the paper's released `.pth` files for
+    `base` (`migmcut.base.released`); refuse a checkpoint made for another base."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from migmcut.errors import CheckpointError
 
     directory = Path(directory).expanduser()
+    if directory.is_file() or directory.suffix in released.SUFFIXES:  # the paper's released .pth files
+        return released.load_released(directory, base)
     weights, config = directory / "shortcut.safetensors", directory / "config.json"
     if not weights.is_file() or not config.is_file():
         raise CheckpointError(f"{directory} is not a shortcut checkpoint (needs shortcut.safetensors and config.json)")

@@ -77,6 +77,13 @@ class BaseModel(torch.nn.Module):
     def head(self, features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def forward_sequence(self, tokens: torch.Tensor, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`forward` plus the head's input at every row of the input sequence (B, T, D), whose image
+        rows (`image_rows`) are `features`: what a shortcut that reads the whole sequence carries (the
+        paper's released MaskGIT-Shortcut and DiMOO-Shortcut: `migmcut.base.released`)."""
+        raise UserError(f"the {type(self).__name__} base does not expose its sequence features, "
+                        "which the paper's released shortcuts read: use a shortcut trained with migmcut")
+
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

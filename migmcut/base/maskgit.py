@@ -118,11 +118,11 @@ class MaskGITTransformer(nn.Module):
         )
         self.bias = nn.Parameter(torch.zeros(self.length + 1, vocab))
 
-    def features(self, tokens: torch.Tensor, cls_token: torch.Tensor) -> torch.Tensor:
-        """tokens (B, L) with K where masked, cls_token (B, 1) already shifted -> (B, L, D)."""
+    def sequence_features(self, tokens: torch.Tensor, cls_token: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L) with K where masked, cls_token (B, 1) already shifted -> (B, L + 1, D): the
+        head's input at every position, the class token's last."""
         x = self.tok_emb(torch.cat([tokens, cls_token], 1)) + self.pos_emb
-        x = self.last_layer(self.transformer(self.first_layer(x)))
-        return x[:, : self.length]
+        return self.last_layer(self.transformer(self.first_layer(x)))
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         """(..., L, D) -> (..., L, K) with the per-position bias. Features without their position
@@ -336,8 +336,13 @@ class MaskGITBase(BaseModel):
         return Conditions(ids=torch.full((n, 1), null, dtype=torch.long, device=self.device))
 
     def forward(self, tokens: torch.Tensor, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.net.features(tokens, cond["ids"])
-        return self.net.head(features), features
+        logits, features, _ = self.forward_sequence(tokens, cond)
+        return logits, features
+
+    def forward_sequence(self, tokens: torch.Tensor, cond: Conditions):
+        sequence = self.net.sequence_features(tokens, cond["ids"])
+        features = sequence[:, : self.num_tokens]
+        return self.net.head(features), features, sequence
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return self.net.head(features)
