@@ -400,6 +400,15 @@ class MaskGITBase(BaseModel):
 
 
 # -- random-weight twins in the official layout (tests, GPU timing) -----------------------------
+def _random_vq_params(grid: int, codebook: int, vq_ch: int, vq_ch_mult, z_channels: int) -> dict:
+    res = grid * 2 ** (len(vq_ch_mult) - 1)
+    return {"embed_dim": z_channels, "n_embed": codebook,
+            "ddconfig": {"double_z": False, "z_channels": z_channels, "resolution": res, "in_channels": 3, "out_ch": 3,
+                         "ch": vq_ch, "ch_mult": list(vq_ch_mult), "num_res_blocks": 1, "attn_resolutions": [grid],
+                         "dropout": 0.0},
+            "lossconfig": {"target": "taming.modules.losses.vqperceptual.DummyLoss"}}
+
+
 def write_random_checkpoint(folder: Path, *, hidden: int = 32, depth: int = 2, heads: int = 2, mlp_dim: int = 64,
                             grid: int = 4, codebook: int = 16, nclass: int = 10, vq_ch: int = 32,
                             vq_ch_mult=(1, 1), z_channels: int = 8, seed: int = 0, std: float = 0.5) -> dict:
@@ -410,19 +419,15 @@ def write_random_checkpoint(folder: Path, *, hidden: int = 32, depth: int = 2, h
     folder = Path(folder)
     (folder / "vqgan").mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
-    net = MaskGITTransformer(hidden, depth, heads, mlp_dim, grid, codebook, nclass)
+    with torch.random.fork_rng():  # the modules' own initialisation (the 1-D tensors kept below) seeded too
+        torch.manual_seed(seed)
+        net = MaskGITTransformer(hidden, depth, heads, mlp_dim, grid, codebook, nclass)
+        vq = TamingVQDecoder(params := _random_vq_params(grid, codebook, vq_ch, vq_ch_mult, z_channels))
     sd = {k: torch.randn(v.shape, generator=g) * std if k.endswith(("weight", "emb", "bias")) and v.dim() > 1 else v
           for k, v in net.state_dict().items()}
     torch.save({"iter": 0, "global_epoch": 0, "model_state_dict": sd, "optimizer_state_dict": {}}, folder / "maskgit.pth")
-    res = grid * 2 ** (len(vq_ch_mult) - 1)
-    params = {"embed_dim": z_channels, "n_embed": codebook,
-              "ddconfig": {"double_z": False, "z_channels": z_channels, "resolution": res, "in_channels": 3, "out_ch": 3,
-                           "ch": vq_ch, "ch_mult": list(vq_ch_mult), "num_res_blocks": 1, "attn_resolutions": [grid],
-                           "dropout": 0.0},
-              "lossconfig": {"target": "taming.modules.losses.vqperceptual.DummyLoss"}}
     (folder / "vqgan" / "model.yaml").write_text(yaml.safe_dump({"model": {"base_learning_rate": 4.5e-6,
         "target": "taming.models.vqgan.VQModel", "params": params}}))
-    vq = TamingVQDecoder(params)
     vsd = {k: torch.randn(v.shape, generator=g) * 0.2 if v.dim() > 1 else v for k, v in vq.state_dict().items()}
     vsd["encoder.conv_in.weight"] = torch.zeros(vq_ch, 3, 3, 3)  # the encoder is in the file too, unused here
     torch.save({"state_dict": vsd, "global_step": 0}, folder / "vqgan" / "last.ckpt")

@@ -6,7 +6,8 @@ read from the tensors (`from_state`). Against migmcut's own shortcut (`migmcut.s
 - it reads and writes the whole input sequence of the base, the class token's row included
   (`reads_sequence`: the policy carries `forward_sequence`'s rows instead of the image features);
 - the new tokens are the base's frozen token embedding plus its position embedding, projected to
-  the bottleneck; the cross-attention normalises only its queries;
+  the bottleneck; both attentions normalise only their queries (the self-attention's keys and
+  values are the features before its pre-norm, as the reference calls it);
 - attention is `nn.MultiheadAttention`'s projections at 16 heads (the release: `infer.py` and
   `main.py` build it with `num_heads=16`), FFNs are 4x wide with GELU, pre-norms LayerNorm(eps 1e-5);
 - the output is LayerNorm(1e-12)-Linear-GELU-LayerNorm(1e-12), scaled and shifted by a linear map of
@@ -26,8 +27,10 @@ from migmcut.errors import CheckpointError
 RELEASE_HEADS = 16  # not in the file: the release's inference and evaluation scripts pass num_heads=16
 
 
-class _CrossAttention(nn.Module):
-    """Queries from the (normalised) features, keys and values from the new tokens as they are."""
+class _Attention(nn.Module):
+    """Queries from the normalised features, keys and values from `ctx` as it is: the new tokens for the
+    cross-attention, and for the self-attention the features before the norm (the reference passes
+    `key=x, value=x` past its pre-norm, which normalises only the query)."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -39,27 +42,18 @@ class _CrossAttention(nn.Module):
         return self.fn.mha(self.norm(x), ctx, ctx, need_weights=False)[0]
 
 
-class _SelfAttention(nn.Module):
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.mha = nn.MultiheadAttention(width, heads, batch_first=True, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mha(x, x, x, need_weights=False)[0]
-
-
 class _Block(nn.Module):
     def __init__(self, width: int, heads: int, ffn: int):
         super().__init__()
-        self.cross_attn = _CrossAttention(width, heads)
+        self.cross_attn = _Attention(width, heads)
         self.cross_attn_ff = _Normed(width, _MLP(width, ffn))
-        self.self_attn = _Normed(width, _SelfAttention(width, heads))
+        self.self_attn = _Attention(width, heads)
         self.self_attn_ff = _Normed(width, _MLP(width, ffn))
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         x = x + self.cross_attn(x, ctx)
         x = x + self.cross_attn_ff(x)
-        x = x + self.self_attn(x)
+        x = x + self.self_attn(x, x)
         return x + self.self_attn_ff(x)
 
 

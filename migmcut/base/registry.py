@@ -105,3 +105,9 @@ def _check(cls, kind: str) -> None:
 
 def _one_line(err: BaseException) -> str:
     return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def kind_name(cls: type) -> str:
+    """The `base.kind` an adapter class answers to, for messages: its config's default kind, else its name."""
+    field = next((f for f in dataclasses.fields(cls.config_class) if f.name == "kind"), None)
+    return field.default if field is not None and isinstance(field.default, str) else cls.__name__

@@ -63,10 +63,9 @@ def load_released(path: str | Path, base) -> tuple[torch.nn.Module, dict]:
                               f"(first tensors: {', '.join(list(state)[:3])})")
     if base is None:
         raise CheckpointError(f"{path}: a released {NAMES[kind]} needs its base model to load with")
-    own = kind_of(base)
-    if own != kind:
+    if kind_of(base) != kind:
         raise CheckpointError(f"{path} is a {NAMES[kind]} checkpoint, for the {kind} base; this recipe's base is "
-                              f"{own or type(base).__name__}: use a {kind} recipe (e.g. "
+                              f"{registry.kind_name(type(base))}: use a {kind} recipe (e.g. "
                               f"{'maskgit-imagenet512' if kind == 'maskgit' else 'dimoo-t2i'})")
     cls = family_class(kind)
     net = cls.from_state(state, base, str(path))

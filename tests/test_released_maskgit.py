@@ -1,0 +1,163 @@
+"""The paper's released MaskGIT-Shortcut runs in migmcut exactly as the reference code runs it.
+
+Fixtures: tests/fixtures/released/make_maskgit.py ran the reference (Kaiwen-Zhu/MIGM-Shortcut at
+93349c4): its `MaskGITShortcut` saved as it saves one, its outputs, and `MaskGIT.sample_shortcut` on
+a random-weight twin with migmcut's random draws injected.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from migmcut.base import load_base
+from migmcut.base.maskgit import write_random_checkpoint
+from migmcut.base.maskgit_shortcut import MaskGITShortcut
+from migmcut.cli.main import app
+from migmcut.errors import CheckpointError, UserError
+from migmcut.generate import make_policy
+from migmcut.recipe import load_recipe
+from migmcut.sampler import sample
+from migmcut.shortcut import load_shortcut
+
+FIXTURES = Path(__file__).parent / "fixtures" / "released"
+SAMPLING = json.loads((FIXTURES / "maskgit_sampling.json").read_text())
+RELEASE = FIXTURES / "maskgit-shortcut.pth"
+RECIPE = "maskgit-imagenet512"
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    sets = write_random_checkpoint(tmp_path_factory.mktemp("maskgit"), **SAMPLING["twin"])
+    sets = [f"{k}={v}" for k, v in sets.items()]
+    base = load_base(load_recipe(RECIPE, sets).base)
+    assert base.fingerprint == SAMPLING["base_fingerprint"]  # the twin the reference ran
+    return sets, base
+
+
+@pytest.mark.parametrize("name", ["maskgit-shortcut", "maskgit-shortcut-2block"])
+def test_released_network_gives_the_reference_features(twin, name):
+    _, base = twin
+    net, meta = load_shortcut(FIXTURES / f"{name}.pth", base)
+    assert isinstance(net, MaskGITShortcut) and meta["released"].endswith(f"{name}.pth")
+    t = load_file(FIXTURES / "maskgit_features.safetensors")
+    new = base.embed_tokens(t[f"{name}.ids"]) + base.embed_positions(t[f"{name}.positions"])
+    with torch.no_grad():
+        out = net(t[f"{name}.h"], new, t[f"{name}.mask_ratio"])
+    torch.testing.assert_close(out, t[f"{name}.out"], atol=1e-5, rtol=0)
+    assert not torch.allclose(out, t[f"{name}.h"], atol=1e-3)  # it moved the features
+
+
+def test_released_layout_is_read_from_the_tensors(twin):
+    _, base = twin
+    one, _ = load_shortcut(RELEASE, base)
+    two, _ = load_shortcut(FIXTURES / "maskgit-shortcut-2block.pth", base)
+    assert (one.config["width"], one.config["n_block"], one.config["heads"]) == (32, 1, 16)
+    assert one.config["ratio_embedding"] == (256, round((32 * 256) ** 0.5))
+    assert (two.config["width"], two.config["n_block"], two.config["ratio_embedding"]) == (16, 2, None)
+
+
+@pytest.mark.parametrize("run", SAMPLING["runs"], ids=lambda r: f"N{r['steps']}-B{r['budget']}-s{r['seeds'][0]}")
+def test_sampling_equals_the_reference_loop_token_for_token(twin, run):
+    sets, base = twin
+    recipe = load_recipe(RECIPE, sets + [f"sampler.steps={run['steps']}"])
+    assert (recipe.sampler.cfg, recipe.sampler.r_temp, recipe.sampler.temperature) == (
+        SAMPLING["cfg_w"], SAMPLING["r_temp"], SAMPLING["sm_temp"])
+    method = "vanilla" if run["budget"] is None else "shortcut"
+    factory, full = make_policy(method, run["steps"], run["budget"], RELEASE, base,
+                                rounding=recipe.sampler.budget_rounding)
+    kinds = []
+    result = sample(base, SAMPLING["labels"], run["seeds"], recipe.sampler, policy=factory(),
+                    observers=(lambda e: kinds.append(e.kind),))
+    assert kinds == run["calls"]  # the reference's refresh_steps: the same steps full and shortcut
+    assert [t for t, k in enumerate(kinds) if k == "full"] == full
+    assert result.tokens.tolist() == run["tokens"]
+    assert result.order.tolist() == run["order"]  # so the same tokens after every step
+
+
+def test_the_paper_placement_differs_from_migmcut_rounding_where_it_matters():
+    """The release places full steps with Python's round (half to even): N=15, B=6 puts one at 2, not 3."""
+    from migmcut.policies import budget_schedule
+
+    assert budget_schedule(15, 6, "half-even") == [0, 2, 5, 8, 10, 12]
+    assert budget_schedule(15, 6, "half-up") == [0, 3, 5, 8, 10, 13]
+    assert load_recipe(RECIPE).sampler.budget_rounding == "half-even"
+
+
+# -- full size: the release's names and shapes at the paper's settings -----------------------------
+def test_full_size_release_loads_with_no_missing_or_unexpected_key():
+    """The reference class at the release's settings (hidden 768, 1 block, ratio 2, 16 heads), listed
+    by the fixture script on the meta device: migmcut reads the same layout from those tensors."""
+    shapes = {k: tuple(v) for k, v in SAMPLING["full_size_state"].items()}
+    state = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    base = type("Base", (), {"feature_dim": 768})()
+    assert MaskGITShortcut.matches(state)
+    with torch.device("meta"):
+        net = MaskGITShortcut.from_state(state, base, "maskgit-shortcut.pth")
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == shapes
+    assert (net.config["width"], net.config["ffn"], net.config["ratio_embedding"]) == (384, 1536, (256, 314))
+    assert sum(p.numel() for p in net.parameters()) == 5_081_914  # docs/real-models.md: 5.08M, 1/35 of MaskGIT
+
+
+# -- bad input -----------------------------------------------------------------------------------
+def test_a_released_file_for_another_width_is_refused(twin, tmp_path):
+    _, base = twin
+    state = torch.load(RELEASE, weights_only=True)
+    state = {k: torch.zeros(v.shape[0], 48) if k in ("proj_in.weight", "new_token_proj_in.weight") else v
+             for k, v in state.items()}
+    torch.save(state, tmp_path / "wide.pth")
+    with pytest.raises(CheckpointError, match="48-wide features, but this base's are 64"):
+        load_shortcut(tmp_path / "wide.pth", base)
+
+
+@pytest.mark.parametrize("case, words", [
+    ("truncated", "cannot read"),
+    ("pickle", "cannot read"),
+    ("not a shortcut", "not a released MaskGIT-Shortcut or DiMOO-Shortcut"),
+    ("empty", "empty state_dict"),
+])
+def test_bad_pth_files_are_one_line_naming_the_file(twin, tmp_path, case, words):
+    _, base = twin
+    path = tmp_path / "x.pth"
+    if case == "truncated":
+        path.write_bytes(RELEASE.read_bytes()[: RELEASE.stat().st_size // 2])
+    elif case == "pickle":
+        torch.save({"weights": torch.zeros(2), "args": argparse.Namespace(lr=1e-4)}, path)  # as training scripts save args
+    elif case == "not a shortcut":
+        torch.save({"encoder.weight": torch.zeros(2, 2)}, path)
+    else:
+        torch.save({}, path)
+    with pytest.raises(CheckpointError, match=words) as err:
+        load_shortcut(path, base)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_released_shortcut_for_another_family_is_refused_by_name(tmp_path):
+    tiny = load_base(load_recipe("debug").base)
+    with pytest.raises(CheckpointError, match="MaskGIT-Shortcut checkpoint, for the maskgit base"):
+        load_shortcut(RELEASE, tiny)
+
+
+def test_generate_with_a_released_pth_from_the_command_line(twin, tmp_path):
+    sets, _ = twin
+    args = ["generate", "--recipe", RECIPE, "--device", "cpu", "--class", "3", "--steps", "8", "--budget", "3",
+            "--shortcut", str(RELEASE), "--out", str(tmp_path / "out"), "--json"]
+    for s in sets:
+        args += ["--set", s]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert (out["method"], out["base_calls"], out["shortcut_calls"]) == ("shortcut", 3, 5)
+    bad = CliRunner().invoke(app, ["generate", "--recipe", "debug", "--prompt", "a large red circle", "--budget", "2",
+                                   "--shortcut", str(RELEASE), "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "base is tiny-shapes: use a maskgit recipe" in bad.output
+
+
+def test_hybrid_refuses_a_released_shortcut(twin):
+    _, base = twin
+    with pytest.raises(UserError, match="use method shortcut"):
+        make_policy("hybrid", 8, 3, RELEASE, base, rounding="half-even")[0]()
