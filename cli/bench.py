@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from migmcut.cli.common import (
-    DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, console, emit, handle_errors, load, progress, results,
+    DeviceOpt, DtypeOpt, JsonOpt, PresetOpt, RecipeOpt, SeedOpt, SetOpt, console, emit, handle_errors, load, progress, results,
 )
 
 
@@ -98,7 +98,7 @@ def _print_schedules(found) -> None:
 
 @handle_errors
 def bench(
-    shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory (default: the recipe's).")] = None,
+    shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory, or the paper's released .pth (default: the recipe's).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps N (default: the recipe's bench.steps or sampler.steps).")] = None,
     budgets: Annotated[Optional[str], typer.Option(help="Full-step budgets B, comma-separated, e.g. 2,4,8 (default: the recipe's bench.budgets, 4,6 on tiny-shapes).")] = None,
     methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of vanilla,cache,shortcut,recap,mlcache,hybrid, each at --budgets or at its own as NAME:B1/B2 (e.g. shortcut:3/4/6); vanilla always runs: it is the front. Knobs: --set recap.local=K etc., as generate.")] = None,
@@ -115,6 +115,7 @@ def bench(
     out: Annotated[Path, typer.Option(help="Directory for bench.json, bench.csv, pareto.png (and rollout.*).")] = Path("bench"),
     recipe: RecipeOpt = "tiny-shapes",
     set_: SetOpt = None,
+    preset: PresetOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = "auto",
     seed: SeedOpt = 0,
@@ -123,7 +124,7 @@ def bench(
     """Measure speed and quality of vanilla and accelerated sampling side by side."""
     from migmcut.bench import bench as run_bench
 
-    rec = load(recipe, set_)
+    rec = load(recipe, set_, preset)
     with progress(not json_ and not search_schedule) as bar:
         task = bar.add_task("bench", total=None)
 

@@ -35,6 +35,11 @@ SetOpt = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override a recipe field, e.g. --set sampler.steps=8 (repeatable)."),
 ]
+PresetOpt = Annotated[
+    Optional[str],
+    typer.Option(help="An operating point the recipe names under presets (e.g. the paper's paper-32-8): "
+                      "its overrides, before --set."),
+]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")]
 SeedOpt = Annotated[int, typer.Option(help="Run seed; every trajectory's seed derives from it.")]
@@ -84,10 +89,10 @@ def _internal(err: BaseException):
     raise typer.Exit(1) from None
 
 
-def load(recipe: str, overrides: list[str] | None):
+def load(recipe: str, overrides: list[str] | None, preset: str | None = None):
     from migmcut.recipe import load_recipe
 
-    return load_recipe(recipe, overrides or [])
+    return load_recipe(recipe, overrides or [], preset)
 
 
 def emit(as_json: bool, payload: dict) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from migmcut.cli.common import (
-    DeviceOpt, DtypeOpt, JsonOpt, RecipeOpt, SeedOpt, SetOpt, emit, handle_errors, load, progress, results,
+    DeviceOpt, DtypeOpt, JsonOpt, PresetOpt, RecipeOpt, SeedOpt, SetOpt, emit, handle_errors, load, progress, results,
 )
 from migmcut.errors import UserError
 
@@ -21,13 +21,14 @@ def generate(
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps N (default: the recipe's).")] = None,
     budget: Annotated[Optional[int], typer.Option(help="Full base steps B out of N for an accelerated method (default: the recipe's shortcut.budget, 4 on tiny-shapes; mlcache: its own warm-up and refresh rule).")] = None,
     method: Annotated[Optional[str], typer.Option(help="vanilla, cache, shortcut, recap, mlcache or hybrid (default: shortcut when the recipe has a shortcut checkpoint, as tiny-shapes does, else vanilla). Knobs: --set recap.local=K, --set mlcache.cache_ratio=R (also warmup_ratio, refresh_interval), --set hybrid.candidates=C (also refresh_new, context).")] = None,
-    shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory.")] = None,
+    shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory, or the paper's released .pth (maskgit-shortcut.pth, dimoo-shortcut.pth).")] = None,
     schedule: Annotated[str, typer.Option(help="Full-step placement: auto (searched when saved beside the shortcut, else uniform), uniform, or searched (saved by bench --search-schedule).")] = "auto",
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images per prompt.")] = 1,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per sampler batch (default: the recipe's).")] = None,
     out: Annotated[Path, typer.Option(help="Directory for the PNG files.")] = Path("outputs"),
     recipe: RecipeOpt = "tiny-shapes",
     set_: SetOpt = None,
+    preset: PresetOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = "auto",
     seed: SeedOpt = 0,
@@ -42,7 +43,7 @@ def generate(
     conditions = list(prompt or class_id or [])
     if not conditions:
         raise UserError("nothing to generate: give --prompt TEXT (or --class ID for class-conditional bases)")
-    rec = load(recipe, set_)
+    rec = load(recipe, set_, preset)
     with progress(not json_) as bar:
         task = bar.add_task("generating", total=len(conditions) * num_images)
         result = run_generate(

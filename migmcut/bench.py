@@ -297,7 +297,7 @@ def measure_c(base, shortcut, sampler: SamplerConfig, batch_size: int, repeats: 
             ts.append(time.perf_counter() - t0)
         return statistics.median(ts)
 
-    policy.features = full.step(base, StepState(0, tokens, cond, None, 0.5)).features
+    policy.step(base, StepState(0, tokens, cond, None, 0.5))  # its full step: the features it predicts from
     base_s = timed(lambda: full.step(base, state))
     short_s = timed(lambda: policy.predict(base, state, branches))
     return {"c": short_s / base_s, "base_forward_s": base_s, "shortcut_s": short_s}

@@ -78,6 +78,7 @@ class Recipe:
     recap: RecapConfig = field(default_factory=RecapConfig)  # method recap's knobs
     mlcache: MLCacheConfig = field(default_factory=MLCacheConfig)  # method mlcache's knobs
     hybrid: HybridConfig = field(default_factory=HybridConfig)  # method hybrid's knobs
+    presets: dict[str, list[str]] = field(default_factory=dict)  # named operating points: `--set` overrides (--preset)
     description: str = ""
     source: str = ""  # where it was read from (not a YAML key)
 
@@ -96,7 +97,9 @@ def as_recipe(recipe: Recipe | str) -> Recipe:
     return recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
 
 
-def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
+def load_recipe(name_or_path: str, overrides: list[str] = (), preset: str | None = None) -> Recipe:
+    """The recipe `name_or_path` names, with the overrides of its preset `preset` (an entry of its
+    `presets`: e.g. the paper's operating points) and then `overrides` (`a.b=value`) applied."""
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -117,6 +120,12 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
         raise RecipeError(f"{source}: malformed YAML{where}: {getattr(err, 'problem', err)}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: a recipe is a YAML mapping, got {type(data).__name__}")
+    if preset is not None:
+        presets = data.get("presets") or {}
+        if not isinstance(presets, dict) or preset not in presets:
+            known = ", ".join(presets) if isinstance(presets, dict) and presets else "none"
+            raise RecipeError(f"{arg('preset', preset)}: {source} has no such preset (its presets: {known})")
+        overrides = [*_check(list[str], presets[preset], f"presets.{preset}", source), *overrides]
     for item in overrides:
         _apply_override(data, item)
     recipe = parse_recipe(data, source)
@@ -201,6 +210,11 @@ def _check(tp, value, name: str, source: str):
             except RecipeError as err:
                 errors.append(err)
         raise errors[0]
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise RecipeError(f"{source}: {name} must be a mapping, got {value!r}")
+        return {_check(key_type, k, name, source): _check(value_type, v, f"{name}.{k}", source) for k, v in value.items()}
     if origin in (list, tuple):
         (item,) = typing.get_args(tp)[:1]
         if not isinstance(value, (list, tuple)):

@@ -56,3 +56,31 @@ def test_impossible_sampler_values_are_refused(tmp_path):
         load_recipe("debug", ["sampler.schedule=zigzag"])
     with pytest.raises(RecipeError, match="steps"):
         load_recipe("debug", ["sampler.steps=0"])
+
+
+def test_presets_apply_their_overrides_before_set():
+    recipe = load_recipe("maskgit-imagenet512", preset="paper-32-8")
+    assert (recipe.sampler.steps, recipe.shortcut.budget) == (32, 8)
+    assert recipe.sampler.budget_rounding == "half-even"  # the reference's refresh_steps placement
+    mine = load_recipe("maskgit-imagenet512", ["shortcut.budget=9"], preset="paper-32-8")
+    assert (mine.sampler.steps, mine.shortcut.budget) == (32, 9)  # --set wins
+    assert load_recipe("dimoo-t2i", preset="paper-64-9").shortcut.budget == 9
+    for name in builtin_names():  # every shipped preset loads
+        for preset in load_recipe(name).presets:
+            load_recipe(name, preset=preset)
+
+
+def test_an_unknown_preset_names_the_ones_there_are():
+    with pytest.raises(RecipeError, match="no such preset .*paper-15-7, paper-15-8, paper-32-8"):
+        load_recipe("maskgit-imagenet512", preset="paper-32-7")
+    with pytest.raises(RecipeError, match="its presets: none"):
+        load_recipe("debug", preset="paper-32-8")
+
+
+def test_a_preset_that_is_not_a_list_of_overrides_is_refused(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nbase: {kind: tiny-shapes, weights: random}\npresets: {fast: sampler.steps=4}\n")
+    with pytest.raises(RecipeError, match="presets.fast must be a list"):
+        load_recipe(str(path), preset="fast")
+    with pytest.raises(RecipeError, match="presets.fast must be a list"):
+        load_recipe(str(path))

@@ -144,14 +144,14 @@ def test_a_released_shortcut_for_another_family_is_refused_by_name(tmp_path):
 
 def test_generate_with_a_released_pth_from_the_command_line(twin, tmp_path):
     sets, _ = twin
-    args = ["generate", "--recipe", RECIPE, "--device", "cpu", "--class", "3", "--steps", "8", "--budget", "3",
+    args = ["generate", "--recipe", RECIPE, "--device", "cpu", "--class", "3", "--preset", "paper-15-7",
             "--shortcut", str(RELEASE), "--out", str(tmp_path / "out"), "--json"]
     for s in sets:
         args += ["--set", s]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert (out["method"], out["base_calls"], out["shortcut_calls"]) == ("shortcut", 3, 5)
+    assert (out["method"], out["steps"], out["base_calls"], out["shortcut_calls"]) == ("shortcut", 15, 7, 8)
     bad = CliRunner().invoke(app, ["generate", "--recipe", "debug", "--prompt", "a large red circle", "--budget", "2",
                                    "--shortcut", str(RELEASE), "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "base is tiny-shapes: use a maskgit recipe" in bad.output
