@@ -17,7 +17,7 @@ def train(
     out: Annotated[Path, typer.Option(help="Checkpoint directory (shortcut.safetensors, config.json, trainer.pt).")],
     store: Annotated[Optional[str], typer.Option(help="Trajectory store made by `migmcut record` (path or URL); with --online, validation only.")] = None,
     online: Annotated[bool, typer.Option("--online", help="Train on the shortcut's own rollouts, the base as teacher at each step (train.online).")] = False,
-    init: Annotated[Optional[str], typer.Option(help="Start from this shortcut checkpoint (a directory or builtin:NAME).")] = None,
+    init: Annotated[Optional[str], typer.Option(help="Start from this shortcut checkpoint (a directory, builtin:NAME, or the paper's released .pth).")] = None,
     max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (default: the recipe's train.max_steps).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Pairs per step (default: the recipe's).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's).")] = None,

@@ -131,6 +131,39 @@ class Block(nn.Module):
         return x + self.self_ffn(x)
 
 
+def pair_conditions(base, conditions: list, branch: torch.Tensor):
+    """Encoded conditions of store pairs: branch 1 (CFG's unconditional) gets the null condition."""
+    cond = base.encode_conditions(list(conditions))
+    return cond.where(branch.to(base.device) == 1, base.null_conditions(len(conditions)))
+
+
+class SequenceInputs:
+    """Training inputs of a shortcut that reads the base's whole input sequence (the paper's released
+    networks) from store pairs. A store holds the image rows only, so the base recomputes each pair's
+    input sequence from its recorded token state (one frozen forward per pair, as online training
+    costs); the new tokens go through the network's own `step_inputs`, as at sampling. Losses read
+    the image rows (`image`)."""
+
+    def __init__(self, base, net, device=None):
+        self.base, self.net, self.device = base, net, torch.device(device or base.device)
+        grid = torch.arange(base.num_tokens, device=base.device)
+        self.rows = base.image_rows(grid[None])[0].to(self.device)
+
+    def image(self, h: torch.Tensor) -> torch.Tensor:
+        return h[:, self.rows]
+
+    @torch.no_grad()
+    def __call__(self, batch: dict) -> dict:
+        base, dev = self.base, self.base.device
+        tokens, order = batch["tokens"].to(dev), batch["order"].to(dev)
+        step = batch["step"].to(dev)[:, None]
+        cond = pair_conditions(base, batch["condition"], batch["branch"])
+        _, _, sequence = base.forward_sequence(torch.where(order < step, tokens, base.mask_id), cond)
+        after = torch.where(order <= step, tokens, base.mask_id)
+        x = self.net.step_inputs(base, after, cond, order == step, batch["mask_ratio"].to(dev), sequence.dtype)
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in dict(h=sequence, **x).items()}
+
+
 class ShortcutInputs:
     """The shortcut's inputs, from the base's frozen embeddings: the one place the sampler's policy,
     the trainer and the rollout evaluation build them, on `device` in `dtype`.
@@ -150,8 +183,12 @@ class ShortcutInputs:
 
     def conditions(self, conditions: list, branch: torch.Tensor):
         """Encoded conditions of store pairs: branch 1 (CFG's unconditional) gets the null condition."""
-        cond = self.base.encode_conditions(list(conditions))
-        return cond.where(branch == 1, self.base.null_conditions(len(conditions)))
+        return pair_conditions(self.base, conditions, branch)
+
+    @staticmethod
+    def image(h: torch.Tensor) -> torch.Tensor:
+        """The image features of what the shortcut carries (its own: they are the image features)."""
+        return h
 
     @torch.no_grad()
     def condition(self, cond) -> dict:
@@ -239,6 +276,12 @@ class Shortcut(nn.Module):
         atomic_write(directory / "config.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
 
 
+def config_of(net: nn.Module) -> dict:
+    """The architecture a checkpoint's config.json records: migmcut's `ShortcutConfig`, or a released
+    network's own description (with its `arch`)."""
+    return dict(net.config) if isinstance(net.config, dict) else asdict(net.config)
+
+
 BUILTIN = Path(__file__).resolve().parent / "weights"
 
 
@@ -286,7 +329,8 @@ def load_shortcut(directory: str | Path, base=None) -> tuple[nn.Module, dict]:
         raise CheckpointError(f"{directory} is not a shortcut checkpoint (needs shortcut.safetensors and config.json)")
     try:
         meta = json.loads(config.read_text())
-        model = Shortcut(ShortcutConfig(**meta["shortcut"]))  # configs without query_positions: off
+        arch = meta["shortcut"].get("arch")  # a released network, converted or fine-tuned by migmcut
+        model = released.from_config(meta["shortcut"]) if arch else Shortcut(ShortcutConfig(**meta["shortcut"]))
         tensors = load_file(weights)
     except (ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
         raise CheckpointError(f"{directory}: unreadable shortcut checkpoint ({type(err).__name__}: {err})") from None
@@ -298,6 +342,7 @@ def load_shortcut(directory: str | Path, base=None) -> tuple[nn.Module, dict]:
                 f"{directory} was trained for base {want}, but this recipe's base is {base.fingerprint}: "
                 "train a shortcut for this base (migmcut train) or use its recipe"
             )
-        if model.config.feature_dim != base.feature_dim:
-            raise CheckpointError(f"{directory}: feature dim {model.config.feature_dim} != base's {base.feature_dim}")
+        width = config_of(model)["feature_dim"]
+        if width != base.feature_dim:
+            raise CheckpointError(f"{directory}: feature dim {width} != base's {base.feature_dim}")
     return model.eval().requires_grad_(False), meta

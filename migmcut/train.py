@@ -27,6 +27,7 @@ written to a temporary file and renamed into place.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -43,7 +44,7 @@ import migmcut
 from migmcut import distributed
 from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, CheckpointError, StoreError, UserError, arg, check_range
 from migmcut.files import atomic_write, dir_lock, is_disk_full, writable_dir
-from migmcut.shortcut import Shortcut, ShortcutConfig, ShortcutInputs, load_weights
+from migmcut.shortcut import Shortcut, ShortcutConfig, ShortcutInputs, SequenceInputs, config_of, load_weights
 
 
 @dataclass
@@ -134,7 +135,8 @@ def head_kl(base, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, 
 
 
 @torch.no_grad()
-def evaluate(model, base, loader, inputs: ShortcutInputs, max_pairs: int, temperature: float = 1.0) -> dict:
+def evaluate(model, base, loader, inputs: ShortcutInputs | SequenceInputs, max_pairs: int,
+             temperature: float = 1.0) -> dict:
     """Held-out figures of the shortcut and of copying h_t forward (the cache)."""
     sums: dict[str, float] = {}
     seen = 0
@@ -143,7 +145,8 @@ def evaluate(model, base, loader, inputs: ShortcutInputs, max_pairs: int, temper
         target = batch["h_next"].to(inputs.device)
         mask = batch["loss_mask"].to(inputs.device)
         pred = model(**x)
-        for name, p in (("", pred), ("_identity", x["h"])):
+        pred, h = inputs.image(pred), inputs.image(x["h"])
+        for name, p in (("", pred), ("_identity", h)):
             cos = F.cosine_similarity(p, target, dim=-1)
             kl, agree = head_kl(base, p, target, mask, temperature)
             n = len(p)
@@ -173,7 +176,7 @@ def save_checkpoint(out: Path, model: Shortcut, ema: Shortcut, opt, step: int, m
     atomic_write(out / "trainer.pt", lambda p: torch.save(state, p))
     tensors = {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
     atomic_write(out / "shortcut.safetensors", lambda p: save_file(tensors, p))
-    config = {"shortcut": dataclasses.asdict(ema.config), **meta, "step": step}
+    config = {"shortcut": config_of(ema), **meta, "step": step}
     atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
 
 
@@ -250,8 +253,9 @@ def train(
         from migmcut.shortcut import resolve_checkpoint
 
         init = resolve_checkpoint(str(init))
-        if init is None or not (init / "shortcut.safetensors").is_file():
-            raise CheckpointError(f"{arg('init', init)} is not a shortcut checkpoint (no shortcut.safetensors)")
+        if init is None or not (init.is_file() or (init / "shortcut.safetensors").is_file()):
+            raise CheckpointError(f"{arg('init', init)} is not a shortcut checkpoint (no shortcut.safetensors, "
+                                  "nor a released .pth file)")
     if cfg.online and any(b >= recipe.sampler.steps for b in cfg.online_budgets):
         raise UserError(f"train.online_budgets must be below the sampler's {recipe.sampler.steps} steps "
                         f"(a rollout needs shortcut steps), got {cfg.online_budgets}")
@@ -301,9 +305,7 @@ def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, in
         model = load_shortcut(init, base)[0].requires_grad_(True).train().to(device)
     else:
         model = Shortcut(ShortcutConfig.from_recipe(recipe.shortcut, base.feature_dim, base.condition_dim)).to(device)
-    arch = model.config
-    ema = Shortcut(arch).to(device).requires_grad_(False)
-    ema.load_state_dict(model.state_dict())
+    ema = copy.deepcopy(model).requires_grad_(False)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -327,7 +329,11 @@ def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, in
         torch.set_rng_state(state["torch_rng"])
     rollout = Rollout(model)
     ddp = torch.nn.parallel.DistributedDataParallel(rollout) if world > 1 else rollout
-    inputs = ShortcutInputs(base, device)
+    sequence = getattr(model, "reads_sequence", False)  # a released network: the base recomputes its input rows
+    if sequence and cfg.online:
+        raise UserError(f"{arg('online', True)} rolls out migmcut's own shortcut; fine-tune a released one "
+                        f"({arg('init', init)}) on a store")
+    inputs = SequenceInputs(base, model, device) if sequence else ShortcutInputs(base, device)
     val_data = None
     meta = {"base_fingerprint": base.fingerprint, "recipe": recipe.name, "store": None if store is None else str(store_url),
             "train": dataclasses.asdict(cfg), **({"init": str(init)} if init is not None else {})}
@@ -359,7 +365,8 @@ def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, in
         xs, targets, masks = next(batches)
         loss = 0.0
         for x, target, mask, pred in zip(xs, targets, masks, ddp(xs)):
-            loss = loss + balanced_mse(pred, target, x["h"], mask, cfg.step_balance) / len(xs)
+            pred = inputs.image(pred)
+            loss = loss + balanced_mse(pred, target, inputs.image(x["h"]), mask, cfg.step_balance) / len(xs)
             if cfg.kl_weight > 0:
                 kl, _ = head_kl(base, pred, target, mask, cfg.kl_temperature)
                 loss = loss + cfg.kl_weight * kl / len(xs)
@@ -413,7 +420,7 @@ def _open_store(store_url, base, recipe_name: str):
     return store
 
 
-def store_batches(loader, inputs: ShortcutInputs, device):
+def store_batches(loader, inputs: ShortcutInputs | SequenceInputs, device):
     """(shortcut inputs, targets, loss masks) of each batch of store pairs: lists of one, or of `unroll`."""
     for batch in loader:
         window = batch if isinstance(batch, list) else [batch]

@@ -312,6 +312,8 @@ class _Prepared:
             "step": t,
             "index": raw.index,
             "condition": raw.condition,
+            "tokens": torch.from_numpy(raw.tokens.astype(np.int64)),  # the final tokens and the step that fixed
+            "order": torch.from_numpy(raw.order.astype(np.int64)),  # each: any step's token state
         }
 
 
@@ -342,6 +344,8 @@ def collate_pairs(pairs: list) -> dict | list[dict]:
         "step": torch.tensor([p["step"] for p in pairs], dtype=torch.long),
         "index": torch.tensor([p["index"] for p in pairs], dtype=torch.long),
         "condition": [p["condition"] for p in pairs],
+        "tokens": _stack([p["tokens"] for p in pairs]),
+        "order": _stack([p["order"] for p in pairs]),
     }
     if get_worker_info() is not None:
         # In a DataLoader worker, tensors must sit in shared memory before they are queued:

@@ -161,3 +161,48 @@ def test_hybrid_refuses_a_released_shortcut(twin):
     _, base = twin
     with pytest.raises(UserError, match="use method shortcut"):
         make_policy("hybrid", 8, 3, RELEASE, base, rounding="half-even")[0]()
+
+
+# -- fine-tuning a release on a migmcut store (train --init released.pth) ---------------------------
+@pytest.fixture(scope="module")
+def store(twin, tmp_path_factory):
+    from migmcut.record import record
+
+    sets, _ = twin
+    path = tmp_path_factory.mktemp("released") / "store"
+    record(load_recipe(RECIPE, sets + ["sampler.steps=8"]), str(path), num=6, batch_size=3, codec="fp16")
+    return path
+
+
+def test_a_pair_rebuilt_by_the_base_has_the_stored_image_rows(twin, store):
+    """The store keeps image rows only; the base recomputes the pair's whole input sequence from its
+    token state, whose image rows are the recorded h_t (so the release trains on what it samples from)."""
+    from migmcut.shortcut import SequenceInputs
+    from migmcut.store.reader import TrajectoryStore, pair_loader
+
+    _, base = twin
+    net, _ = load_shortcut(RELEASE, base)
+    inputs = SequenceInputs(base, net)
+    batch = next(iter(pair_loader(TrajectoryStore(str(store)).pairs(shuffle=True, seed=1), 16)))
+    x = inputs(batch)
+    assert x["h"].shape == (16, 65, 64) and x["new_mask"] is not None  # pairs of several steps: padded
+    torch.testing.assert_close(inputs.image(x["h"]), batch["h"], atol=2e-3, rtol=1e-3)  # fp16 store
+    assert (x["new_mask"].sum(1) == (batch["order"] == batch["step"][:, None]).sum(1)).all()
+
+
+def test_train_init_fine_tunes_a_release_and_the_result_loads_anywhere(twin, store, tmp_path):
+    from migmcut.train import train
+
+    sets, base = twin
+    recipe = load_recipe(RECIPE, sets + ["sampler.steps=8"])
+    result = train(recipe, str(store), tmp_path / "sc", max_steps=6, batch_size=8, init=str(RELEASE), base=base)
+    assert result.steps == 6 and result.validation["val_mse"] > 0
+    tuned, meta = load_shortcut(tmp_path / "sc", base)  # a migmcut checkpoint of the released architecture
+    released, _ = load_shortcut(RELEASE, base)
+    assert isinstance(tuned, MaskGITShortcut) and meta["shortcut"]["arch"] == "maskgit-shortcut"
+    assert tuned.state_dict().keys() == released.state_dict().keys()
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), released.state_dict().values()))
+    factory, _ = make_policy("shortcut", 8, 3, tmp_path / "sc", base, rounding="half-even")
+    assert sample(base, [1, 2], [5, 6], recipe.sampler, policy=factory()).counts == {"full": 3, "shortcut": 5}
+    with pytest.raises(UserError, match="fine-tune a released one"):
+        train(recipe, None, tmp_path / "online", max_steps=2, init=str(RELEASE), online=True, base=base)

@@ -38,8 +38,8 @@ class _Attention(nn.Module):
         self.fn = nn.Module()
         self.fn.mha = nn.MultiheadAttention(width, heads, batch_first=True, bias=True)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        return self.fn.mha(self.norm(x), ctx, ctx, need_weights=False)[0]
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, padding: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fn.mha(self.norm(x), ctx, ctx, key_padding_mask=padding, need_weights=False)[0]
 
 
 class _Block(nn.Module):
@@ -50,8 +50,8 @@ class _Block(nn.Module):
         self.self_attn = _Attention(width, heads)
         self.self_attn_ff = _Normed(width, _MLP(width, ffn))
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        x = x + self.cross_attn(x, ctx)
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.cross_attn(x, ctx, padding)
         x = x + self.cross_attn_ff(x)
         x = x + self.self_attn(x, x)
         return x + self.self_attn_ff(x)
@@ -101,28 +101,49 @@ class MaskGITShortcut(nn.Module):
     def _project(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return getattr(self, name)(x) if hasattr(self, name) else x
 
-    def forward(self, h: torch.Tensor, new_emb: torch.Tensor, mask_ratio: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, new_emb: torch.Tensor, mask_ratio: torch.Tensor,
+                new_mask: torch.Tensor | None = None) -> torch.Tensor:
         """h (R, T, D) every row's features; new_emb (R, M, D) the tokens just fixed, embedded (token +
-        position, in raster order); mask_ratio (R,) the fraction still masked."""
+        position, in raster order); mask_ratio (R,) the fraction still masked; new_mask (R, M) where
+        new_emb is a token, not padding (None: all are, as at sampling)."""
         ctx = self._project("new_token_proj_in", new_emb)
         x = self._project("proj_in", h)
         for block in self.blocks:
-            x = block(x, ctx)
+            x = block(x, ctx, None if new_mask is None else ~new_mask)
         x = self.last_layer(x)
         if hasattr(self, "time_embedder"):
             scale, shift = self.adaLN_modulation(self.time_embedder(mask_ratio * 1000)).unsqueeze(1).chunk(2, dim=-1)
             x = x * (1 + scale) + shift
         return h + self._project("proj_out", x)
 
+    def step_inputs(self, base, tokens: torch.Tensor, cond, new: torch.Tensor, mask_ratio: torch.Tensor,
+                    dtype: torch.dtype) -> dict:
+        """`forward`'s inputs besides h: `tokens` (R, L) the state with the new tokens in, `new` (R, L)
+        where they were fixed, `mask_ratio` (R,). Rows that fixed fewer tokens (training pairs of
+        several steps) are padded and masked; at sampling every row fixed as many."""
+        counts = new.sum(1)
+        M = int(counts.max())
+        rank = new.cumsum(1) - 1  # each new token's place among its row's, in raster order
+        pos = torch.zeros(new.shape[0], M, dtype=torch.long, device=new.device)
+        pos[new.nonzero(as_tuple=True)[0], rank[new]] = new.nonzero(as_tuple=True)[1]
+        valid = torch.arange(M, device=new.device)[None] < counts[:, None]
+        emb = base.embed_tokens(tokens.gather(1, pos)) + base.embed_positions(pos)
+        return dict(new_emb=emb.to(dtype), mask_ratio=mask_ratio.float(),
+                    new_mask=None if bool(valid.all()) else valid)
+
     def advance(self, base, sequence: torch.Tensor, tokens: torch.Tensor, cond, new: torch.Tensor,
                 mask_ratio: float) -> torch.Tensor:
         """One shortcut step for the sampler's policy: `sequence` (R, L + 1, D) the last rows, `tokens`
         (R, L) the state with the new tokens in, `new` (R, L) where they were fixed."""
-        R = tokens.shape[0]
-        pos = new.nonzero()[:, 1].view(R, -1)  # raster order, as the reference's boolean indexing
-        emb = base.embed_tokens(tokens.gather(1, pos)) + base.embed_positions(pos)
-        ratio = torch.full((R,), mask_ratio, dtype=torch.float32, device=sequence.device)
-        return self(sequence, emb.to(sequence.dtype), ratio)
+        ratio = torch.full((tokens.shape[0],), mask_ratio, dtype=torch.float32, device=sequence.device)
+        return self(sequence, **self.step_inputs(base, tokens, cond, new, ratio, sequence.dtype))
+
+    @classmethod
+    def from_config(cls, config: dict) -> "MaskGITShortcut":
+        """The network `config` (what `self.config` holds, e.g. from a checkpoint's config.json) describes."""
+        ratio = config["ratio_embedding"]
+        return cls(config["feature_dim"], config["width"], config["n_block"], config["heads"], config["ffn"],
+                   None if ratio is None else tuple(ratio))
 
     # -- the released file ---------------------------------------------------------------------
     @staticmethod

@@ -42,6 +42,16 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def from_config(config: dict) -> torch.nn.Module:
+    """The released network a migmcut checkpoint's config.json describes (its `arch`), untrained."""
+    for kind in FAMILIES:
+        cls = family_class(kind)
+        if cls.arch == config.get("arch"):
+            return cls.from_config(config)
+    raise CheckpointError(f"unknown shortcut architecture {config.get('arch')!r} "
+                          f"(known: migmcut's own, {', '.join(family_class(k).arch for k in FAMILIES)})")
+
+
 def recognise(state: dict) -> str | None:
     """The base kind whose released shortcut `state` is, or None."""
     return next((kind for kind in FAMILIES if family_class(kind).matches(state)), None)
