@@ -265,13 +265,17 @@ class DiMOOBase(BaseModel):
         return out
 
     def encode_conditions(self, conditions: list) -> Conditions:
-        """Conditions(ids=(B, max_prompt_tokens)): each prompt's template ids, left-padded with PAD."""
+        """Conditions(ids=(B, max_prompt_tokens), null=(B,) bool): each prompt's template ids, left-padded
+        with PAD; `null` marks CFG's unconditional rows (the released DiMOO-Shortcut treats the branches
+        differently: `migmcut.base.dimoo_shortcut`)."""
         if not all(isinstance(c, str) for c in conditions):
             raise UserError("dimoo is text-conditioned: give --prompt TEXT, not --class")
-        return Conditions(ids=self._tokenize(conditions).to(self.device))
+        ids = self._tokenize(conditions).to(self.device)
+        return Conditions(ids=ids, null=torch.zeros(len(conditions), dtype=torch.bool, device=self.device))
 
     def null_conditions(self, n: int) -> Conditions:
-        return Conditions(ids=self._null.to(self.device).expand(n, -1).clone())
+        return Conditions(ids=self._null.to(self.device).expand(n, -1).clone(),
+                          null=torch.ones(n, dtype=torch.bool, device=self.device))
 
     # -- the model --------------------------------------------------------------------------
     def sequence(self, tokens: torch.Tensor, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -286,10 +290,16 @@ class DiMOOBase(BaseModel):
         return ids, torch.cat([keep, torch.ones_like(tail, dtype=torch.bool)], 1)
 
     def forward(self, tokens: torch.Tensor, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features, _ = self.forward_sequence(tokens, cond)
+        return logits, features
+
+    def forward_sequence(self, tokens: torch.Tensor, cond: Conditions):
+        """Logits and features of the image tokens, and the final-norm output at every row of the
+        sequence (B, max_prompt_tokens + tail, D), prompt padding included (never read)."""
         ids, keep = self.sequence(tokens, cond)
-        hidden = self.net(ids, keep)
-        features = hidden[:, self.prompt_length + self.image_index]
-        return self.head(features), features
+        sequence = self.net(ids, keep)
+        features = sequence[:, self.prompt_length + self.image_index]
+        return self.head(features), features, sequence
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         w = self.net.output_weight[self.image_offset : self.image_offset + self.codebook_size]

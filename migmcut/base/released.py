@@ -22,6 +22,7 @@ from migmcut.errors import CheckpointError
 
 FAMILIES = {
     "maskgit": "migmcut.base.maskgit_shortcut:MaskGITShortcut",
+    "dimoo": "migmcut.base.dimoo_shortcut:DiMOOShortcut",
 }
 NAMES = {"maskgit": "MaskGIT-Shortcut", "dimoo": "DiMOO-Shortcut"}
 SUFFIXES = (".pth", ".pt", ".bin")
