@@ -253,3 +253,30 @@ def test_the_dimoo_release_given_to_a_maskgit_base_is_refused(tmp_path):
                               "--steps", "8", "--budget", "3", "--shortcut", str(PTH), "--out", str(out)])
     assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and "DiMOO-Shortcut" in res.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_train_init_fine_tunes_the_release_on_a_store(twin, tmp_path):
+    """A store keeps image rows only: the base rebuilds each pair's sequence (prompt rows included) from
+    its token state, whose image rows are the recorded h_t; the result loads as the released architecture."""
+    from migmcut.record import record
+    from migmcut.shortcut import SequenceInputs
+    from migmcut.store.reader import TrajectoryStore, pair_loader
+    from migmcut.train import train
+
+    recipe, base, _ = twin
+    recipe = dataclasses.replace(recipe, sampler=dataclasses.replace(recipe.sampler, steps=6),
+                                 generate=dataclasses.replace(recipe.generate, prompts=FIX["prompts"]))
+    record(recipe, str(tmp_path / "store"), num=4, batch_size=2, codec="fp16", base=base)
+    released_net, _ = load_shortcut(PTH, base)
+    inputs = SequenceInputs(base, released_net)
+    batch = next(iter(pair_loader(TrajectoryStore(str(tmp_path / "store")).pairs(shuffle=True, seed=1), 12)))
+    x = inputs(batch)
+    torch.testing.assert_close(inputs.image(x["h"]), batch["h"], atol=2e-3, rtol=1e-3)  # an fp16 store
+    result = train(recipe, str(tmp_path / "store"), tmp_path / "sc", max_steps=3, batch_size=6, init=str(PTH),
+                   base=base)
+    assert result.steps == 3 and result.validation["val_mse"] > 0
+    tuned, meta = load_shortcut(tmp_path / "sc", base)
+    assert isinstance(tuned, DiMOOShortcut) and meta["shortcut"]["arch"] == "dimoo-shortcut"
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), released_net.state_dict().values()))
+    factory, _ = make_policy("shortcut", 6, 2, tmp_path / "sc", base, rounding="half-even")
+    assert sample(base, FIX["prompts"][:1], [3], recipe.sampler, policy=factory()).counts == {"full": 2, "shortcut": 4}

@@ -171,11 +171,11 @@ class DiMOOShortcut(nn.Module):
             x = x * (1 + scale) + shift
         return self._project("proj_out", x) + h
 
-    def advance(self, base, sequence: torch.Tensor, tokens: torch.Tensor, cond, new: torch.Tensor,
-                mask_ratio: float) -> torch.Tensor:
-        """One shortcut step for the sampler's policy, building the inputs as `generate_image_shortcut`
-        does: `sequence` (R, T, D) the last rows, `tokens` (R, L) the state with the new tokens in,
-        `new` (R, L) where they were fixed, `cond` R rows (CFG's unconditional ones marked `null`)."""
+    def step_inputs(self, base, tokens: torch.Tensor, cond, new: torch.Tensor, mask_ratio: torch.Tensor,
+                    dtype: torch.dtype) -> dict:
+        """`forward`'s inputs besides h, built as `generate_image_shortcut` builds them: `tokens` (R, L)
+        the state with the new tokens in, `new` (R, L) where they were fixed, `cond` R rows (CFG's
+        unconditional ones marked `null`), `mask_ratio` (R,)."""
         seq = base.partial_sequence(tokens, cond)
         R, T = seq.ids.shape
         real = torch.ones(R, T, dtype=torch.bool, device=tokens.device) if seq.mask is None else seq.mask[:, 0, 0]
@@ -188,9 +188,22 @@ class DiMOOShortcut(nn.Module):
         new_pos = seq.pos.gather(1, rows)
         emb = base.embed_rows(seq.ids.gather(1, rows), new_pos)
         new_mask = torch.arange(rows.shape[1], device=tokens.device) < count[:, None]
-        ratio = torch.full((R,), mask_ratio, dtype=torch.float32, device=sequence.device)
-        return self(sequence, emb.to(sequence.dtype), new_pos, ratio, pos=seq.pos,
+        return dict(new_emb=emb.to(dtype), new_pos=new_pos, mask_ratio=mask_ratio.float(), pos=seq.pos,
                     mask=None if seq.mask is None else real, new_mask=None if bool(new_mask.all()) else new_mask)
+
+    def advance(self, base, sequence: torch.Tensor, tokens: torch.Tensor, cond, new: torch.Tensor,
+                mask_ratio: float) -> torch.Tensor:
+        """One shortcut step for the sampler's policy: `sequence` (R, T, D) the last rows (the rest as
+        `step_inputs`)."""
+        ratio = torch.full((tokens.shape[0],), mask_ratio, dtype=torch.float32, device=sequence.device)
+        return self(sequence, **self.step_inputs(base, tokens, cond, new, ratio, sequence.dtype))
+
+    @classmethod
+    def from_config(cls, config: dict) -> "DiMOOShortcut":
+        """The network `config` (what `self.config` holds, e.g. from a checkpoint's config.json) describes."""
+        c = {k: v for k, v in config.items() if k not in ("arch", "feature_dim", "width")}
+        ratio = c.pop("ratio_embedding")
+        return cls(config["feature_dim"], config["width"], **c, ratio_embedding=None if ratio is None else tuple(ratio))
 
     # -- the released file ---------------------------------------------------------------------
     @staticmethod
