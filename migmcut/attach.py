@@ -1,8 +1,8 @@
 """The shortcut inside a sampling loop migmcut did not write: `migmcut.attach`.
 
     base = migmcut.load_base(migmcut.load_recipe("amused-256", ["base.model=/data/amused-256"]).base)
-    pipe = AmusedPipeline.from_pretrained("/data/amused-256", transformer=base.transformer,
-                                          text_encoder=base.text_encoder, vqvae=base.vq, tokenizer=base.tokenizer)
+    scheduler = AmusedScheduler.from_pretrained("/data/amused-256", subfolder="scheduler")
+    pipe = AmusedPipeline(base.vq, base.tokenizer, base.text_encoder, base.transformer, scheduler)
     with migmcut.attach(pipe.transformer, "runs/amused-sc", steps=12, budget=4, base=base):
         latents = pipe("a red fox in the snow", num_inference_steps=12, output_type="latent").images
 
@@ -23,6 +23,10 @@ A call the hook cannot follow is refused with one `UserError` naming what it saw
 changed, a step that fixed none, conditions that are not the slot's, a batch of another size, more
 calls than `steps`; leaving a `with` block in the middle of an image (the loop ran fewer steps) too.
 A call whose tokens are not a continuation of the last image's starts the next image.
+
+One function and a handle, not a config object plus `apply_*` (diffusers' cache hooks): migmcut's
+API is functions with keyword arguments (generate, bench), there is one method to apply, and its
+settings (N, B, placement) are the ones `generate` already takes by those names.
 """
 
 from __future__ import annotations
