@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import types
 
-_API = {"load_recipe": "recipe", "load_base": "base", "load_shortcut": "shortcut",
+_API = {"load_recipe": "recipe", "load_base": "base", "load_shortcut": "shortcut", "attach": "attach",
         "generate": "generate", "record": "record", "train": "train", "bench": "bench"}
 __all__ = list(_API)
 

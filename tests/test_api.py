@@ -87,4 +87,4 @@ def test_import_is_light_and_the_modules_stay_reachable():
             "import inspect; assert 'budgets' in inspect.signature(migmcut.bench).parameters")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert set(migmcut.__all__) == {"load_recipe", "load_base", "load_shortcut", "generate", "record", "train", "bench"}
+    assert set(migmcut.__all__) == {"load_recipe", "load_base", "load_shortcut", "attach", "generate", "record", "train", "bench"}

@@ -36,7 +36,7 @@ import torch
 
 from migmcut.base.condition_sources import ConditionSource, recipe_prompts
 from migmcut.base.conditions import Conditions
-from migmcut.base.interface import BaseModel, fingerprint_of
+from migmcut.base.interface import BaseModel, call_arguments, fingerprint_of
 from migmcut.base.statedict import require_path
 from migmcut.errors import CheckpointError, UserError
 
@@ -224,6 +224,37 @@ class AmusedBase(BaseModel):
         shape = (codes.shape[0], h, w, self.vq.config.latent_channels)
         x = self.vq.decode(codes, force_not_quantize=True, shape=shape).sample.float().clip(0, 1)
         return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    # -- attach (migmcut.attach): AmusedPipeline calls `transformer` once per step, CFG rows batched ----
+    budget_rounding = "half-even"  # the recipes' placement (amused-256/512 `sampler.budget_rounding`)
+
+    def attach_network(self):
+        return self.transformer
+
+    def attach_read(self, args, kwargs):
+        """`transformer(input_ids (R, h, w), encoder_hidden_states, pooled_text_emb, micro_conds, ...)`."""
+        call = call_arguments(type(self.transformer).forward, args, kwargs)
+        ids, (h, w) = call["input_ids"], self.grid
+        if not torch.is_tensor(ids) or tuple(ids.shape[1:]) != (h, w):
+            raise UserError(f"the transformer was called with input_ids of shape {tuple(getattr(ids, 'shape', ()))}, "
+                            f"not (rows, {h}, {w}): this base's grid is {self.height}x{self.width} pixels "
+                            f"(base.height, base.width); generate at that size")
+        tokens = torch.where(ids == self.mask_token_id, self.mask_id, ids).reshape(ids.shape[0], h * w)
+        if bool(((tokens < 0) | (tokens > self.mask_id)).any()):
+            raise UserError(f"the transformer's input_ids hold ids that are neither image codes (0..{self.codebook_size - 1}) "
+                            f"nor the mask token ({self.mask_token_id})")
+        return tokens, Conditions(hidden=call["encoder_hidden_states"], pooled=call["pooled_text_emb"],
+                                  micro=call["micro_conds"])
+
+    def attach_feature_site(self):
+        return self.transformer.mlm_layer, True  # features are mlm_layer's input, as in `forward`
+
+    def attach_features(self, captured, args, kwargs):
+        return captured.permute(0, 2, 3, 1).reshape(captured.shape[0], self.num_tokens, -1), None
+
+    def attach_output(self, logits, args, kwargs):
+        """(R, L, K) -> the transformer's own (R, K, h, w)."""
+        return logits.transpose(1, 2).reshape(logits.shape[0], -1, *self.grid)
 
 
 # -- random-weight twins in the Hub layout (tests, GPU timing) ------------------------------------

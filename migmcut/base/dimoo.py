@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from migmcut.base.conditions import Conditions
-from migmcut.base.interface import BaseModel, fingerprint_of
+from migmcut.base.interface import BaseModel, call_arguments, fingerprint_of
 from migmcut.base.partial import Sequence, split_heads
 from migmcut.base.statedict import KeyMap, load_into, require_path
 from migmcut.errors import CheckpointError, UserError, quote
@@ -363,6 +363,56 @@ class DiMOOBase(BaseModel):
         x = self.vq.decode(codes, force_not_quantize=True, shape=shape).sample.float().clamp(0, 1)
         return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
+    # -- attach (migmcut.attach): `generate_image` calls `model(ids, infer=True).logits`, one branch a call --
+    budget_rounding = "half-even"  # the reference's refresh_steps (Python's round)
+
+    def attach_network(self) -> "LLaDACall":
+        """LLaDA's call on this base's network (`LLaDACall`), the same object every time."""
+        if "_llada_call" not in self.__dict__:
+            self.__dict__["_llada_call"] = LLaDACall(self.net)  # not a submodule: the base's state is unchanged
+        return self.__dict__["_llada_call"]
+
+    def attach_read(self, args, kwargs):
+        """ids (R, T): any prompt, then this grid's image segment (BOA BOI, rows of codes + newline, EOI EOA)."""
+        ids = call_arguments(LLaDACall.forward, args, kwargs)["input_ids"]
+        n = len(self.tail)
+        if not torch.is_tensor(ids) or ids.dim() != 2:
+            raise UserError(f"the LLaDA call needs input_ids (rows, length), got {tuple(getattr(ids, 'shape', ()))}")
+        if ids.shape[1] < n:
+            return None  # shorter than an image: no sampling step (generate_image's vocabulary probe)
+        tail = ids[:, -n:]
+        image = tail[:, self.image_index]
+        frame = tail.clone()
+        frame[:, self.image_index] = self.tail[self.image_index]
+        if not bool((frame == self.tail).all()):
+            raise UserError(f"the last {n} input ids are not the image segment of this base's {self.grid[0]}x{self.grid[1]} "
+                            f"grid (BOA BOI, rows of codes and a newline, EOI EOA): generate at base.height/width")
+        tokens = torch.where(image == self.cfg.mask_token_id, self.mask_id, image - self.image_offset)
+        if bool(((tokens < 0) | (tokens > self.mask_id)).any()):
+            raise UserError("the image segment holds ids that are neither image codes nor the mask token")
+        prompt = ids[:, :-n]
+        if prompt.shape[1] > self.prompt_length:
+            raise UserError(f"a prompt of {prompt.shape[1]} ids; the limit is base.max_prompt_tokens={self.prompt_length}")
+        pad = prompt.new_full((prompt.shape[0], self.prompt_length - prompt.shape[1]), PAD)
+        return tokens, Conditions(ids=torch.cat([pad, prompt], 1))  # left-padded, as encode_conditions
+
+    def attach_feature_site(self):
+        return self.net.norm, False  # the final norm's output: the head's input at every position
+
+    def attach_features(self, captured, args, kwargs):
+        rows = captured.shape[1] - len(self.tail) + self.image_index
+        return captured[:, rows], None
+
+    def attach_output(self, logits, args, kwargs):
+        """LLaDA's output over the whole sequence and vocabulary: the head's logits at the image positions'
+        code columns, NaN elsewhere (a shortcut step predicts nothing else)."""
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        T = call_arguments(LLaDACall.forward, args, kwargs)["input_ids"].shape[1]
+        full = logits.new_full((logits.shape[0], T, self.net.config.vocab_size), float("nan"))
+        full[:, T - len(self.tail) + self.image_index, self.image_offset : self.image_offset + self.codebook_size] = logits
+        return CausalLMOutputWithPast(logits=full)
+
 
 # -- random-weight twins in the official layout (tests, GPU timing) -----------------------------
 SPECIAL_WORDS = ["<system>", "</system>", "<user>", "</user>", "<uncondition>"]
@@ -421,3 +471,19 @@ def write_random_checkpoint(folder: Path, *, d_model: int = 32, n_layers: int = 
             "base.newline_token_id": special["newline"], "base.boa_token_id": special["boa"],
             "base.eoa_token_id": special["eoa"], "base.boi_token_id": special["boi"], "base.eoi_token_id": special["eoi"],
             "base.vae_scale": 2}
+
+
+class LLaDACall(nn.Module):
+    """Lumina-DiMOO's model as its reference loop calls it, `model(input_ids, infer=True).logits` (B, T,
+    vocabulary), on migmcut's rebuilt network (no trust_remote_code), so `generate_image` runs on a base
+    loaded by migmcut; `DiMOOBase.attach_network()` gives the one `migmcut.attach` hooks."""
+
+    def __init__(self, net: BidirectionalLlama):
+        super().__init__()
+        self.net = net
+
+    def forward(self, input_ids: torch.Tensor, infer: bool = True):
+        from transformers.modeling_outputs import CausalLMOutputWithPast
+
+        hidden = self.net(input_ids, None)
+        return CausalLMOutputWithPast(logits=torch.nn.functional.linear(hidden, self.net.output_weight))

@@ -188,6 +188,35 @@ class BaseModel(torch.nn.Module):
         """(layers, sequence length, kv_heads * head_dim) of the cache of one sequence."""
         raise NotImplementedError
 
+    # -- attach: the shortcut inside a sampling loop migmcut did not write (`migmcut.attach`) -----
+    # An adapter says where its model's network, features and head are; `migmcut.attach` does the
+    # rest for every family alike. None from `attach_network`: the family does not support attach.
+    budget_rounding: str = "half-up"  # where the family's reference puts B full steps (policies.ROUNDINGS)
+    attach_reads_sequence: bool = False  # `attach_features` also gives the whole sequence (released shortcuts)
+
+    def attach_network(self) -> torch.nn.Module | None:
+        """The module a user's own loop calls once per step (and CFG branch, if it splits them)."""
+        return None
+
+    def attach_read(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, Conditions] | None:
+        """One call of `attach_network()` -> its token state (R, L) (`mask_id` where masked) and its rows'
+        conditions; None for a call that is no sampling step (it runs as it is); UserError for a call
+        attach cannot read."""
+        raise NotImplementedError
+
+    def attach_feature_site(self) -> tuple[torch.nn.Module, bool]:
+        """The submodule whose input (True) or output (False) holds the head's input during that call."""
+        raise NotImplementedError
+
+    def attach_features(self, captured, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the site held -> features (R, L, D), and with `attach_reads_sequence` the whole sequence's
+        rows (R, T, D) as `forward_sequence` gives them (else None)."""
+        raise NotImplementedError
+
+    def attach_output(self, logits: torch.Tensor, args: tuple, kwargs: dict):
+        """Image logits (R, L, K) of the base's head -> what the network returns for that call."""
+        raise NotImplementedError
+
 
 def _rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """x (B, T) or (B, T, D) at rows (B, n)."""
@@ -221,3 +250,22 @@ def fingerprint_of(meta: dict, module: torch.nn.Module) -> str:
         h.update(f"{name}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
+
+
+def call_arguments(function, args: tuple, kwargs: dict) -> dict:
+    """The arguments of a call of `function` (an unbound `forward`) by parameter name, defaults filled
+    in; a call it does not bind to is a UserError."""
+    import inspect
+
+    sig = _SIGNATURES.get(function)
+    if sig is None:
+        sig = _SIGNATURES[function] = inspect.signature(function)
+    try:
+        bound = sig.bind(None, *args, **kwargs)
+    except TypeError as err:
+        raise UserError(f"a call of {function.__qualname__} attach cannot read: {err}") from None
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+_SIGNATURES: dict = {}

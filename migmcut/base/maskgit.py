@@ -25,7 +25,7 @@ import yaml
 from torch import nn
 
 from migmcut.base.conditions import Conditions
-from migmcut.base.interface import BaseModel, fingerprint_of
+from migmcut.base.interface import BaseModel, call_arguments, fingerprint_of
 from migmcut.base.partial import Sequence, split_heads
 from migmcut.base.statedict import load_into, read_tensors, require_path
 from migmcut.errors import CheckpointError, UserError
@@ -132,6 +132,15 @@ class MaskGITTransformer(nn.Module):
         if features.dim() >= 3 and features.shape[-2] == self.length:
             return logits + self.bias[: self.length, :K]
         return logits + self.bias[: self.length, :K].mean(0)
+
+    def forward(self, img_token: torch.Tensor, y: torch.Tensor, drop_label: torch.Tensor) -> torch.Tensor:
+        """The call of MaskGIT's `sample` loop, `vit(img_token, y, drop_label)`: tokens (B, h, w) or (B, L)
+        with K where masked, class ids y (B,), drop_label (B,) bool (the null class where True) ->
+        logits (B, L, K): the code columns, as the paper's code slices them and migmcut's head gives them."""
+        b = img_token.shape[0]
+        null = torch.full((b, 1), self.codebook_size + 1 + self.nclass, dtype=torch.long, device=img_token.device)
+        cls = torch.where(drop_label.view(b, 1).to(img_token.device), null, y.view(b, 1) + self.codebook_size + 1)
+        return self.head(self.sequence_features(img_token.reshape(b, -1), cls)[:, : self.length])
 
 
 # -- the taming VQGAN decoder (key names follow taming-transformers' VQModel) --------------------
@@ -397,6 +406,35 @@ class MaskGITBase(BaseModel):
         codes = tokens.to(self.device).clamp(0, self.codebook_size - 1)
         x = self.vq(codes, self.grid[0]).float()
         return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    # -- attach (migmcut.attach): MaskGIT's `sample` calls `net(tokens, labels, drop_label)`, CFG rows batched --
+    budget_rounding = "half-even"  # the reference's refresh_steps (Python's round)
+    attach_reads_sequence = True  # the released MaskGIT-Shortcut carries last_layer's whole output
+
+    def attach_network(self):
+        return self.net
+
+    def attach_read(self, args, kwargs):
+        call = call_arguments(MaskGITTransformer.forward, args, kwargs)
+        tok, y, drop = call["img_token"], call["y"], call["drop_label"]
+        if not torch.is_tensor(tok) or tok[0].numel() != self.num_tokens:
+            raise UserError(f"the MaskGIT network was called with tokens of shape {tuple(getattr(tok, 'shape', ()))}, "
+                            f"not (rows, {self.grid[0]}, {self.grid[1]})")
+        tokens = tok.reshape(tok.shape[0], -1)
+        if bool(((tokens < 0) | (tokens > self.mask_id)).any()):
+            raise UserError(f"the MaskGIT network's tokens hold ids that are neither codes nor the mask ({self.mask_id})")
+        null = self.null_conditions(tok.shape[0])["ids"]
+        ids = torch.where(drop.view(-1, 1).to(null.device), null, y.view(-1, 1).to(null.device) + self.codebook_size + 1)
+        return tokens, Conditions(ids=ids)
+
+    def attach_feature_site(self):
+        return self.net.last_layer, False  # its output: the head's input at every row, the class token's last
+
+    def attach_features(self, captured, args, kwargs):
+        return captured[:, : self.num_tokens], captured
+
+    def attach_output(self, logits, args, kwargs):
+        return logits
 
 
 # -- random-weight twins in the official layout (tests, GPU timing) -----------------------------

@@ -24,7 +24,7 @@ from diffusers import VQModel
 from transformers import BertConfig, BertForMaskedLM
 
 from migmcut.base.conditions import Conditions
-from migmcut.base.interface import BaseModel, fingerprint_of
+from migmcut.base.interface import BaseModel, call_arguments, fingerprint_of
 from migmcut.base.partial import Sequence, split_heads
 from migmcut.errors import UserError, quote
 from migmcut.world import shapes
@@ -214,6 +214,46 @@ class TinyShapesBase(BaseModel):
     def decode(self, tokens: torch.Tensor) -> np.ndarray:
         images = tok.decode(self.vq, tokens.to(self.device), grid=self.grid[0])
         return tok.to_uint8(images.float()).cpu().numpy()
+
+    # -- attach (migmcut.attach): a loop calls `mlm(input_ids=prompt + image ids)` -------------------
+    def attach_network(self):
+        return self.mlm
+
+    def attach_read(self, args, kwargs):
+        """`mlm(input_ids (R, prompt_length + L))`, prompt ids then image ids ([MASK] where masked)."""
+        call = call_arguments(type(self.mlm).forward, args, kwargs)
+        extra = {**{k: v for k, v in call.items() if k not in ("self", "input_ids", "kwargs")},
+                 **{k: v for k, v in call.get("kwargs", {}).items() if k != "return_dict"}}
+        extra = sorted(k for k, v in extra.items() if v is not None)
+        if extra:
+            raise UserError(f"attach follows the tiny-shapes network called with input_ids alone (as the base calls "
+                            f"it); this call also passes {', '.join(extra)}")
+        ids, P = call["input_ids"], self.prompt_length
+        if not torch.is_tensor(ids) or ids.dim() != 2 or ids.shape[1] != P + self.num_tokens:
+            raise UserError(f"the tiny-shapes network was called with input_ids of shape "
+                            f"{tuple(getattr(ids, 'shape', ()))}, not (rows, {P} prompt + {self.num_tokens} image positions)")
+        image = ids[:, P:]
+        tokens = torch.where(image == MASK, self.mask_id, image - IMAGE_OFFSET)
+        if bool(((tokens < 0) | (tokens > self.mask_id)).any()):
+            raise UserError("the tiny-shapes network's image positions hold ids that are neither image codes nor [MASK]")
+        return tokens, Conditions(ids=ids[:, :P])
+
+    def attach_feature_site(self):
+        return self.mlm.cls, True  # the MLM head's input: the last layer's hidden states
+
+    def attach_features(self, captured, args, kwargs):
+        return captured[:, self.prompt_length :], None
+
+    def attach_output(self, logits, args, kwargs):
+        """MaskedLMOutput over the whole sequence and vocabulary: the head's logits at the image positions'
+        code columns, NaN elsewhere (a shortcut step predicts nothing else)."""
+        from transformers.modeling_outputs import MaskedLMOutput
+
+        R, P, K = logits.shape[0], self.prompt_length, self.codebook_size
+        full = logits.new_full((R, P + self.num_tokens, self.mlm.config.vocab_size), float("nan"))
+        full[:, P:, IMAGE_OFFSET : IMAGE_OFFSET + K] = logits
+        ret = call_arguments(type(self.mlm).forward, args, kwargs).get("kwargs", {}).get("return_dict")
+        return (full,) if ret is False else MaskedLMOutput(logits=full)
 
 
 def quiet_libraries() -> None:
