@@ -29,6 +29,7 @@ BUILTIN = {
     "dimoo": "migmcut.base.dimoo:DiMOOBase",
     "amused": "migmcut.base.amused:AmusedBase",
     "mmada": "migmcut.base.mmada:MMaDABase",
+    "meissonic": "migmcut.base.meissonic:MeissonicBase",
 }
 
 _TARGET = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
