@@ -123,6 +123,21 @@ def test_conditions_are_t2i_gen_prompt(twin):
         base.encode_conditions([" "])
 
 
+def test_a_tokenizer_without_the_chat_header_tokens_moves_the_codes_up_by_three():
+    """UniversalPrompting(use_reserved_token=True) adds <|start_header_id|>, <|end_header_id|>, <|eot_id|>
+    when `convert_tokens_to_ids` finds no <|end_header_id|>; t2i_generate then offsets codes by len(tokenizer)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from migmcut.base.mmada import text_vocabulary
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1, "<s>": 2, "</s>": 3}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>")
+    assert len(fast) == 4 and text_vocabulary(fast) == 7 and text_vocabulary(fast) == 7  # once only
+    assert fast.convert_tokens_to_ids(["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]) == [4, 5, 6]
+
+
 def test_partial_evaluation_against_the_cache_equals_the_full_forward(twin):
     _, base = twin
     cond = base.encode_conditions(["a red fox", "a blue car in the snow"]).cat(base.null_conditions(2))
