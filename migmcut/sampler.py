@@ -23,7 +23,9 @@ reference's settings (docs/real-models.md):
 - `cfg_mix`: weighted ((1 + w) l_cond - w l_uncond) | difference (l_uncond + (1 + w) (l_cond - l_uncond),
   AmusedPipeline's `uncond + guidance_scale * (cond - uncond)` with guidance_scale = 1 + w).
 - `noise_schedule` (s_t): linear r_temp (1 - t / N) | linear-to-zero r_temp (1 - t / (N - 1)) | constant r_temp
-  | linspace `torch.linspace(r_temp, r_temp_end, N)[t]` in float32 (AmusedScheduler's temperatures).
+  | linspace `torch.linspace(r_temp, r_temp_end, N)[t]` in float32 (AmusedScheduler's temperatures)
+  | cumulative r_temp (1 - 1/N) (1 - 2/N) ... (1 - (t + 1)/N), multiplied up step by step in Python floats
+  (MMaDA's `t2i_generate`, which rescales its temperature by (1 - ratio) before each step's noise).
   (At N = 1, where the reference divides by zero, the ramps take their first step's value.)
 - `temperature_mode`: divide (softmax(logits / T)) | multiply (softmax(logits * T)).
 - `draw` (the candidate): inverse-cdf (one uniform per position against the cumulative softmax) |
@@ -32,6 +34,9 @@ reference's settings (docs/real-models.md):
 - `confidence`: tempered (log p from the tempered softmax) | untempered (from softmax(logits)) |
   probability (log(softmax(logits).clamp(1e-20)): AmusedScheduler's `mask_by_random_topk`).
 - `budget_rounding`: where B full steps go among N (`policies.budget_schedule`): half-up | half-even.
+- `timestep` (what the base is told of the step): none | countdown (the conditions of step t carry a
+  `timestep` row tensor N - 1 - t, the scheduler timestep `arange(N).flip(0)[t]` that Meissonic's
+  transformer is conditioned on; the base reads `cond["timestep"]`).
 
 Every random draw of trajectory i comes from its own generator seeded with `seeds[i]`, so a
 trajectory does not depend on the batch it ran in.
@@ -52,11 +57,12 @@ from migmcut.policies import ROUNDINGS, FullPolicy, Proposal
 from migmcut.schedule import SCHEDULES, tokens_per_step
 
 CFG_SCHEDULES = ("linear", "linear-from-zero", "constant")
-NOISE_SCHEDULES = ("linear", "linear-to-zero", "constant", "linspace")
+NOISE_SCHEDULES = ("linear", "linear-to-zero", "constant", "linspace", "cumulative")
 TEMPERATURE_MODES = ("divide", "multiply")
 CONFIDENCES = ("tempered", "untempered", "probability")
 CFG_MIXES = ("weighted", "difference")
 DRAWS = ("inverse-cdf", "multinomial")
+TIMESTEPS = ("none", "countdown")
 
 
 @dataclass
@@ -74,6 +80,7 @@ class SamplerConfig:
     cfg_mix: str = "weighted"
     draw: str = "inverse-cdf"
     budget_rounding: str = "half-up"
+    timestep: str = "none"
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -81,7 +88,7 @@ class SamplerConfig:
         for name, known in (("schedule", SCHEDULES), ("cfg_schedule", CFG_SCHEDULES),
                             ("noise_schedule", NOISE_SCHEDULES), ("temperature_mode", TEMPERATURE_MODES),
                             ("confidence", CONFIDENCES), ("cfg_mix", CFG_MIXES), ("draw", DRAWS),
-                            ("budget_rounding", ROUNDINGS)):
+                            ("budget_rounding", ROUNDINGS), ("timestep", TIMESTEPS)):
             if getattr(self, name) not in known:
                 raise ValueError(f"{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}")
         if self.temperature < 0 or self.r_temp < 0 or self.r_temp_end < 0:
@@ -115,7 +122,20 @@ class SamplerConfig:
             return self.r_temp * (1 - t / max(self.steps - 1, 1))
         if self.noise_schedule == "linspace":  # float32, as AmusedScheduler.set_timesteps computes it
             return float(torch.linspace(self.r_temp, self.r_temp_end, self.steps)[t])
+        if self.noise_schedule == "cumulative":  # MMaDA: temperature = temperature * (1.0 - ratio), each step
+            scale = self.r_temp
+            for s in range(t + 1):
+                scale = scale * (1.0 - 1.0 * (s + 1) / self.steps)
+            return scale
         return self.r_temp
+
+    def step_conditions(self, cond: Conditions, t: int) -> Conditions:
+        """The conditions step t hands the base: `cond`, plus the `timestep` row tensor N - 1 - t
+        under `timestep: countdown`."""
+        if self.timestep == "none":
+            return cond
+        some = next(iter(cond.tensors.values()))
+        return Conditions(**cond.tensors, timestep=torch.full((len(cond),), float(self.steps - 1 - t), device=some.device))
 
     def behaviour(self) -> dict:
         """The settings that shape a trajectory, as a store compares them: settings without effect
@@ -128,6 +148,8 @@ class SamplerConfig:
                 d.pop("confidence")
         if self.noise_schedule != "linspace":
             d.pop("r_temp_end")
+        if self.timestep == "none":  # a store recorded before the setting existed compares equal
+            d.pop("timestep")
         return d
 
 
@@ -215,7 +237,7 @@ def sample(
     start = time.perf_counter()
     for t, k in enumerate(counts_per_step):
         masked = tokens == base.mask_id
-        state = StepState(t, tokens, cond, new_tokens, masked[0].float().mean().item())
+        state = StepState(t, tokens, config.step_conditions(cond, t), new_tokens, masked[0].float().mean().item())
         out = policy.step(base, state)
         counts[out.kind] = counts.get(out.kind, 0) + 1
         # per-trajectory noise: one uniform per position for the candidate (inverse-CDF draw; for the

@@ -28,6 +28,8 @@ BUILTIN = {
     "maskgit": "migmcut.base.maskgit:MaskGITBase",
     "dimoo": "migmcut.base.dimoo:DiMOOBase",
     "amused": "migmcut.base.amused:AmusedBase",
+    "mmada": "migmcut.base.mmada:MMaDABase",
+    "meissonic": "migmcut.base.meissonic:MeissonicBase",
 }
 
 _TARGET = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
