@@ -25,7 +25,7 @@ def generate(
     schedule: Annotated[str, typer.Option(help="Full-step placement: auto (searched when saved beside the shortcut, else uniform), uniform, or searched (saved by bench --search-schedule).")] = "auto",
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images per prompt.")] = 1,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per sampler batch (default: the recipe's).")] = None,
-    out: Annotated[Path, typer.Option(help="Directory for the PNG files.")] = Path("outputs"),
+    out: Annotated[Path, typer.Option(help="Directory for the PNG files, NNNN-caption.png, numbered on from those already there (nothing is replaced).")] = Path("outputs"),
     recipe: RecipeOpt = "tiny-shapes",
     set_: SetOpt = None,
     device: DeviceOpt = None,
@@ -43,7 +43,7 @@ def generate(
     if not conditions:
         raise UserError("nothing to generate: give --prompt TEXT (or --class ID for class-conditional bases)")
     rec = load(recipe, set_)
-    with progress(not json_) as bar:
+    with progress(True, plain=True) as bar:  # stderr: with --json too
         task = bar.add_task("generating", total=len(conditions) * num_images)
         result = run_generate(
             rec, conditions, num_images=num_images, seed=seed, steps=steps, method=method, budget=budget,
@@ -53,8 +53,10 @@ def generate(
     seconds = time.perf_counter() - started
     per_image = result.seconds / len(result.paths)
     if not json_:
+        first, last = (Path(p).name for p in (result.paths[0], result.paths[-1]))
+        names = first if first == last else f"{first} ... {last}"
         results.print(
-            f"wrote {len(result.paths)} image(s) to {Path(result.paths[0]).parent} ({result.method}, {result.steps} steps, "
+            f"wrote {len(result.paths)} image(s) to {Path(result.paths[0]).parent} ({names}; {result.method}, {result.steps} steps, "
             f"{per_image:.3f} s/image sampling and decoding; loading {result.load_seconds:.2f} s, {seconds:.2f} s in all)"
         )
     emit(json_, {
