@@ -6,6 +6,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from migmcut.cli.main import app
+from migmcut.recipe import load_recipe
 
 runner = CliRunner()
 
@@ -174,7 +175,8 @@ def test_a_default_budget_that_does_not_fit_the_steps_says_so(tmp_path):
     res = runner.invoke(app, ["generate", "--device", "cpu", "--prompt", "a large red circle", "--steps", "3",
                               "--out", str(tmp_path)])
     assert res.exit_code == 2, res.output
-    assert "recipe's default budget (4 full steps) does not fit --steps 3: pass --budget" in res.stderr
+    budget = load_recipe("tiny-shapes").shortcut.budget  # 6: above --steps 3
+    assert f"recipe's default budget ({budget} full steps) does not fit --steps 3: pass --budget" in res.stderr
 
 
 @pytest.mark.parametrize("method, budget, full, partial", [
