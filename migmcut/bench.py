@@ -520,6 +520,8 @@ class BenchState:
         """new | continue | replace; a UserError for another bench's results without `overwrite`. Reads only."""
         saved = self.dir / "plan.json"
         found = [n for n in RESULT_FILES if (self.out / n).exists()]
+        if not saved.is_file():  # kept files without the plan they belong to (plan.json is written first)
+            found += [f"{STATE_DIR}/{p.name}" for p in sorted(self.dir.glob("*.json"))]
         if overwrite:
             return "replace" if found or self.dir.exists() else "new"
         if saved.is_file():

@@ -169,6 +169,11 @@ def test_results_without_a_plan_are_not_replaced_silently(tmp_path):
     res = bench(out)
     assert res.exit_code == 2 and "bench.json" in res.stderr and "--overwrite" in res.stderr, res.output
     assert (out / "bench.json").read_text() == "{}" and not (out / "state").exists()
+    other = tmp_path / "c"
+    (other / "state").mkdir(parents=True)
+    (other / "state" / "vanilla-8.json").write_text("{}")  # kept figures of no known plan: never taken as ours
+    res = bench(other)
+    assert res.exit_code == 2 and "state/vanilla-8.json" in res.stderr, res.output
 
 
 def test_a_second_bench_on_the_same_out_is_refused_while_the_first_runs(tmp_path):
