@@ -139,7 +139,7 @@ def write_numbered(directory: Path, name: str, write) -> Path:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
         lock = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed, or when the process dies
+            _claim(lock, directory, fcntl)
             with os.scandir(directory) as entries:
                 n = 1 + max((int(m.group(1)) for e in entries if (m := NUMBERED.match(e.name))), default=-1)
             while True:
@@ -153,6 +153,26 @@ def write_numbered(directory: Path, name: str, write) -> Path:
             os.close(lock)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _claim(fd: int, directory: Path, fcntl, wait_s: float = 10.0) -> None:
+    """An exclusive `flock` on `directory` (open as `fd`), released when `fd` is closed or the process
+    dies. Numbering holds it for a moment; a job lock (`dir_lock`: record, train, bench writing
+    there) holds it for the whole job: refused after `wait_s` rather than waiting for that."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() > deadline:
+            raise UserError(f"{arg('out', directory)}: another migmcut job holds this folder (record, train or "
+                            f"bench writing there): choose another {arg('out')}")
+        time.sleep(0.005)
 
 
 def _link(src: str, dst: Path) -> None:

@@ -120,3 +120,16 @@ def test_progress_lines_go_to_stderr_off_a_terminal_also_with_json(tmp_path):
     assert res.exit_code == 0, res.output
     assert res.stderr.splitlines() == ["generating: 1/3", "generating: 2/3", "generating: 3/3"]
     assert len(json.loads(res.stdout)["images"]) == 3 and res.stdout.count("\n") == 1
+
+
+def test_a_folder_another_job_holds_is_refused_rather_than_waited_for(tmp_path, monkeypatch):
+    import migmcut.files as files
+    from migmcut.errors import UserError
+
+    real = files._claim
+    monkeypatch.setattr(files, "_claim", lambda fd, d, fcntl: real(fd, d, fcntl, wait_s=0.2))
+    with files.dir_lock(tmp_path, "held"):  # as a train or record job holds its folder
+        with pytest.raises(UserError, match="another migmcut job holds this folder"):
+            write_numbered(tmp_path, "x.png", lambda p: p.write_bytes(b"x"))
+    assert os.listdir(tmp_path) == []
+    assert write_numbered(tmp_path, "x.png", lambda p: p.write_bytes(b"x")).name == "0000-x.png"
