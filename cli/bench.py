@@ -112,7 +112,8 @@ def bench(
     metrics: Annotated[Optional[str], typer.Option(help="Comma-separated metrics (default: by base kind).")] = None,
     store: Annotated[Optional[str], typer.Option(help="Trajectory store: recorded rollouts as the vanilla-N reference, plus a rollout-error report.")] = None,
     search_schedule: Annotated[bool, typer.Option("--search-schedule", help="Only search schedules on --store's validation trajectories and save them beside the shortcut.")] = False,
-    out: Annotated[Path, typer.Option(help="Directory for bench.json, bench.csv, pareto.png (and rollout.*).")] = Path("bench"),
+    out: Annotated[Path, typer.Option(help="Directory for bench.json, bench.csv, pareto.png (and rollout.*); state/ in it keeps each configuration as it finishes, and the same command again continues an interrupted bench.")] = Path("bench"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the bench already in OUT (one of another plan is refused otherwise; one of the same plan is continued).")] = False,
     recipe: RecipeOpt = "tiny-shapes",
     set_: SetOpt = None,
     preset: PresetOpt = None,
@@ -125,7 +126,7 @@ def bench(
     from migmcut.bench import bench as run_bench
 
     rec = load(recipe, set_, preset)
-    with progress(not json_ and not search_schedule) as bar:
+    with progress(True, plain=True) as bar:  # stderr, with --json too
         task = bar.add_task("bench", total=None)
 
         def report(desc, done, total):
@@ -134,8 +135,8 @@ def bench(
         run = run_bench(
             rec, shortcut=shortcut, steps=steps, budgets=budgets, methods=methods, vanilla_steps=vanilla_steps,
             prompts=prompts, classes=classes, num_samples=num_samples, batch_size=batch_size, repeats=repeats,
-            schedule=schedule, metrics=metrics, store=store, search_schedule=search_schedule, out=out, seed=seed,
-            device=device, dtype=dtype, progress=report, warn=lambda line: console.print(line, highlight=False),
+            schedule=schedule, metrics=metrics, store=store, search_schedule=search_schedule, out=out, overwrite=overwrite, seed=seed,
+            device=device, dtype=dtype, progress=report, warn=lambda line: console.print(line, highlight=False, soft_wrap=True),
         )
     if search_schedule:
         if not json_:

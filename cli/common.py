@@ -123,6 +123,8 @@ class PlainProgress:
 
     def update(self, task: int, *, completed=None, description=None, total=None) -> None:
         t = self.tasks[task]
+        if completed is not None and completed < t["completed"]:  # a new phase counts from the start again
+            t["shown"], t["at"] = 0, time.monotonic()
         t.update({k: v for k, v in (("completed", completed), ("description", description), ("total", total))
                   if v is not None})
         now, done, total = time.monotonic(), t["completed"], t["total"]

@@ -19,13 +19,13 @@ def generate(
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="A text prompt (repeatable).")] = None,
     class_id: Annotated[Optional[list[int]], typer.Option("--class", help="A class id, for class-conditional bases (repeatable).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps N (default: the recipe's).")] = None,
-    budget: Annotated[Optional[int], typer.Option(help="Full base steps B out of N for an accelerated method (default: the recipe's shortcut.budget, 4 on tiny-shapes; mlcache: its own warm-up and refresh rule).")] = None,
+    budget: Annotated[Optional[int], typer.Option(help="Full base steps B out of N for an accelerated method (default: the recipe's shortcut.budget, 6 on tiny-shapes; mlcache: its own warm-up and refresh rule).")] = None,
     method: Annotated[Optional[str], typer.Option(help="vanilla, cache, shortcut, recap, mlcache or hybrid (default: shortcut when the recipe has a shortcut checkpoint, as tiny-shapes does, else vanilla). Knobs: --set recap.local=K, --set mlcache.cache_ratio=R (also warmup_ratio, refresh_interval), --set hybrid.candidates=C (also refresh_new, context).")] = None,
     shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory, or the paper's released .pth (maskgit-shortcut.pth, dimoo-shortcut.pth).")] = None,
     schedule: Annotated[str, typer.Option(help="Full-step placement: auto (searched when saved beside the shortcut, else uniform), uniform, or searched (saved by bench --search-schedule).")] = "auto",
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images per prompt.")] = 1,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per sampler batch (default: the recipe's).")] = None,
-    out: Annotated[Path, typer.Option(help="Directory for the PNG files.")] = Path("outputs"),
+    out: Annotated[Path, typer.Option(help="Directory for the PNG files, NNNN-caption.png, numbered on from those already there (nothing is replaced).")] = Path("outputs"),
     recipe: RecipeOpt = "tiny-shapes",
     set_: SetOpt = None,
     preset: PresetOpt = None,
@@ -44,7 +44,7 @@ def generate(
     if not conditions:
         raise UserError("nothing to generate: give --prompt TEXT (or --class ID for class-conditional bases)")
     rec = load(recipe, set_, preset)
-    with progress(not json_) as bar:
+    with progress(True, plain=True) as bar:  # stderr: with --json too
         task = bar.add_task("generating", total=len(conditions) * num_images)
         result = run_generate(
             rec, conditions, num_images=num_images, seed=seed, steps=steps, method=method, budget=budget,
@@ -54,8 +54,10 @@ def generate(
     seconds = time.perf_counter() - started
     per_image = result.seconds / len(result.paths)
     if not json_:
+        first, last = (Path(p).name for p in (result.paths[0], result.paths[-1]))
+        names = first if first == last else f"{first} ... {last}"
         results.print(
-            f"wrote {len(result.paths)} image(s) to {Path(result.paths[0]).parent} ({result.method}, {result.steps} steps, "
+            f"wrote {len(result.paths)} image(s) to {Path(result.paths[0]).parent} ({names}; {result.method}, {result.steps} steps, "
             f"{per_image:.3f} s/image sampling and decoding; loading {result.load_seconds:.2f} s, {seconds:.2f} s in all)"
         )
     emit(json_, {

@@ -6,10 +6,31 @@ import os
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from migmcut.cli import bench, generate, record, store, train
 
+
+def untyped_flags(command, ctx) -> None:
+    """On/off flags take no value: show no type beside them in --help (typer prints `<bool>`).
+
+    Applied to `command`, its help option and every sub-command's, before anything is parsed.
+    """
+    for param in [*command.params, command.get_help_option(ctx)]:
+        if param is not None and getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        untyped_flags(sub, ctx)
+
+
+class Group(TyperGroup):
+    def parse_args(self, ctx, args):
+        untyped_flags(self, ctx)
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
+    cls=Group,
     name="migmcut",
     help="Learned shortcuts for masked image generation models: record, train, generate, bench.",
     no_args_is_help=True,

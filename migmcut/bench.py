@@ -19,6 +19,9 @@ would have at vanilla-N's quality (a perfect shortcut at the same cost). Shortcu
 bench batch size (both CFG branches). Every accelerated row also has `base_call_equivalents`, its
 seconds per image in vanilla-N steps, and `step_cost`, what each of its non-full steps cost in
 those units (its measured c, sampler work included), both from the same timing runs.
+
+Nothing is lost on an interrupt: each sampled configuration and each timing run is kept in
+OUT/state/ as it finishes (`BenchState`), and the same bench again continues from there.
 """
 
 from __future__ import annotations
@@ -240,24 +243,38 @@ def generate_images(base, plan: Plan, cfg: Configuration, shortcut, on_batch=Non
     return np.concatenate(images), counts
 
 
-def time_configurations(base, plan: Plan, shortcut, on_run=None) -> dict[str, float]:
-    """Seconds per image (median over repeats, after warm-up) of each configuration, on one batch."""
+def time_configurations(base, plan: Plan, shortcut, on_run=None, done: dict[str, list[float]] | None = None,
+                        on_time=None) -> dict[str, float]:
+    """Seconds per image (median over repeats, after warm-up) of each configuration, on one batch.
+
+    `done`: label -> seconds of the repeats already timed (by an interrupted run): only the missing
+    ones run, after this process's own warm-up of the configurations still to time. `on_time(label,
+    seconds)` gets each new timing as it is measured.
+    """
     conds, seeds = plan.conditions[: plan.batch_size], plan.seeds[: plan.batch_size]
-    for cfg in plan.configs:
+    times: dict[str, list[float]] = {c.label: list((done or {}).get(c.label, []))[: plan.repeats] for c in plan.configs}
+    for cfg in (c for c in plan.configs if len(times[c.label]) < plan.repeats):
         for _ in range(plan.warmup):
             sample(base, conds, seeds, _sampler(plan, cfg), policy=_policy(base, plan, cfg, shortcut))
             if on_run:
                 on_run()
-    times: dict[str, list[float]] = {c.label: [] for c in plan.configs}
-    for _ in range(plan.repeats):
-        for cfg in plan.configs:
+    for r in range(plan.repeats):
+        for cfg in (c for c in plan.configs if len(times[c.label]) <= r):
             policy, scfg = _policy(base, plan, cfg, shortcut), _sampler(plan, cfg)
             t0 = time.perf_counter()
             sample(base, conds, seeds, scfg, policy=policy)
             times[cfg.label].append(time.perf_counter() - t0)
+            if on_time:
+                on_time(cfg.label, times[cfg.label][-1])
             if on_run:
                 on_run()
     return {label: statistics.median(ts) / len(conds) for label, ts in times.items()}
+
+
+def timing_runs(plan: Plan, done: dict[str, list[float]] | None = None) -> int:
+    """How many sampler runs `time_configurations` has left to do (warm-ups included)."""
+    left = [plan.repeats - min(len((done or {}).get(c.label, [])), plan.repeats) for c in plan.configs]
+    return sum(n + plan.warmup for n in left if n)
 
 
 @torch.no_grad()
@@ -326,10 +343,12 @@ def _round(x, n=6):
 
 
 def run_bench(base, plan: Plan, metrics: list, *, shortcut=None, reference: dict | None = None,
-              progress: Callable[[str, int, int], None] | None = None) -> BenchResult:
+              progress: Callable[[str, int, int], None] | None = None, state: BenchState | None = None) -> BenchResult:
     """Sample and score every configuration, add vanilla step counts the front needs, then time all.
 
     `reference`: {"images": ...} to take vanilla-N's images (e.g. from a store) instead of sampling.
+    `state`: where each finished configuration and each timing is kept as it finishes, and taken
+    from instead of recomputed (an interrupted run of the same plan).
     """
     from migmcut.metrics import measure_resampled
 
@@ -341,16 +360,30 @@ def run_bench(base, plan: Plan, metrics: list, *, shortcut=None, reference: dict
     sampled: dict[str, dict] = {}
 
     def score(cfg: Configuration) -> None:
-        step(f"sampling {cfg.label}", len(sampled), len(configs))
+        done = n * len(sampled)
+        kept = state.sampled(cfg.label) if state is not None else None
+        if kept is not None:
+            sampled[cfg.label] = kept
+            step(f"sampling {cfg.label} (kept)", done + n, n * len(configs))
+            return
+        step(f"sampling {cfg.label}", done, n * len(configs))
         if cfg.reference and reference is not None:
             images, counts, source = reference["images"], {"full": cfg.steps}, "store"
         else:
-            images, counts = generate_images(base, plan, cfg, shortcut)
+            made = [done]
+
+            def advance(k):
+                made[0] += k
+                step(f"sampling {cfg.label}", made[0], n * len(configs))
+
+            images, counts = generate_images(base, plan, cfg, shortcut, on_batch=advance)
             source = "sampled"
         quality, resamplers = measure_resampled(metrics, images, plan.conditions)
         point = {m: quality[m] for m in higher if quality.get(m) is not None}
         sampled[cfg.label] = {"quality": quality, "scores": front.scores(point, resamplers, indices),
                               "counts": counts, "source": source}
+        if state is not None:
+            state.save_sampled(cfg.label, sampled[cfg.label])
 
     for cfg in configs:
         score(cfg)
@@ -371,7 +404,9 @@ def run_bench(base, plan: Plan, metrics: list, *, shortcut=None, reference: dict
         others = sorted((c for c in configs if c.method == "vanilla" and not c.reference), key=lambda c: c.steps)
         configs = [configs[0], *others, *accelerated]
 
-    runs = len(configs) * (plan.warmup + plan.repeats)
+    timed = dataclasses.replace(plan, configs=configs)
+    kept = state.timings() if state is not None else {}
+    runs = timing_runs(timed, kept)
     done = 0
 
     def tick():
@@ -379,10 +414,15 @@ def run_bench(base, plan: Plan, metrics: list, *, shortcut=None, reference: dict
         done += 1
         step("timing", done, runs)
 
-    seconds = time_configurations(base, dataclasses.replace(plan, configs=configs), shortcut, on_run=tick)
+    seconds = time_configurations(base, timed, shortcut, on_run=tick, done=kept,
+                                  on_time=state.save_timing if state is not None else None)
     timing = {}
     if shortcut is not None and any(c.method == "shortcut" for c in configs):
-        timing = measure_c(base, shortcut, plan.sampler, min(plan.batch_size, n), repeats=max(3, 2 * plan.repeats))
+        timing = state.c() if state is not None else None
+        if not timing:
+            timing = measure_c(base, shortcut, plan.sampler, min(plan.batch_size, n), repeats=max(3, 2 * plan.repeats))
+            if state is not None:
+                state.save_c(timing)
     vanilla = vanilla_scores()
     cost = {c.steps: seconds[c.label] for c in configs if c.method == "vanilla"}
     ref = configs[0]
@@ -434,6 +474,131 @@ def run_bench(base, plan: Plan, metrics: list, *, shortcut=None, reference: dict
                 "steps": plan.sampler.steps, "bootstrap": plan.bootstrap if indices is not None else 0,
                 "level": plan.level, "vanilla_steps": sorted(vanilla)}
     return BenchResult(rows, primary, higher_is_better, {k: _round(v) for k, v in timing.items()}, settings, higher)
+
+
+# ------------------------------------------------------------------------- kept as it finishes
+
+STATE_DIR = "state"  # OUT/state: what a bench run has finished, for a re-run to continue from
+RESULT_FILES = ("bench.json", "bench.csv", "pareto.png", "rollout.json", "rollout.png")
+
+
+def _plain(x):
+    """`x` with numpy scalars and arrays as Python numbers and lists (exact: JSON keeps every float64)."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+class BenchState:
+    """What a bench run has finished, kept in OUT/state/ as it finishes, each file written atomically:
+    `plan.json` (everything the figures depend on), one JSON file per sampled configuration (its
+    figures, bootstrap draws and call counts) and `timing.json` (every timed repeat, and c).
+
+    A run of the same plan into the same OUT takes what is there and computes only the rest, so a
+    kill at any point loses at most the configuration (or the timing run) in flight. Another plan
+    in that OUT is refused unless `overwrite`.
+    """
+
+    def __init__(self, out: Path, plan: dict):
+        self.out, self.dir = Path(out), Path(out) / STATE_DIR
+        self.plan = json.loads(json.dumps(_plain(plan)))  # as it reads back from plan.json
+        self._timing: dict | None = None
+
+    @staticmethod
+    def _slug(label: str) -> str:
+        import re
+
+        return re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")
+
+    def mode(self, overwrite: bool) -> str:
+        """new | continue | replace; a UserError for another bench's results without `overwrite`. Reads only."""
+        saved = self.dir / "plan.json"
+        found = [n for n in RESULT_FILES if (self.out / n).exists()]
+        if not saved.is_file():  # kept files without the plan they belong to (plan.json is written first)
+            found += [f"{STATE_DIR}/{p.name}" for p in sorted(self.dir.glob("*.json"))]
+        if overwrite:
+            return "replace" if found or self.dir.exists() else "new"
+        if saved.is_file():
+            try:
+                old = json.loads(saved.read_text())
+            except (OSError, ValueError):
+                old = None
+            if old == self.plan:
+                return "continue"
+            differs = (", ".join(k for k in sorted(set(old) | set(self.plan)) if old.get(k) != self.plan.get(k))
+                       if isinstance(old, dict) else "its plan.json is unreadable")
+            raise UserError(f"{arg('out', self.out)} holds a bench of another plan (it differs in {differs}): run "
+                            f"that command again to continue it, pass {arg('overwrite', True)} to replace it, or "
+                            f"choose another {arg('out')}")
+        if found:
+            raise UserError(f"{arg('out', self.out)} holds bench results ({', '.join(found)}) with no plan to "
+                            f"continue: pass {arg('overwrite', True)} to replace them, or choose another {arg('out')}")
+        return "new"
+
+    def start(self, mode: str) -> None:
+        """Clear what `replace` replaces (bench's own files only), then record the plan."""
+        if mode == "replace":
+            for name in RESULT_FILES:
+                (self.out / name).unlink(missing_ok=True)
+            if self.dir.is_dir():
+                for path in self.dir.glob("*.json"):
+                    path.unlink()
+        if mode != "continue":
+            self.dir.mkdir(exist_ok=True)
+            _atomic(self.dir / "plan.json", (json.dumps(self.plan, indent=1) + "\n").encode())
+
+    def kept(self) -> int:
+        """How many sampled configurations are kept."""
+        return sum(1 for p in self.dir.glob("*.json") if p.name not in ("plan.json", "timing.json"))
+
+    def sampled(self, label: str) -> dict | None:
+        """A configuration's saved figures, as `run_bench` keeps them; None if not there (or unreadable)."""
+        try:
+            got = json.loads((self.dir / f"{self._slug(label)}.json").read_text())
+            if got["label"] != label:
+                return None
+            draws = {m: np.asarray(d, dtype=np.float64) for m, d in got["draws"].items()}
+            return {"quality": got["quality"], "scores": front.Scores(got["point"], draws), "counts": got["counts"],
+                    "source": got["source"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def save_sampled(self, label: str, entry: dict) -> None:
+        sc = entry["scores"]
+        data = {"label": label, "quality": entry["quality"], "point": sc.point, "draws": sc.draws,
+                "counts": entry["counts"], "source": entry["source"]}
+        _atomic(self.dir / f"{self._slug(label)}.json", json.dumps(_plain(data)).encode())
+
+    def _load_timing(self) -> dict:
+        if self._timing is None:
+            try:
+                self._timing = json.loads((self.dir / "timing.json").read_text())
+            except (OSError, ValueError):
+                self._timing = {}
+            self._timing = {"repeats": dict(self._timing.get("repeats", {})), "c": self._timing.get("c")}
+        return self._timing
+
+    def timings(self) -> dict[str, list[float]]:
+        return {k: list(v) for k, v in self._load_timing()["repeats"].items()}
+
+    def save_timing(self, label: str, seconds: float) -> None:
+        t = self._load_timing()
+        t["repeats"].setdefault(label, []).append(float(seconds))
+        _atomic(self.dir / "timing.json", json.dumps(t).encode())
+
+    def c(self) -> dict | None:
+        return self._load_timing()["c"]
+
+    def save_c(self, timing: dict) -> None:
+        t = self._load_timing()
+        t["c"] = _plain(timing)
+        _atomic(self.dir / "timing.json", json.dumps(t).encode())
 
 
 # ---------------------------------------------------------------------------------- outputs
@@ -704,6 +869,7 @@ def bench(
     store: str | None = None,
     search_schedule: bool = False,
     out: str | Path = "bench",
+    overwrite: bool = False,
     seed: int = 0,
     device=None,
     dtype="auto",
@@ -721,11 +887,15 @@ def bench(
     error report. `search_schedule`: only search the full-step placement per budget on the store
     and save it beside the shortcut (`schedules.json`); nothing is benched. `progress(what, done,
     total)` follows the work; `warn(line)` gets a line per metric skipped for missing weights.
+
+    Each configuration is kept in `out`/state/ as it finishes (`BenchState`): the same call again
+    after an interrupt continues, computing only what is missing; `out` holding a bench of another
+    plan is refused unless `overwrite`. `out` is created only once every argument is checked.
     """
     from migmcut import schedule_search as ss
     from migmcut.base import load_base
     from migmcut.devices import placement
-    from migmcut.files import writable_dir
+    from migmcut.files import check_writable_dir, dir_lock
     from migmcut.metrics import REGISTRY, build_metrics, default_metric_names
     from migmcut.recipe import as_recipe
     from migmcut.shortcut import load_shortcut, resolve_checkpoint
@@ -764,7 +934,7 @@ def bench(
     for m in metric_names:
         if m not in REGISTRY:
             raise UserError(f"unknown metric {m!r}: choose from {', '.join(REGISTRY)}")
-    out_dir = None if search_schedule else writable_dir(out)
+    out_dir = None if search_schedule else check_writable_dir(out)  # made once everything is checked
 
     dev, dt = placement(device, dtype, base)
     base = base if base is not None else load_base(rec.base, dev, dt)
@@ -839,19 +1009,45 @@ def bench(
 
     plan = Plan(sampler=rec.sampler, configs=configs, conditions=conditions, seeds=seeds, batch_size=bs,
                 repeats=reps, warmup=cfg.warmup, bootstrap=cfg.bootstrap, refine=front_steps is None, knobs=knobs)
-    result = run_bench(base, plan, metric_list, shortcut=net, reference=reference, progress=progress)
-    if opened is not None and errors is None:
-        if progress:
-            progress("rollout errors", 0, None)
-        errors = ss.rollout_errors(opened, val_idx, base, None if net is None else net.float(), device=dev)
-    result.settings.update({"recipe": rec.name, "seed": seed, "store": store,
-                            "shortcut": str(checkpoint) if checkpoint else None,
-                            "metrics": [m.name for m in metric_list], "device": str(dev),
-                            "knobs": dataclasses.asdict(knobs)})
-    files = write_outputs(out_dir, result)
-    if errors is not None:
-        files.update(write_rollout(out_dir, errors, {"store": store, "val_trajectories": int(len(val_idx)), "steps": N}))
+    identity = {  # everything the figures depend on: a re-run continues only the same plan
+        "format": 1, "base": base.fingerprint, "sampler": dataclasses.asdict(_sampler(plan, configs[0])),
+        "knobs": dataclasses.asdict(knobs), "shortcut": _file_digest(checkpoint) if net is not None else None,
+        "configurations": [[c.label, c.full_steps] for c in configs], "refine": plan.refine,
+        "conditions": conditions, "seeds": seeds, "batch_size": bs, "repeats": reps, "warmup": plan.warmup,
+        "bootstrap": plan.bootstrap, "level": plan.level, "store": store,
+        "metrics": {"names": [m.name for m in metric_list], "settings": dataclasses.asdict(metric_settings(rec, dev))},
+        "device": str(dev), "dtype": str(dt),
+    }
+    state = BenchState(out_dir, identity)
+    state.mode(overwrite)  # refused before anything is created
+    busy = f"{arg('out', out_dir)}: another bench is writing there; wait for it or choose another {arg('out')}"
+    with dir_lock(out_dir, busy):
+        mode = state.mode(overwrite)  # again, now that no other bench can change it
+        state.start(mode)
+        if mode == "continue" and warn:
+            warn(f"continuing the bench in {out_dir}: {state.kept()} finished configuration(s) kept, computing the "
+                 f"rest (--overwrite starts again)")
+        result = run_bench(base, plan, metric_list, shortcut=net, reference=reference, progress=progress, state=state)
+        if opened is not None and errors is None:
+            if progress:
+                progress("rollout errors", 0, None)
+            errors = ss.rollout_errors(opened, val_idx, base, None if net is None else net.float(), device=dev)
+        result.settings.update({"recipe": rec.name, "seed": seed, "store": store,
+                                "shortcut": str(checkpoint) if checkpoint else None,
+                                "metrics": [m.name for m in metric_list], "device": str(dev),
+                                "knobs": dataclasses.asdict(knobs)})
+        files = write_outputs(out_dir, result)
+        if errors is not None:
+            files.update(write_rollout(out_dir, errors, {"store": store, "val_trajectories": int(len(val_idx)),
+                                                         "steps": N}))
     return BenchRun(result, files, errors)
+
+
+def _file_digest(checkpoint) -> str:
+    """sha256 of a shortcut checkpoint's weights: the same directory retrained is another plan."""
+    import hashlib
+
+    return hashlib.sha256((Path(checkpoint).expanduser() / "shortcut.safetensors").read_bytes()).hexdigest()
 
 
 sys.modules[__name__].__class__ = migmcut.CallableModule  # migmcut.bench(...) calls bench() above

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,9 +46,9 @@ def writable_dir(path: Path, name: str = "out") -> Path:
     path = Path(path).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".migmcut-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".migmcut-write-test-")  # its own name: runs side by side
+        os.close(fd)
+        os.unlink(probe)
     except OSError as err:
         raise UserError(f"{arg(name, path)}: cannot write there ({err.strerror or err}); choose another directory") from None
     return path
@@ -95,3 +97,91 @@ def dir_lock(path: Path, busy: str, name: str = "out", error: type[UserError] = 
             except OSError:
                 pass
         os.close(fd)
+
+
+def check_writable_dir(path: Path, name: str = "out") -> Path:
+    """`writable_dir`'s refusals without creating anything (for before the input is validated).
+
+    `path` is a directory, or can be made one: its nearest existing ancestor is a directory this
+    process may write. `writable_dir` creates it later (and catches what cannot be known before).
+    """
+    path = Path(path).expanduser()
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    why = None
+    if not probe.is_dir():
+        why = "exists and is not a directory" if probe == path.absolute() else f"{probe} is not a directory"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        why = "permission denied" if probe == path.absolute() else f"{probe} is not writable"
+    if why:
+        raise UserError(f"{arg(name, path)}: cannot write there ({why}); choose another directory")
+    return path
+
+
+NUMBERED = re.compile(r"(\d{4,})-")  # NNNN-name.ext: the files `write_numbered` makes
+
+
+def write_numbered(directory: Path, name: str, write) -> Path:
+    """Write a new file `NNNN-name` in `directory` and return its path: `write(tmp)` writes it, then it
+    takes the number after the highest one there. It never replaces a file, also while other
+    processes write numbered files into the same directory (the number is claimed under an `flock`
+    on the directory, and the file appears under it whole, by a hard link that cannot overwrite).
+    On any failure nothing is left behind.
+    """
+    import fcntl
+
+    directory = Path(directory)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
+        lock = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            _claim(lock, directory, fcntl)
+            with os.scandir(directory) as entries:
+                n = 1 + max((int(m.group(1)) for e in entries if (m := NUMBERED.match(e.name))), default=-1)
+            while True:
+                path = directory / f"{n:04d}-{name}"
+                try:
+                    _link(tmp, path)
+                    return path
+                except FileExistsError:  # written by something that does not take the lock
+                    n += 1
+        finally:
+            os.close(lock)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _claim(fd: int, directory: Path, fcntl, wait_s: float = 10.0) -> None:
+    """An exclusive `flock` on `directory` (open as `fd`), released when `fd` is closed or the process
+    dies. Numbering holds it for a moment; a job lock (`dir_lock`: record, train, bench writing
+    there) holds it for the whole job: refused after `wait_s` rather than waiting for that."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() > deadline:
+            raise UserError(f"{arg('out', directory)}: another migmcut job holds this folder (record, train or "
+                            f"bench writing there): choose another {arg('out')}")
+        time.sleep(0.005)
+
+
+def _link(src: str, dst: Path) -> None:
+    """`dst` made from `src`, failing with FileExistsError if `dst` exists (hard link; where the
+    file system has none, an exclusive create then a rename over it)."""
+    try:
+        os.link(src, dst)
+    except OSError as err:
+        if isinstance(err, FileExistsError) or err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        os.close(os.open(dst, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.replace(src, dst)

@@ -21,7 +21,7 @@ import migmcut
 from migmcut.base import load_base
 from migmcut.devices import placement
 from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, UserError, arg, check_range
-from migmcut.files import atomic_write, writable_dir
+from migmcut.files import check_writable_dir, writable_dir, write_numbered
 from migmcut.policies import METHODS, NEEDS_SHORTCUT, PARTIAL, FullPolicy, PolicyKnobs, build, full_steps_for
 from migmcut.recipe import Recipe, as_recipe
 from migmcut.sampler import sample, trajectory_seed
@@ -143,7 +143,8 @@ def generate(
     `budget`: full base steps out of `steps` (default: the recipe's `shortcut.budget`).
     `schedule`: where those go (auto, uniform or searched; see `resolve_schedule`); `full_steps`
     places them explicitly instead. `out`: a directory to write each image to as a PNG
-    (NNNN-caption.png), batch by batch. `device` None: the given base's, else cuda if available;
+    (NNNN-caption.png), batch by batch, numbered on from the highest number already there, so that
+    no run replaces another's images (runs writing there at the same time included). `device` None: the given base's, else cuda if available;
     `dtype` "auto": bf16 on a GPU, fp32 elsewhere. `on_batch(images)` is called after each batch
     with its uint8 images, in order.
     """
@@ -178,7 +179,7 @@ def generate(
     if full_steps is None:
         full_steps = resolve_schedule(schedule, method, config.steps, budget, shortcut)
     device, dtype = placement(device, dtype, base)
-    out = writable_dir(out) if out is not None else None
+    out = check_writable_dir(out) if out is not None else None  # created once the input is known good
     base = base if base is not None else load_base(recipe.base, device, dtype)
     if config.steps > base.num_tokens:
         raise UserError(f"{arg('steps', config.steps)} exceeds the number of image tokens ({base.num_tokens})")
@@ -193,6 +194,8 @@ def generate(
                                        config.budget_rounding, PolicyKnobs.of(recipe), per_step)
     jobs = [(c, trajectory_seed(seed, i * num_images + j)) for i, c in enumerate(conditions) for j in range(num_images)]
     base.encode_conditions(conditions)  # validate every condition before any work
+    if out is not None:
+        out = writable_dir(out)
     bs = batch_size or recipe.generate.batch_size
     images, paths, counts, seconds = [], [], {}, 0.0
     load_seconds = time.perf_counter() - loading
@@ -204,9 +207,8 @@ def generate(
         seconds += time.perf_counter() - start
         counts = result.counts
         if out is not None:  # each batch as it finishes: an interrupted run keeps what it made
-            for image, (c, _) in zip(images[-1], chunk):
-                path = out / f"{len(paths):04d}-{slug(c)}.png"
-                atomic_write(path, lambda p: Image.fromarray(image).save(p, format="PNG"))
+            for image, (c, _) in zip(images[-1], chunk):  # numbered on from the files there: nothing replaced
+                path = write_numbered(out, f"{slug(c)}.png", lambda p: Image.fromarray(image).save(p, format="PNG"))
                 paths.append(str(path))
         if on_batch:
             on_batch(images[-1])

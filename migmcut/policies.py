@@ -45,6 +45,8 @@ class Proposal:
     at: (B, n) masked grid positions: the logits are there and the sampler fixes only among them.
     refine: positions (B, m) -> exact logits (B * branches, m, K) there, for the m = ceil(refine_factor * k_t)
     positions the sampler ranks first from this proposal's logits.
+    calls: what the step ran, each counted once in `SampleResult.counts` (default: its kind alone);
+    a hybrid step runs the shortcut and a partial evaluation: ("shortcut", "hybrid").
     """
 
     kind: str  # "full" | "shortcut" | "cache" | "recap" | "mlcache" | "hybrid"
@@ -53,6 +55,11 @@ class Proposal:
     at: torch.Tensor | None = None
     refine: Callable[[torch.Tensor], torch.Tensor] | None = None
     refine_factor: float = 1.0
+    calls: tuple[str, ...] | None = None
+
+    @property
+    def counted(self) -> tuple[str, ...]:
+        return (self.kind,) if self.calls is None else self.calls
 
 
 METHODS = ("vanilla", "cache", "shortcut", "recap", "mlcache", "hybrid")
@@ -374,4 +381,5 @@ class HybridPolicy(BudgetPolicy):
             _scatter_rows(self.features, positions, features)
             return logits[:, positions.shape[1] - where.shape[1]:]
 
-        return Proposal("hybrid", None, self.features, refine=refine, refine_factor=self.candidates)
+        return Proposal("hybrid", None, self.features, refine=refine, refine_factor=self.candidates,
+                        calls=("shortcut", "hybrid"))

@@ -102,6 +102,9 @@ def load_recipe(name_or_path: str, overrides: list[str] = (), preset: str | None
     `presets`: e.g. the paper's operating points) and then `overrides` (`a.b=value`) applied."""
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.is_dir():
+            raise RecipeError(f"recipe {path} is a directory: give the path of a recipe YAML file, or one of "
+                              f"{', '.join(builtin_names())}")
         if not path.is_file():
             raise RecipeError(f"recipe file {path} does not exist")
         text, source = path.read_text(), str(path)

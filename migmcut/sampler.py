@@ -203,7 +203,7 @@ class StepEvent:
 class SampleResult:
     tokens: torch.Tensor  # (B, L) final image tokens
     order: torch.Tensor  # (B, L) step at which each position was fixed
-    counts: dict = field(default_factory=dict)  # policy kind -> number of steps
+    counts: dict = field(default_factory=dict)  # what ran (Proposal.counted: full, shortcut, recap ...) -> steps it ran in
     seconds: float = 0.0
 
 
@@ -239,7 +239,8 @@ def sample(
         masked = tokens == base.mask_id
         state = StepState(t, tokens, config.step_conditions(cond, t), new_tokens, masked[0].float().mean().item())
         out = policy.step(base, state)
-        counts[out.kind] = counts.get(out.kind, 0) + 1
+        for call in out.counted:  # a hybrid step counts as a shortcut call and a partial one
+            counts[call] = counts.get(call, 0) + 1
         # per-trajectory noise: one uniform per position for the candidate (inverse-CDF draw; for the
         # multinomial draw an Exp(1) per position and code) and one for the confidence, so a
         # trajectory's draws do not depend on its batch

@@ -6,6 +6,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from migmcut.cli.main import app
+from migmcut.recipe import load_recipe
 
 runner = CliRunner()
 
@@ -174,7 +175,8 @@ def test_a_default_budget_that_does_not_fit_the_steps_says_so(tmp_path):
     res = runner.invoke(app, ["generate", "--device", "cpu", "--prompt", "a large red circle", "--steps", "3",
                               "--out", str(tmp_path)])
     assert res.exit_code == 2, res.output
-    assert "recipe's default budget (4 full steps) does not fit --steps 3: pass --budget" in res.stderr
+    budget = load_recipe("tiny-shapes").shortcut.budget  # 6: above --steps 3
+    assert f"recipe's default budget ({budget} full steps) does not fit --steps 3: pass --budget" in res.stderr
 
 
 @pytest.mark.parametrize("method, budget, full, partial", [
@@ -213,3 +215,24 @@ def test_a_base_without_partial_evaluation_is_refused_for_the_partial_methods(tm
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "has no partial evaluation" in lines[0], res.stderr
     assert not any((tmp_path / "o").glob("*.png"))
+
+
+def test_hybrid_reports_the_shortcut_calls_it_makes(tmp_path, debug_base, monkeypatch):
+    """The hybrid runs the shortcut on every skipped step (then a partial evaluation): both counts are true."""
+    import migmcut.shortcut as sc
+
+    sc.Shortcut(sc.ShortcutConfig(feature_dim=debug_base.feature_dim, heads=2)).save(
+        tmp_path / "ck", {"base_fingerprint": debug_base.fingerprint})
+    real, runs = sc.Shortcut.forward, []
+
+    def counted(self, *a, **k):  # the shortcut's real forward calls, one per batch and step
+        runs.append(1)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(sc.Shortcut, "forward", counted)
+    res = invoke("--prompt", "a large red circle", "--method", "hybrid", "--budget", "2", "--shortcut",
+                 str(tmp_path / "ck"), "--out", str(tmp_path / "o"), "--json")
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert payload["base_calls"] == 2 and payload["shortcut_calls"] == 6 == len(runs)
+    assert payload["partial_calls"] == 6

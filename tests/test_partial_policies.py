@@ -144,10 +144,16 @@ def test_hybrid_evaluates_candidates_and_the_tokens_just_fixed_and_carries_exact
     cfg = debug_recipe.sampler
     counts = tokens_per_step(base.num_tokens, cfg.steps, cfg.schedule)
     shortcut = Shortcut(ShortcutConfig(feature_dim=base.feature_dim, heads=2)).eval()
-    calls, events = _calls(base), []
+    calls, events, runs = _calls(base), [], []
     policy = HybridPolicy([0, 4], shortcut, candidates=2.0, refresh_new=True)
-    result = sample(base, PROMPTS, SEEDS, cfg, policy=policy, observers=(events.append,))
-    assert result.counts == {"full": 2, "hybrid": cfg.steps - 2} and calls["full"] == 2
+    hook = shortcut.register_forward_hook(lambda *a: runs.append(1))
+    try:
+        result = sample(base, PROMPTS, SEEDS, cfg, policy=policy, observers=(events.append,))
+    finally:
+        hook.remove()
+    # every skipped step runs the shortcut and a partial evaluation: both are counted, as they ran
+    assert len(runs) == len(calls["partial"]) == cfg.steps - 2 and calls["full"] == 2
+    assert result.counts == {"full": 2, "shortcut": cfg.steps - 2, "hybrid": cfg.steps - 2}
     assert not any(calls["context"])  # the prompt's keys/values stay those of the full step unless asked
     hybrid_steps = [t for t in range(cfg.steps) if t not in (0, 4)]
     for (positions, update), t in zip(calls["partial"], hybrid_steps):

@@ -104,8 +104,8 @@ def test_generate_uses_the_shipped_shortcut_and_its_searched_schedule(tmp_path):
     assert res.exit_code == 0, res.output
     payload = json.loads(res.stdout)
     assert payload["method"] == "shortcut" and payload["steps"] == 16
-    assert payload["base_calls"] == 4 and payload["shortcut_calls"] == 12
-    assert payload["full_steps"] == load_schedule(checkpoint, 16, 4)
+    assert payload["base_calls"] == 6 and payload["shortcut_calls"] == 10  # the default budget: vanilla-16's quality
+    assert payload["full_steps"] == load_schedule(checkpoint, 16, 6) == [0, 2, 3, 5, 7, 10]
 
 
 def test_fingerprint_does_not_depend_on_where_the_weights_live(shipped, tmp_path):

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,25 +20,36 @@ import torch
 from migmcut.errors import CheckpointError, UserError
 
 
+WHERE_FROM = "docs/real-models.md (in the migmcut repository)"  # how to get each real model's weights
+
+
 def require_path(value: str | None, key: str, what: str, expect: str = "file") -> Path:
     """A weight path from the recipe: set, and existing; else a one-line UserError naming the key."""
+    where = f"{WHERE_FROM} says where the files come from"
     if value is None or not str(value).strip():
-        raise UserError(f"set {key} to {what} (--set {key}=PATH)")
+        raise UserError(f"set {key} to {what} (--set {key}=PATH); {where}")
     path = Path(str(value)).expanduser()
     ok = path.is_dir() if expect == "dir" else path.is_file()
     if not ok:
         kind = "directory" if expect == "dir" else "file"
-        raise UserError(f"{key}: {path} is not a {kind}; set it to {what} (--set {key}=PATH)")
+        raise UserError(f"{key}: {path} is not a {kind}; set it to {what} (--set {key}=PATH); {where}")
     return path
 
 
 def read_tensors(path: Path, *, entry: str | None = None, trust_pickle: bool = False, key: str = "") -> dict:
     """The tensors of a checkpoint file; `entry` picks a sub-dict of a pickled checkpoint."""
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read {path}: the file is empty (0 bytes), truncated by an interrupted download "
+                              "or copy: fetch it again")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as err:
+            raise CheckpointError(f"cannot read {path}: {err} (truncated or damaged? fetch it again)") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except ModuleNotFoundError as err:  # full pickle of classes from a package not installed (an old Lightning .ckpt)
@@ -47,8 +59,13 @@ def read_tensors(path: Path, *, entry: str | None = None, trust_pickle: bool = F
             f"or where it is installed keep the tensors alone (torch.save({keep}, PATH)) and load without trust_pickle"
         ) from None
     except Exception as err:  # noqa: BLE001 - turned into an actionable message
-        hint = f" (if you trust this file, --set {key.rsplit('.', 1)[0]}.trust_pickle=true loads it with full pickle)" if key and not trust_pickle else ""
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()  # torch's messages carry terminal escapes
+        first = text.splitlines()[0] if text else type(err).__name__
+        if isinstance(err, EOFError) or "central directory" in first or "PytorchStreamReader" in first:
+            raise CheckpointError(f"cannot read {path}: the file is truncated or damaged (incomplete archive): "
+                                  "fetch it again") from None
+        refused = isinstance(err, pickle.UnpicklingError) and "weights only" in first.lower()  # objects, not tensors
+        hint = f" (if you trust this file, --set {key.rsplit('.', 1)[0]}.trust_pickle=true loads it with full pickle)" if key and refused and not trust_pickle else ""
         raise CheckpointError(f"cannot read {path}: {first}{hint}") from None
     if entry is not None:
         if not isinstance(obj, dict) or entry not in obj:
