@@ -155,6 +155,7 @@ def test_generate_with_a_released_pth_from_the_command_line(twin, tmp_path):
     bad = CliRunner().invoke(app, ["generate", "--recipe", "debug", "--prompt", "a large red circle", "--budget", "2",
                                    "--shortcut", str(RELEASE), "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "base is tiny-shapes: use a maskgit recipe" in bad.output
+    assert not (tmp_path / "bad").exists()  # nothing written
 
 
 def test_hybrid_refuses_a_released_shortcut(twin):
