@@ -22,7 +22,8 @@ import torch
 
 from migmcut.base import load_base
 from migmcut.bench import expand, sample_seeds
-from migmcut.policies import HybridPolicy, PolicyKnobs, _branches, _rows, budget_schedule
+from migmcut.placement import budget_schedule
+from migmcut.policies import HybridPolicy, PolicyKnobs, _branches, _rows
 from migmcut.recipe import load_recipe
 from migmcut.sampler import guided, sample
 from migmcut.shortcut import load_shortcut, resolve_checkpoint

@@ -11,7 +11,7 @@ hooks do; nothing else changes) until `remove()` or the end of the `with` block.
 network is one step of one *slot*: a loop that batches its CFG rows in one call (AmusedPipeline,
 MaskGIT's `sample`) has one slot, one that calls each branch separately (Lumina-DiMOO's
 `generate_image`) one slot per branch, told apart by the calls of step 0 (they read the same token
-state). A slot's step t is a full step where migmcut's placement puts one (`policies.budget_schedule`
+state). A slot's step t is a full step where migmcut's placement puts one (`placement.shortcut_schedule`
 with the family's rounding, or the searched schedule saved beside a shortcut checkpoint): the network
 runs as usual and the hook keeps the head's input. Every other step does not run the network: the
 tokens fixed since the slot's last call (the difference of the two token states, row by row) advance
@@ -40,9 +40,7 @@ import torch
 import migmcut
 from migmcut.base.conditions import Conditions
 from migmcut.errors import COUNT_MAX, CheckpointError, UserError, arg
-from migmcut.policies import ROUNDINGS, budget_schedule
-
-SCHEDULES = ("auto", "uniform", "searched")
+from migmcut.placement import ROUNDINGS, SCHEDULES, shortcut_schedule
 _MARK = "_migmcut_shortcut_hook"
 
 
@@ -102,9 +100,7 @@ def attach(model, shortcut, *, steps: int, budget: int, base, schedule: str = "a
     if getattr(net, "reads_sequence", False) and not type(base).attach_reads_sequence:
         raise UserError(f"{arg('shortcut')} reads the whole input sequence (a released shortcut), which attach does "
                         f"not carry for the {kind} base: use a shortcut trained with migmcut")
-    from migmcut.generate import resolve_schedule
-
-    full = resolve_schedule(schedule, "shortcut", steps, budget, checkpoint) or budget_schedule(steps, budget, rounding)
+    full = shortcut_schedule(schedule, steps, budget, checkpoint, rounding)
     net = net.to(device=base.device, dtype=next(base.parameters()).dtype)
     return ShortcutHook(model, base, net, steps, full)
 

@@ -45,6 +45,7 @@ import migmcut
 from migmcut import front
 from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, StoreError, UserError, arg, check_range
 from migmcut.files import atomic_write
+from migmcut.placement import check_writable, load_schedule, save_schedules
 from migmcut.policies import (
     METHODS, NEEDS_SHORTCUT, PARTIAL, BudgetPolicy, FullPolicy, PolicyKnobs, build, full_steps_for,
 )
@@ -922,7 +923,7 @@ def bench(
                         "measure rollout errors on)")
     checkpoint = shortcut if shortcut is not None else resolve_checkpoint(rec.shortcut.checkpoint)
     if search_schedule:
-        ss.check_writable(checkpoint)
+        check_writable(checkpoint)
     given = None
     if isinstance(prompts, str):
         given = default_prompts(dataclasses.replace(rec, bench=dataclasses.replace(cfg, prompts=prompts)))
@@ -963,7 +964,7 @@ def bench(
     def search_now(budget_values):
         errors = ss.rollout_errors(opened, val_idx, base, net.float(), device=dev)
         found = ss.search(errors["shortcut"], budget_values)
-        path = ss.save_schedules(checkpoint, found, {"store": str(store), "val_trajectories": int(len(val_idx)),
+        path = save_schedules(checkpoint, ss.table(found), {"store": str(store), "val_trajectories": int(len(val_idx)),
                                                        "objective": ss.OBJECTIVE_TEXT})
         net.to(dtype=next(base.parameters()).dtype)
         return found, path, errors
@@ -977,7 +978,7 @@ def bench(
     if any(m in NEEDS_SHORTCUT for m in method_budgets) and mode in ("auto", "searched", "both"):
         missing = []
         for B in sorted({b for m in NEEDS_SHORTCUT for b in method_budgets.get(m, ())}):
-            full = ss.load_schedule(checkpoint, N, B)
+            full = load_schedule(checkpoint, N, B)
             if full is None:
                 missing.append(B)
             else:

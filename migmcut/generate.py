@@ -23,11 +23,11 @@ from migmcut.devices import placement
 from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, UserError, arg, check_range
 from migmcut.files import check_writable_dir, writable_dir, write_numbered
 from migmcut.policies import METHODS, NEEDS_SHORTCUT, PARTIAL, FullPolicy, PolicyKnobs, build, full_steps_for
+from migmcut.placement import resolve_schedule
 from migmcut.recipe import Recipe, as_recipe
 from migmcut.sampler import sample, trajectory_seed
 from migmcut.shortcut import load_shortcut, resolve_checkpoint
 
-SCHEDULES = ("auto", "uniform", "searched")
 
 @dataclass
 class Generated:
@@ -94,28 +94,6 @@ def slug(condition) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(condition).lower()).strip("-")[:60] or "image"
 
 
-def resolve_schedule(schedule: str, method: str, steps: int, budget: int | None, checkpoint) -> list[int] | None:
-    """The full steps `schedule` asks for, or None for the method's own placement.
-
-    auto: the searched placement saved beside a shortcut checkpoint, for the shortcut and the hybrid,
-    where there is one; searched: that placement, required, for any method; uniform: None.
-    """
-    if schedule not in SCHEDULES:
-        raise UserError(f"{arg('schedule', repr(schedule))}: choose auto, uniform or searched")
-    if not (schedule == "searched" or (schedule == "auto" and method in ("shortcut", "hybrid"))):
-        return None
-    from migmcut.schedule_search import load_schedule
-
-    saved = isinstance(checkpoint, (str, Path))  # a loaded module has no schedules beside it
-    full = load_schedule(checkpoint, steps, budget) if saved and budget is not None else None
-    if schedule == "searched" and full is None:
-        if not saved or budget is None:
-            raise UserError(f"{arg('schedule', 'searched')} needs a shortcut checkpoint and {arg('budget')}")
-        raise UserError(f"no searched schedule for N={steps}, B={budget} beside {checkpoint}: "
-                        "run migmcut bench --search-schedule --store STORE --shortcut CKPT first")
-    return full
-
-
 def generate(
     recipe: Recipe | str,
     conditions: list,
@@ -141,7 +119,7 @@ def generate(
     mlcache or hybrid (default: shortcut when there is a shortcut checkpoint, else vanilla).
     `shortcut`: a checkpoint directory or a loaded `Shortcut` (default: the recipe's).
     `budget`: full base steps out of `steps` (default: the recipe's `shortcut.budget`).
-    `schedule`: where those go (auto, uniform or searched; see `resolve_schedule`); `full_steps`
+    `schedule`: where those go (auto, uniform or searched; see `placement.resolve_schedule`); `full_steps`
     places them explicitly instead. `out`: a directory to write each image to as a PNG
     (NNNN-caption.png), batch by batch, numbered on from the highest number already there, so that
     no run replaces another's images (runs writing there at the same time included). `device` None: the given base's, else cuda if available;

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from migmcut.placement import save_schedules, shortcut_schedule
 from migmcut.policies import BudgetPolicy, _rows
 from migmcut.sampler import sample, trajectory_seed
 
@@ -80,16 +81,12 @@ class OnlineBatches:
     """
 
     def __init__(self, base, model, recipe, cfg, init=None, *, rank: int = 0, world: int = 1, start: int = 0):
-        from migmcut.generate import resolve_schedule
-        from migmcut.policies import budget_schedule
-
         self.base, self.model, self.recipe, self.cfg = base, model, recipe, cfg
         self.rank, self.world, self.rollout = rank, world, start
         steps = recipe.sampler.steps
         self.schedules = {}
         for b in cfg.online_budgets:
-            searched = resolve_schedule("auto", "shortcut", steps, b, init) if init is not None else None
-            self.schedules[b] = searched or budget_schedule(steps, b, recipe.sampler.budget_rounding)
+            self.schedules[b] = shortcut_schedule("auto", steps, b, init, recipe.sampler.budget_rounding)
         self.per_rollout = max(1, cfg.batch_size // recipe.sampler.branches)
         self.device = next(model.parameters()).device
         self._sums = [0.0, 0.0, 0]
@@ -128,15 +125,8 @@ class OnlineBatches:
 
     def save_schedules(self, out) -> None:
         """The schedules the rollouts trained on, beside the checkpoint, so `generate` and `bench` use them."""
-        import json
-
-        from migmcut.files import atomic_write
-        from migmcut.schedule_search import SCHEDULES_FILE, weights_digest
-
-        steps = str(self.recipe.sampler.steps)
-        data = {"shortcut_sha256": weights_digest(out), "objective": "the schedules its online rollouts trained on",
-                "schedules": {steps: {str(b): {"full_steps": full} for b, full in self.schedules.items()}}}
-        atomic_write(out / SCHEDULES_FILE, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
+        save_schedules(out, {self.recipe.sampler.steps: {b: {"full_steps": full} for b, full in self.schedules.items()}},
+                       {"objective": "the schedules its online rollouts trained on"})
 
 
 class _Cast(torch.nn.Module):

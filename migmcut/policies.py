@@ -19,7 +19,7 @@
 
 Every policy's `step(base, state)` returns a `Proposal`; a policy's `after(event)`, where it has
 one, sees each step's `sampler.StepEvent`. Where full steps go:
-`budget_schedule` (shortcut, cache, hybrid), `recap_schedule`, `mlcache_schedule`; `full_steps_for`
+`placement.budget_schedule` (shortcut, cache, hybrid), `recap_schedule`, `mlcache_schedule`; `full_steps_for`
 picks the one a method uses, `build` makes the policy (generate and bench both call these two).
 Knobs: `RecapConfig`, `MLCacheConfig`, `HybridConfig` (the recipe's `recap`, `mlcache`, `hybrid`).
 """
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from migmcut.errors import UserError
+from migmcut.placement import budget_schedule
 from migmcut.shortcut import ShortcutInputs
 
 
@@ -163,24 +164,6 @@ def build(method: str, full_steps: list[int], *, shortcut: torch.nn.Module | Non
         h = knobs.hybrid
         return HybridPolicy(full_steps, shortcut, h.candidates, h.refresh_new, h.context)
     raise ValueError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
-
-
-ROUNDINGS = ("half-up", "half-even")  # where budget_schedule puts an exact half
-
-
-def budget_schedule(steps: int, budget: int, rounding: str = "half-up") -> list[int]:
-    """B full steps among N: step 0, then max(prev + 1, round(N k / B)), halves rounded up
-    (floor(x + 0.5), migmcut's own) or to even (Python's `round` of N * (k / B), the paper's
-    `refresh_steps`); they differ only on exact halves (N=5, B=2: [0, 3] against [0, 2])."""
-    if not 1 <= budget <= steps:
-        raise ValueError(f"budget must be between 1 and the step count ({steps}), got {budget}")
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"unknown budget rounding {rounding!r} (choose from {', '.join(ROUNDINGS)})")
-    full = [0]
-    for k in range(1, budget):
-        at = math.floor(steps * k / budget + 0.5) if rounding == "half-up" else round(steps * (k / budget))
-        full.append(max(full[-1] + 1, at))
-    return full
 
 
 def recap_schedule(steps: int, budget: int, local: int = 1) -> list[int]:

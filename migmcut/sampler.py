@@ -33,7 +33,7 @@ reference's settings (docs/real-models.md):
   (L, K) Exp(1) draw per step and trajectory: AmusedScheduler's draw over the whole grid).
 - `confidence`: tempered (log p from the tempered softmax) | untempered (from softmax(logits)) |
   probability (log(softmax(logits).clamp(1e-20)): AmusedScheduler's `mask_by_random_topk`).
-- `budget_rounding`: where B full steps go among N (`policies.budget_schedule`): half-up | half-even.
+- `budget_rounding`: where B full steps go among N (`placement.budget_schedule`): half-up | half-even.
 - `timestep` (what the base is told of the step): none | countdown (the conditions of step t carry a
   `timestep` row tensor N - 1 - t, the scheduler timestep `arange(N).flip(0)[t]` that Meissonic's
   transformer is conditioned on; the base reads `cond["timestep"]`).
@@ -53,7 +53,8 @@ import torch
 
 from migmcut.base.conditions import Conditions
 from migmcut.base.interface import BaseModel
-from migmcut.policies import ROUNDINGS, FullPolicy, Proposal
+from migmcut.placement import ROUNDINGS
+from migmcut.policies import FullPolicy, Proposal
 from migmcut.schedule import SCHEDULES, tokens_per_step
 
 CFG_SCHEDULES = ("linear", "linear-from-zero", "constant")

@@ -17,7 +17,7 @@ reference code, computed as it does (in float32, with its rounding):
 A reference count that leaves a step nothing to fix (the reference would skip the step) is
 refused: the sampler runs exactly N steps.
 
-Where the B full steps of a budget go is `policies.budget_schedule(N, B, rounding)`.
+Where the B full steps of a budget go is `placement.budget_schedule(N, B, rounding)`.
 """
 
 from __future__ import annotations

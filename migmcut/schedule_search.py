@@ -2,7 +2,7 @@
 
 A budget of B full steps out of N splits the steps into B segments [s, e): a full base call at
 s, then e - s - 1 shortcut steps, each from the last predicted features and the tokens just
-fixed. The uniform placement (`policies.budget_schedule`) ignores where the shortcut is
+fixed. The uniform placement (`placement.budget_schedule`) ignores where the shortcut is
 accurate; `search_schedule` instead picks the segments minimising the summed rollout error,
 measured offline on a store's validation trajectories:
 
@@ -20,27 +20,21 @@ both the uniform placement and a KL x tokens-fixed objective in sampled quality 
 segments are additive, so dynamic programming over (segments used, end position) finds the
 exact optimum in O(B N^2): never worse than uniform on this objective.
 
-Searched schedules are saved beside the shortcut checkpoint in `schedules.json`, keyed by N and
-B, with the sha256 of the shortcut weights they were searched for.
+Searched schedules are saved beside the shortcut checkpoint (`migmcut.placement.save_schedules`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from migmcut.errors import UserError, arg
-from migmcut.files import atomic_write, is_shipped
-from migmcut.policies import budget_schedule
+from migmcut.errors import UserError
+from migmcut.placement import budget_schedule
 from migmcut.shortcut import ShortcutInputs
 
-SCHEDULES_FILE = "schedules.json"
 METRICS = ("mse", "cos", "top1", "kl")
 OBJECTIVE_TEXT = "summed rollout MSE over skipped steps"
 
@@ -206,14 +200,6 @@ def search_schedule(err: np.ndarray, budget: int) -> tuple[list[int], float]:
 # ------------------------------------------------------------------------ saving and loading
 
 
-def weights_digest(checkpoint: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(Path(checkpoint) / "shortcut.safetensors", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 @dataclass
 class SearchResult:
     steps: int
@@ -242,50 +228,9 @@ def search(errors: RolloutErrors, budgets: list[int]) -> list[SearchResult]:
     return out
 
 
-def check_writable(checkpoint: str | Path | None) -> None:
-    """A shipped checkpoint (under the installed package) is never written: its schedules are searched on a copy."""
-    if checkpoint is not None and is_shipped(checkpoint):
-        raise UserError(f"{checkpoint} is the shipped shortcut, which is never written: copy it "
-                        f"(cp -r {checkpoint} DIR) and pass {arg('shortcut', 'DIR')} to save the searched schedules beside the copy")
-
-
-def save_schedules(checkpoint: str | Path, results: list[SearchResult], meta: dict) -> Path:
-    """Merge `results` into CHECKPOINT/schedules.json (atomically)."""
-    check_writable(checkpoint)
-    checkpoint = Path(checkpoint)
-    path = checkpoint / SCHEDULES_FILE
-    digest = weights_digest(checkpoint)
-    data = {}
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text())
-        except ValueError:
-            data = {}
-    if data.get("shortcut_sha256") != digest:
-        data = {}  # searched for other weights: start over
-    data.update({"shortcut_sha256": digest, **meta})
-    table = data.setdefault("schedules", {})
+def table(results: list[SearchResult]) -> dict[int, dict[int, dict]]:
+    """Search results as `placement.save_schedules` keeps them: {N: {B: entry}}."""
+    out: dict[int, dict[int, dict]] = {}
     for r in results:
-        table.setdefault(str(r.steps), {})[str(r.budget)] = r.to_dict()
-    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
-    return path
-
-
-def load_schedule(checkpoint: str | Path, steps: int, budget: int) -> list[int] | None:
-    """The searched full steps for (N, B) saved beside `checkpoint`, or None if there are none."""
-    path = Path(checkpoint) / SCHEDULES_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except ValueError:
-        raise UserError(f"{path} is not valid JSON: delete it and search again") from None
-    entry = data.get("schedules", {}).get(str(steps), {}).get(str(budget))
-    if entry is None:
-        return None
-    if data.get("shortcut_sha256") != weights_digest(checkpoint):
-        raise UserError(f"{path} was searched for other shortcut weights: search again (migmcut bench --search-schedule)")
-    full = [int(s) for s in entry["full_steps"]]
-    if len(full) != budget or full[0] != 0 or any(b <= a for a, b in zip(full, full[1:])) or full[-1] >= steps:
-        raise UserError(f"{path}: the schedule for N={steps}, B={budget} is malformed: search again")
-    return full
+        out.setdefault(r.steps, {})[r.budget] = r.to_dict()
+    return out

@@ -18,11 +18,11 @@ from migmcut.base.maskgit_shortcut import MaskGITShortcut
 from migmcut.base.tiny_shapes import IMAGE_OFFSET, MASK, NULL, tokenize_prompts
 from migmcut.errors import CheckpointError, UserError
 from migmcut.generate import make_policy
-from migmcut.policies import BudgetPolicy, budget_schedule
+from migmcut.placement import budget_schedule, load_schedule
+from migmcut.policies import BudgetPolicy
 from migmcut.recipe import load_recipe
 from migmcut.sampler import sample
 from migmcut.schedule import tokens_per_step
-from migmcut.schedule_search import load_schedule
 from migmcut.shortcut import Shortcut, ShortcutConfig, load_shortcut, resolve_checkpoint
 from test_released_maskgit import RELEASE, SAMPLING
 

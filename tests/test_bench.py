@@ -189,8 +189,7 @@ def test_generate_uses_a_searched_schedule_and_refuses_a_missing_one(trained, tm
     assert bench("--shortcut", str(ck), "--store", str(store), "--budgets", "3", "--search-schedule").exit_code == 0
     gen = ["generate", "--recipe", "debug", "--device", "cpu", "--prompt", "a large red circle", "--shortcut", str(ck),
            "--out", str(tmp_path / "g"), "--schedule", "searched", "--json"]
-    from migmcut.policies import budget_schedule
-    from migmcut.schedule_search import load_schedule
+    from migmcut.placement import budget_schedule, load_schedule
 
     searched = load_schedule(ck, 8, 3)
     assert searched != budget_schedule(8, 3)  # else the checks below could not tell them apart
@@ -215,7 +214,7 @@ def test_generate_uses_a_searched_schedule_and_refuses_a_missing_one(trained, tm
 def test_explicit_vanilla_steps_are_exactly_the_front_and_the_default_schedule_is_generates(trained, tmp_path):
     store, ck = trained
     assert bench("--shortcut", str(ck), "--store", str(store), "--budgets", "3", "--search-schedule").exit_code == 0
-    from migmcut.schedule_search import load_schedule
+    from migmcut.placement import load_schedule
 
     res = bench("--shortcut", str(ck), "--budgets", "3", "--methods", "shortcut", "--vanilla-steps", "5,3",
                 "--num-samples", "4", "--batch-size", "4", "--out", str(tmp_path / "b"), "--json")

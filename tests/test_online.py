@@ -10,7 +10,7 @@ from migmcut.cli.main import app
 from migmcut.online import rollout_pairs
 from migmcut.policies import BudgetPolicy, _rows
 from migmcut.sampler import sample
-from migmcut.schedule_search import load_schedule
+from migmcut.placement import load_schedule
 from migmcut.shortcut import Shortcut, ShortcutConfig
 
 

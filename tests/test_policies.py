@@ -3,28 +3,13 @@ import dataclasses
 import pytest
 import torch
 
-from migmcut.policies import BudgetPolicy, budget_schedule
+from migmcut.placement import budget_schedule
+from migmcut.policies import BudgetPolicy
 from migmcut.sampler import sample
 from migmcut.shortcut import Shortcut, ShortcutConfig
 
 PROMPTS = ["a large red circle", "a small blue square left of a large green triangle"]
 SEEDS = [3, 4]
-
-
-@pytest.mark.parametrize("steps", [1, 2, 5, 16, 32, 64])
-def test_budget_schedule_places_distinct_increasing_full_steps(steps):
-    for budget in range(1, steps + 1):
-        full = budget_schedule(steps, budget)
-        assert len(full) == budget and full[0] == 0
-        assert all(a < b for a, b in zip(full, full[1:])) and full[-1] < steps
-
-
-def test_budget_schedule_is_uniform_and_checks_bounds():
-    assert budget_schedule(16, 4) == [0, 4, 8, 12]
-    assert budget_schedule(64, 14)[:3] == [0, 5, 9]
-    for bad in (0, 17):
-        with pytest.raises(ValueError):
-            budget_schedule(16, bad)
 
 
 def test_full_budget_equals_vanilla(debug_base, debug_recipe):

@@ -81,7 +81,7 @@ def test_sampling_equals_the_reference_loop_token_for_token(twin, run):
 
 def test_the_paper_placement_differs_from_migmcut_rounding_where_it_matters():
     """The release places full steps with Python's round (half to even): N=15, B=6 puts one at 2, not 3."""
-    from migmcut.policies import budget_schedule
+    from migmcut.placement import budget_schedule
 
     assert budget_schedule(15, 6, "half-even") == [0, 2, 5, 8, 10, 12]
     assert budget_schedule(15, 6, "half-up") == [0, 3, 5, 8, 10, 13]

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from migmcut.cli.main import app
 from migmcut.errors import UserError
 from migmcut.generate import generate, make_policy
-from migmcut.policies import BudgetPolicy, budget_schedule
+from migmcut.placement import budget_schedule
+from migmcut.policies import BudgetPolicy
 from migmcut.recipe import load_recipe
 from migmcut.sampler import sample
 from migmcut.schedule import tokens_per_step

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from migmcut import schedule_search as ss
 from migmcut.cli.main import app
 from migmcut.errors import UserError
-from migmcut.policies import budget_schedule
+from migmcut.placement import budget_schedule, load_schedule, save_schedules
 from migmcut.shortcut import Shortcut, ShortcutConfig
 from migmcut.store.reader import TrajectoryStore
 
@@ -106,17 +106,17 @@ def test_saved_schedules_round_trip_and_go_stale_with_new_weights(store, debug_b
     results = ss.search(errors["shortcut"], [2, 4])
     for r in results:
         assert r.objective <= r.uniform_objective + 1e-12
-    ss.save_schedules(ck, results, {"store": "s"})
-    assert ss.load_schedule(ck, store.steps, 4) == results[1].full_steps
-    assert ss.load_schedule(ck, store.steps, 3) is None
-    assert ss.load_schedule(ck, 16, 4) is None
+    save_schedules(ck, ss.table(results), {"store": "s"})
+    assert load_schedule(ck, store.steps, 4) == results[1].full_steps
+    assert load_schedule(ck, store.steps, 3) is None
+    assert load_schedule(ck, 16, 4) is None
     data = json.loads((ck / "schedules.json").read_text())
     assert set(data["schedules"][str(store.steps)]) == {"2", "4"}
     with torch.no_grad():
         next(net.parameters()).add_(1.0)
     net.save(ck, {"base_fingerprint": debug_base.fingerprint})
     with pytest.raises(UserError, match="other shortcut weights"):
-        ss.load_schedule(ck, store.steps, 4)
+        load_schedule(ck, store.steps, 4)
 
 
 def test_generate_takes_an_explicit_schedule(debug_recipe, debug_base):

@@ -94,7 +94,7 @@ def test_generate_uses_the_shipped_shortcut_and_its_searched_schedule(tmp_path):
     from typer.testing import CliRunner
 
     from migmcut.cli.main import app
-    from migmcut.schedule_search import load_schedule
+    from migmcut.placement import load_schedule
     from migmcut.shortcut import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(load_recipe("tiny-shapes").shortcut.checkpoint)

@@ -191,7 +191,7 @@ class BaseModel(torch.nn.Module):
     # -- attach: the shortcut inside a sampling loop migmcut did not write (`migmcut.attach`) -----
     # An adapter says where its model's network, features and head are; `migmcut.attach` does the
     # rest for every family alike. None from `attach_network`: the family does not support attach.
-    budget_rounding: str = "half-up"  # where the family's reference puts B full steps (policies.ROUNDINGS)
+    budget_rounding: str = "half-up"  # where the family's reference puts B full steps (placement.ROUNDINGS)
     attach_reads_sequence: bool = False  # `attach_features` also gives the whole sequence (released shortcuts)
 
     def attach_network(self) -> torch.nn.Module | None:
