@@ -23,7 +23,7 @@ import torch
 from migmcut.base import load_base
 from migmcut.bench import expand, sample_seeds
 from migmcut.placement import budget_schedule
-from migmcut.policies import HybridPolicy, PolicyKnobs, _branches, _rows
+from migmcut.policies import HybridPolicy, PolicyKnobs, branch_count, branch_rows
 from migmcut.recipe import load_recipe
 from migmcut.sampler import guided, sample
 from migmcut.shortcut import load_shortcut, resolve_checkpoint
@@ -43,8 +43,8 @@ class Compared(HybridPolicy):
             self.since = 0
             return out
         self.since += 1
-        branches = _branches(state)
-        true_logits, true_features = base(_rows(state), state.cond)
+        branches = branch_count(state)
+        true_logits, true_features = base(branch_rows(state), state.cond)
         predicted = self.features.clone()  # the shortcut's map before refine writes exact features in
         exact = out.refine
 

@@ -943,7 +943,7 @@ def bench(
         raise UserError(f"{arg('steps', N)} exceeds the number of image tokens ({base.num_tokens})")
     need_shortcut = any(m in NEEDS_SHORTCUT for m in method_budgets) or search_schedule
     if any(m in PARTIAL for m in method_budgets):
-        base._require_partial()
+        base.require_partial()
     net, meta = None, {}
     if checkpoint is not None and (need_shortcut or store is not None):
         net, meta = load_shortcut(checkpoint, base)

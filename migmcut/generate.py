@@ -67,7 +67,7 @@ def make_policy(method: str, steps: int, budget: int | None, shortcut, base, ful
     if budget is None and full_steps is None and method != "mlcache":
         raise UserError(f"{arg('method', method)} needs {arg('budget', 'B')} (full base steps out of {steps})")
     if method in PARTIAL:
-        base._require_partial()
+        base.require_partial()
     if full_steps is None:
         try:
             full = full_steps_for(method, steps, budget, knobs, rounding)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from migmcut.placement import save_schedules, shortcut_schedule
-from migmcut.policies import BudgetPolicy, _rows
+from migmcut.policies import BudgetPolicy, branch_rows
 from migmcut.sampler import sample, trajectory_seed
 
 ROLLOUT_STREAM = 0x6F6E6C6E  # rollout seeds apart from record's (the same run seed gives other draws)
@@ -53,7 +53,7 @@ class TeacherTap(BudgetPolicy):
 
     def predict(self, base, state, branches: int) -> torch.Tensor:
         inputs = self.step_inputs(base, state, branches)
-        rows = _rows(state)
+        rows = branch_rows(state)
         _, target = base(rows, state.cond)
         self.pairs.append(Pair(self.features, inputs, target, rows == base.mask_id, state.t))
         return self.shortcut(self.features, **inputs)

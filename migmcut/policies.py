@@ -203,7 +203,7 @@ class FullPolicy:
     """Every step is a full base call."""
 
     def step(self, base, state):
-        logits, features = base(_rows(state), state.cond)
+        logits, features = base(branch_rows(state), state.cond)
         return Proposal("full", logits, features)
 
 
@@ -223,17 +223,17 @@ class BudgetPolicy:
     def step(self, base, state):
         if state.t in self.full_steps:
             if self.reads_sequence:
-                logits, self.features, self.sequence = base.forward_sequence(_rows(state), state.cond)
+                logits, self.features, self.sequence = base.forward_sequence(branch_rows(state), state.cond)
             else:
-                logits, self.features = base(_rows(state), state.cond)
+                logits, self.features = base(branch_rows(state), state.cond)
             return Proposal("full", logits, self.features)
         if self.shortcut is not None:
-            self.features = self.predict(base, state, _branches(state))
+            self.features = self.predict(base, state, branch_count(state))
         return Proposal(self.kind, None, self.features)  # the sampler runs the head where it reads logits
 
     def predict(self, base, state, branches: int) -> torch.Tensor:
         if self.reads_sequence:
-            self.sequence = self.shortcut.advance(base, self.sequence, _rows(state), state.cond,
+            self.sequence = self.shortcut.advance(base, self.sequence, branch_rows(state), state.cond,
                                                   state.new_tokens.repeat(branches, 1), state.mask_ratio)
             grid = torch.arange(base.num_tokens, device=self.sequence.device).expand(self.sequence.shape[0], -1)
             return _rows_of(self.sequence, base.image_rows(grid))
@@ -247,19 +247,19 @@ class BudgetPolicy:
         B = state.tokens.shape[0]
         # every trajectory of a batch fixes the same number of tokens per step
         pos = state.new_tokens.nonzero()[:, 1].view(B, -1).repeat(branches, 1)
-        ids = _rows(state).gather(1, pos)
+        ids = branch_rows(state).gather(1, pos)
         new_mask = torch.ones(pos.shape, dtype=torch.bool, device=pos.device)
         ratio = torch.full((pos.shape[0],), state.mask_ratio, device=pos.device)
         return {**self.inputs.tokens(ids, pos, new_mask, ratio), **self.conditioned}
 
 
-def _branches(state) -> int:
+def branch_count(state) -> int:
     return len(state.cond) // state.tokens.shape[0]
 
 
-def _rows(state) -> torch.Tensor:
+def branch_rows(state) -> torch.Tensor:
     """The base's input rows: the token state once per CFG branch."""
-    return state.tokens.repeat(_branches(state), 1)
+    return state.tokens.repeat(branch_count(state), 1)
 
 
 def _rows_of(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -287,11 +287,11 @@ class RecapPolicy:
 
     def step(self, base, state):
         if state.t in self.full_steps:
-            logits, features, self.cache = base.forward_with_cache(_rows(state), state.cond)
+            logits, features, self.cache = base.forward_with_cache(branch_rows(state), state.cond)
             return Proposal("full", logits, features)
         lo, hi = self.chunks[state.t]
-        positions = self.group.repeat(_branches(state), 1)
-        logits, features = base.partial_forward(_rows(state), state.cond, positions, self.cache, context=True)
+        positions = self.group.repeat(branch_count(state), 1)
+        logits, features = base.partial_forward(branch_rows(state), state.cond, positions, self.cache, context=True)
         return Proposal("recap", logits[:, lo:hi], features[:, lo:hi], at=self.group[:, lo:hi])
 
     def after(self, event) -> None:
@@ -318,14 +318,14 @@ class MLCachePolicy:
 
     def step(self, base, state):
         if state.t in self.full_steps:
-            self.logits, self.features, self.cache = base.forward_with_cache(_rows(state), state.cond)
+            self.logits, self.features, self.cache = base.forward_with_cache(branch_rows(state), state.cond)
             return Proposal("full", self.logits, self.features)
         L = state.tokens.shape[1]
         # the positions at or below the (1 - cache_ratio) quantile of the max logit: as many as
         # torch.quantile's linear interpolation puts there when the values are distinct
         n = math.floor((1 - self.cache_ratio) * (L - 1) + 1e-9) + 1
         positions = self.logits.max(-1).values.topk(n, dim=-1, largest=False).indices
-        logits, features = base.partial_forward(_rows(state), state.cond, positions, self.cache, update=True)
+        logits, features = base.partial_forward(branch_rows(state), state.cond, positions, self.cache, update=True)
         _scatter_rows(self.logits, positions, logits)
         _scatter_rows(self.features, positions, features)
         return Proposal("mlcache", self.logits, self.features)
@@ -350,16 +350,16 @@ class HybridPolicy(BudgetPolicy):
 
     def step(self, base, state):
         if state.t in self.full_steps:
-            logits, self.features, self.cache = base.forward_with_cache(_rows(state), state.cond)
+            logits, self.features, self.cache = base.forward_with_cache(branch_rows(state), state.cond)
             return Proposal("full", logits, self.features)
-        branches = _branches(state)
+        branches = branch_count(state)
         self.features = self.predict(base, state, branches)
         fresh = state.new_tokens.nonzero()[:, 1].view(state.tokens.shape[0], -1) if self.refresh_new else None
 
         def refine(where: torch.Tensor) -> torch.Tensor:
             positions = where if fresh is None else torch.cat([fresh, where], 1)
             positions = positions.repeat(branches, 1)
-            logits, features = base.partial_forward(_rows(state), state.cond, positions, self.cache,
+            logits, features = base.partial_forward(branch_rows(state), state.cond, positions, self.cache,
                                                     update=fresh is not None, context=self.context)
             _scatter_rows(self.features, positions, features)
             return logits[:, positions.shape[1] - where.shape[1]:]

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from migmcut.cli.main import app
 from migmcut.online import rollout_pairs
-from migmcut.policies import BudgetPolicy, _rows
+from migmcut.policies import BudgetPolicy, branch_rows
 from migmcut.sampler import sample
 from migmcut.placement import load_schedule
 from migmcut.shortcut import Shortcut, ShortcutConfig
@@ -35,7 +35,7 @@ def test_rollouts_sample_what_generation_samples_and_target_the_base_at_the_reac
 
     class Watch(BudgetPolicy):
         def step(self, base, state):
-            seen.append((state.t, _rows(state).clone(), state.cond))
+            seen.append((state.t, branch_rows(state).clone(), state.cond))
             return super().step(base, state)
 
     sample(base, conditions, seeds, config, policy=Watch(full, shortcut))

@@ -1,6 +1,5 @@
 import dataclasses
 
-import pytest
 import torch
 
 from migmcut.placement import budget_schedule

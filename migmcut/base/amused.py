@@ -104,9 +104,6 @@ class AmusedBase(BaseModel):
         from diffusers import AmusedScheduler, UVit2DModel, VQModel
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-        from migmcut.base.tiny_shapes import quiet_libraries
-
-        quiet_libraries()
         folder = require_path(cfg.model, "base.model", "the local aMUSEd directory", expect="dir")
         for name in COMPONENTS:
             if not (folder / name).is_dir():

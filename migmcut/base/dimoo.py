@@ -220,9 +220,6 @@ class DiMOOBase(BaseModel):
         from diffusers import VQModel
         from transformers import AutoTokenizer
 
-        from migmcut.base.tiny_shapes import quiet_libraries
-
-        quiet_libraries()
         folder = require_path(cfg.model, "base.model", "the local Lumina-DiMOO directory", expect="dir")
         vq_root = require_path(cfg.vqvae, "base.vqvae", "a directory holding vqvae/", expect="dir") if cfg.vqvae else folder
         if not (vq_root / "vqvae" / "config.json").is_file():

@@ -113,7 +113,7 @@ class BaseModel(torch.nn.Module):
 
     def forward_with_cache(self, tokens: torch.Tensor, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor, KVCache]:
         """`forward` (same logits and features) that also returns every layer's K/V."""
-        self._require_partial()
+        self.require_partial()
         seq = self.partial_sequence(tokens, cond)
         x, cache = run_layers(self, self.embed_rows(seq.ids, seq.pos), seq.pos, None, seq.mask)
         grid = torch.arange(self.num_tokens, device=tokens.device).expand(tokens.shape[0], -1)
@@ -126,7 +126,7 @@ class BaseModel(torch.nn.Module):
         `cache`; with `update` the recomputed positions' K/V are written into `cache` (ML-Cache);
         with `context` the sequence's non-image positions (prompt, class or special tokens) are
         recomputed too (ReCAP recomputes its context token)."""
-        self._require_partial()
+        self.require_partial()
         if positions.dim() != 2 or not positions.shape[0] == tokens.shape[0] == cache.batch:
             raise ValueError(f"positions {tuple(positions.shape)} and a cache of {cache.batch} rows "
                              f"do not match tokens {tuple(tokens.shape)}")
@@ -143,7 +143,7 @@ class BaseModel(torch.nn.Module):
 
     def kv_cache_bytes_per_image(self, dtype: torch.dtype | None = None, branches: int = 1) -> int:
         """Bytes of one image's KVCache in `dtype` (default: the model's); `branches=2` under CFG."""
-        self._require_partial()
+        self.require_partial()
         layers, length, width = self.kv_layout()
         itemsize = (dtype or next(self.parameters()).dtype).itemsize
         return branches * layers * 2 * length * width * itemsize
@@ -152,7 +152,7 @@ class BaseModel(torch.nn.Module):
         """`head` of features (B, n, D) that sit at grid `positions` (B, n) (for position-dependent heads)."""
         return self.head(features)
 
-    def _require_partial(self) -> None:
+    def require_partial(self) -> None:
         if not self.supports_partial:
             raise UserError(f"the {type(self).__name__} base has no partial evaluation (forward_with_cache, "
                             f"partial_forward), which recap, mlcache and hybrid need: use vanilla, cache or shortcut")

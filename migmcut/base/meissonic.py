@@ -218,9 +218,6 @@ class MeissonicBase(BaseModel):
         from diffusers import VQModel
         from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
-        from migmcut.base.tiny_shapes import quiet_libraries
-
-        quiet_libraries()
         folder = require_path(cfg.model, "base.model", "the local Meissonic directory (MeissonFlow/Meissonic)", expect="dir")
         text_folder = (require_path(cfg.text_encoder, "base.text_encoder", "a CLIPTextModelWithProjection directory",
                                     expect="dir") if cfg.text_encoder else folder / "text_encoder")

@@ -225,9 +225,6 @@ class MMaDABase(DiMOOBase):
     def from_config(cls, cfg: MMaDAConfig, dtype: torch.dtype = torch.float32) -> "MMaDABase":
         from transformers import AutoTokenizer
 
-        from migmcut.base.tiny_shapes import quiet_libraries
-
-        quiet_libraries()
         folder = require_path(cfg.model, "base.model", "the local MMaDA directory (Gen-Verse/MMaDA-8B-Base)", expect="dir")
         vq_folder = require_path(cfg.vq_model, "base.vq_model", "the local MAGVIT-v2 directory (showlab/magvitv2)",
                                  expect="dir")

@@ -16,10 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import diffusers
 import numpy as np
 import torch
-import transformers
 from diffusers import VQModel
 from transformers import BertConfig, BertForMaskedLM
 
@@ -134,7 +132,6 @@ class TinyShapesBase(BaseModel):
             torch.random.set_rng_state(gen_state)
             meta = {"kind": "tiny-shapes", "weights": "random", "config": _plain(cfg)}
             return cls(mlm, vq, cfg.prompt_length, meta)
-        quiet_libraries()
         root = BUILTIN_WEIGHTS if cfg.weights == "builtin" else Path(cfg.weights).expanduser()
         for sub in ("base", "tokenizer"):
             if not (root / sub / "config.json").is_file():
@@ -254,14 +251,6 @@ class TinyShapesBase(BaseModel):
         full[:, P:, IMAGE_OFFSET : IMAGE_OFFSET + K] = logits
         ret = call_arguments(type(self.mlm).forward, args, kwargs).get("kwargs", {}).get("return_dict")
         return (full,) if ret is False else MaskedLMOutput(logits=full)
-
-
-def quiet_libraries() -> None:
-    """transformers/diffusers print load progress bars and advice; a CLI wants neither."""
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
 
 
 def _plain(cfg) -> dict:
