@@ -160,8 +160,8 @@ def evaluate(model, base, loader, inputs: ShortcutInputs, max_pairs: int, temper
 
 
 def save_checkpoint(out: Path, model: Shortcut, ema: Shortcut, opt, step: int, meta: dict) -> None:
-    from safetensors.torch import save_file
-
+    """The trainer state (`trainer.pt`, for resuming), then the EMA weights as a shortcut checkpoint
+    (`Shortcut.save`, the one checkpoint writer)."""
     out.mkdir(parents=True, exist_ok=True)
     state = {
         "model": model.state_dict(),
@@ -171,10 +171,7 @@ def save_checkpoint(out: Path, model: Shortcut, ema: Shortcut, opt, step: int, m
         "torch_rng": torch.get_rng_state(),
     }
     atomic_write(out / "trainer.pt", lambda p: torch.save(state, p))
-    tensors = {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
-    atomic_write(out / "shortcut.safetensors", lambda p: save_file(tensors, p))
-    config = {"shortcut": dataclasses.asdict(ema.config), **meta, "step": step}
-    atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    ema.save(out, {**meta, "step": step})
 
 
 def load_trainer_state(out: Path) -> dict:
@@ -249,7 +246,7 @@ def train(
     if init is not None:
         from migmcut.shortcut import resolve_checkpoint
 
-        init = resolve_checkpoint(str(init))
+        init = resolve_checkpoint(str(init), "init")
         if init is None or not (init / "shortcut.safetensors").is_file():
             raise CheckpointError(f"{arg('init', init)} is not a shortcut checkpoint (no shortcut.safetensors)")
     if cfg.online and any(b >= recipe.sampler.steps for b in cfg.online_budgets):
