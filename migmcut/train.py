@@ -236,7 +236,7 @@ def train(
     for name, value, low, high in (("max_steps", max_steps, 1, COUNT_MAX), ("batch_size", batch_size, 1, BATCH_MAX),
                                    ("workers", workers, 0, 256), ("seed", seed, 0, SEED_MAX)):
         check_range(name, value, low, high)
-    check_range("lr", lr, 0, 10, low_open=True)
+    check_range("lr", lr, 0, 10, low_open=True, integer=False)
     recipe = as_recipe(recipe)
     overrides = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, num_workers=workers, seed=seed, online=online)
     cfg = dataclasses.replace(cfg or recipe.train, **{k: v for k, v in overrides.items() if v is not None})
