@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 import time
@@ -55,15 +56,18 @@ def handle_errors(fn):
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except UserError as err:
+            _quiet_exit()
             console.print(f"[red]error:[/red] {err.render(cli_arg)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as err:
             if not is_disk_full(err):
                 return _internal(err)
+            _quiet_exit()
             console.print(f"[red]error:[/red] no space left on the device ({err.strerror}); nothing half-written "
                           "is left: free some space and run the same command again", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
+            _quiet_exit()
             console.print("interrupted")
             raise typer.Exit(130) from None
         except Exception as err:  # noqa: BLE001 - the last line of defence
@@ -72,9 +76,21 @@ def handle_errors(fn):
     return wrapper
 
 
+def _quiet_exit() -> None:
+    """The command ends on an error it has reported in one line: what the async libraries would print
+    on the way out stays unsaid (zarr's writes still in flight when one failed are destroyed with its
+    event loop, and asyncio logs each of them with its stack). MIGMCUT_DEBUG=1 keeps it."""
+    if debug_enabled():
+        return
+    logging.getLogger("asyncio").disabled = True
+    logging.getLogger("zarr").disabled = True
+    sys.unraisablehook = lambda unraisable: None
+
+
 def _internal(err: BaseException):
     if debug_enabled():
         traceback.print_exc()
+    _quiet_exit()
     console.print(
         f"[red]internal error:[/red] {type(err).__name__}: {err} "
         "(run with --debug or MIGMCUT_DEBUG=1 for the traceback)",

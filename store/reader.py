@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from migmcut.errors import StoreError, UserError
 from migmcut.store import location
 from migmcut.store.codecs import decode, delta_levels, from_levels, get_codec, is_fill
-from migmcut.store.schema import quiet, read_spec
+from migmcut.store.schema import open_arrays, quiet, read_spec
 from migmcut.store.writer import read_complete
 
 _SPLIT_STREAM = 0x73706C6974
@@ -76,6 +76,7 @@ class TrajectoryStore:
         self.url = str(url)
         self.location = location.resolve(url)
         self.group, self.spec = read_spec(self.location)
+        self._handles = open_arrays(self.group, self.spec, self.location)  # unreadable metadata: a StoreError now
         self._complete = None
 
     # -- metadata ------------------------------------------------------------------------------
@@ -101,7 +102,7 @@ class TrajectoryStore:
     def complete(self, refresh: bool = False) -> np.ndarray:
         """(n,) bool: trajectories durably written (unreadable flags count as incomplete)."""
         if self._complete is None or refresh:
-            self._complete, _ = read_complete(self.group, self.spec)
+            self._complete, _ = read_complete(self._handles, self.spec)
         return self._complete
 
     def complete_indices(self) -> np.ndarray:
@@ -152,9 +153,6 @@ class TrajectoryStore:
 
     def _arrays(self) -> dict:
         """Array handles, opened once (each `group[name]` would read the array's metadata again)."""
-        if getattr(self, "_handles", None) is None:
-            with quiet():
-                self._handles = {name: self.group[name] for name in self.group.array_keys()}
         return self._handles
 
     def read(self, i: int) -> dict:

@@ -22,7 +22,7 @@ from migmcut.errors import StoreError, arg
 from migmcut.store import location
 from migmcut.store.codecs import get_codec
 from migmcut.store.location import Location
-from migmcut.store.schema import ATTR, FORMAT, StoreSpec, open_group, quiet, read_spec
+from migmcut.store.schema import ATTR, FORMAT, StoreSpec, open_arrays, open_group, quiet, read_spec
 
 
 def check_target(loc: Location, spec: StoreSpec, overwrite: bool = False) -> str:
@@ -60,8 +60,8 @@ def prepare_store(loc: Location, spec: StoreSpec, overwrite: bool = False) -> tu
     group, existing = read_spec(loc)
     location.remove_partials(loc)
     group = open_group(loc, "r+")
-    _ensure_arrays(group, existing)
-    complete, _ = read_complete(group, existing)
+    _ensure_arrays(group, existing, loc)
+    complete, _ = read_complete(open_arrays(group, existing, loc), existing)
     return incomplete_blocks(complete, existing), action, existing
 
 
@@ -107,16 +107,16 @@ def create_store(loc: Location, spec: StoreSpec):
                                     attributes={ATTR: spec.attrs()})
     except (OSError, PermissionError, NotImplementedError) as err:
         raise StoreError(f"{arg('out', loc)}: cannot write there ({err}); choose another location") from None
-    _ensure_arrays(group, spec)
+    _ensure_arrays(group, spec, loc)
     return group
 
 
-def _ensure_arrays(group, spec: StoreSpec) -> None:
+def _ensure_arrays(group, spec: StoreSpec, loc: Location) -> None:
     """Create the arrays a store lacks (a creator killed half-way); check the others' shapes."""
-    existing = set(group.array_keys())
+    existing = open_arrays(group, spec, loc)
     for a in spec.arrays():
         if a.name in existing:
-            arr = group[a.name]
+            arr = existing[a.name]
             if tuple(arr.shape) != tuple(a.shape):
                 raise StoreError(f"store array {a.name} has shape {arr.shape}, its attrs say {a.shape}: damaged store")
             continue
@@ -128,14 +128,14 @@ def _ensure_arrays(group, spec: StoreSpec) -> None:
             )
 
 
-def read_complete(group, spec: StoreSpec) -> tuple[np.ndarray, list[int]]:
-    """(complete flags (n,) bool, blocks whose `complete` chunk could not be read)."""
-    if "complete" not in group.array_keys():  # a damaged layout (`store verify` names it): nothing is complete
+def read_complete(arrays: dict, spec: StoreSpec) -> tuple[np.ndarray, list[int]]:
+    """(complete flags (n,) bool, blocks whose `complete` chunk could not be read); `arrays`: `open_arrays`'."""
+    if "complete" not in arrays:  # a damaged layout (`store verify` names it): nothing is complete
         return np.zeros(spec.num, dtype=bool), list(range(spec.num_blocks))
-    arr = group["complete"]
+    arr = arrays["complete"]
     try:
         with quiet():
-            return np.asarray(arr[:], dtype=bool), []
+            return np.asarray(arr[: spec.num], dtype=bool), []
     except Exception:  # noqa: BLE001 - a damaged chunk: find which, count its block incomplete
         pass
     flags = np.zeros(spec.num, dtype=bool)
@@ -160,8 +160,7 @@ class StoreWriter:
     def __init__(self, loc: Location, spec: StoreSpec):
         self.loc, self.spec = loc, spec
         group = open_group(loc, "r+")
-        with quiet():
-            self.group = {name: group[name] for name in group.array_keys()}  # array handles, opened once
+        self.group = open_arrays(group, spec, loc)  # array handles, opened once
         self.store = group.store
         self.features = self.group["features"]
         side = get_codec(spec.codec).scale
