@@ -24,6 +24,7 @@ COMMANDS = {
     "store verify": lambda s, t: ["store", "verify", str(s)],
     "store verify --repair": lambda s, t: ["store", "verify", str(s), "--repair"],
     "record": lambda s, t: ["record", *COMMON, "--out", str(s), "-n", "8"],
+    "record (grow)": lambda s, t: ["record", *COMMON, "--out", str(s), "-n", "12"],
     "train": lambda s, t: ["train", *COMMON, "--store", str(s), "--out", str(t / "ck"), "--max-steps", "2"],
     "bench --store": lambda s, t: ["bench", *COMMON, "--store", str(s), "--methods", "vanilla", "--budgets", "2",
                                    "--out", str(t / "b")],
