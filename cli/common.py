@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from migmcut.errors import UserError
+from migmcut.errors import Interrupted, UserError
 from migmcut.files import is_disk_full
 
 console = Console(stderr=True)  # progress, warnings, errors
@@ -66,10 +66,11 @@ def handle_errors(fn):
             console.print(f"[red]error:[/red] no space left on the device ({err.strerror}); nothing half-written "
                           "is left: free some space and run the same command again", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             _quiet_exit()
-            console.print("interrupted")
-            raise typer.Exit(130) from None
+            saved = isinstance(err, Interrupted)  # the job kept its work and says how to go on
+            console.print(err.render(cli_arg) if saved else "interrupted", highlight=False, soft_wrap=True)
+            raise typer.Exit(err.exit_code if saved else 130) from None
         except Exception as err:  # noqa: BLE001 - the last line of defence
             _internal(err)
 

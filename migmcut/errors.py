@@ -49,6 +49,21 @@ class UserError(Exception):
         return self.render()
 
 
+class Interrupted(KeyboardInterrupt):
+    """A job stopped by SIGINT / SIGTERM after keeping its work; the message says how to go on (the
+    CLI exits with 128 + the signal's number). A KeyboardInterrupt, so code that stops on Ctrl-C still does."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    params, render, __str__ = UserError.params, UserError.render, UserError.__str__
+
+
 class RecipeError(UserError):
     pass
 

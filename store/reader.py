@@ -362,11 +362,20 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def pair_loader(dataset: PairDataset, batch_size: int, num_workers: int = 0, **kwargs) -> DataLoader:
-    """A DataLoader over pairs with `collate_pairs` and, with workers, the `spawn` context."""
+    """A DataLoader over pairs with `collate_pairs` and, with workers, the `spawn` context; workers
+    leave SIGINT / SIGTERM to the main process (which stops them when it is done with them)."""
     if num_workers > 0:
         kwargs.setdefault("multiprocessing_context", "spawn")
         kwargs.setdefault("persistent_workers", dataset.epochs is None)
+        kwargs.setdefault("worker_init_fn", _ignore_stop_signals)
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_pairs, **kwargs)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 __all__ = ["TrajectoryStore", "RawTrajectory", "PairDataset", "collate_pairs", "pair_loader"]
