@@ -113,7 +113,7 @@ def _read_small(arrays: dict, spec: StoreSpec, lo: int, hi: int) -> dict | None:
 
 
 def _existing_spec(loc: Location, overwrite: bool) -> StoreSpec | None:
-    """The spec of the migmcut store at `loc`; None for a damaged one we may overwrite."""
+    """The spec of the migmcut store at `loc` (its arrays' metadata readable); None for a damaged one we may overwrite."""
     try:
         group = open_group(loc, "r")
         attrs = group.attrs.asdict().get(ATTR)
@@ -125,7 +125,9 @@ def _existing_spec(loc: Location, overwrite: bool) -> StoreSpec | None:
             f"(choose another {arg('out')}, or an empty directory)"
         )
     try:
-        return read_spec(loc)[1]
+        group, spec = read_spec(loc)
+        open_arrays(group, spec, loc)
+        return spec
     except StoreError:
         if overwrite:
             return None

@@ -25,6 +25,7 @@ COMMANDS = {
     "store verify --repair": lambda s, t: ["store", "verify", str(s), "--repair"],
     "record": lambda s, t: ["record", *COMMON, "--out", str(s), "-n", "8"],
     "record (grow)": lambda s, t: ["record", *COMMON, "--out", str(s), "-n", "12"],
+    "record --dry-run": lambda s, t: ["record", *COMMON, "--out", str(s), "-n", "8", "--dry-run"],
     "train": lambda s, t: ["train", *COMMON, "--store", str(s), "--out", str(t / "ck"), "--max-steps", "2"],
     "bench --store": lambda s, t: ["bench", *COMMON, "--store", str(s), "--methods", "vanilla", "--budgets", "2",
                                    "--out", str(t / "b")],
@@ -86,6 +87,13 @@ def test_the_groups_own_metadata_is_one_line_in_every_command(store, tmp_path):
     for command in COMMANDS.values():
         res = runner.invoke(app, command(damaged, tmp_path))
         assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+
+
+def test_overwrite_replaces_a_store_whose_array_metadata_is_unreadable(store, tmp_path):
+    damaged = _damaged(store, tmp_path, "features")
+    res = runner.invoke(app, ["record", *COMMON, "--out", str(damaged), "-n", "4", "--overwrite", "--json"])
+    assert res.exit_code == 0, res.output
+    assert TrajectoryStore(damaged).num == 4
 
 
 def test_a_missing_array_metadata_file_is_still_reported_as_missing(store, tmp_path):
