@@ -42,7 +42,7 @@ def on_full_disk(disk, size: str, command: list[str], before: str = "", after: s
     cli = " ".join(shlex.quote(a) for a in [sys.executable, "-m", "migmcut.cli.main", *command])
     script = (f"set -e; mount -t tmpfs -o size={size} tmpfs {shlex.quote(str(disk))}; {before}\n"
               f"set +e; {cli}; rc=$?; {after}\nexit $rc")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = {k: v for k, v in os.environ.items() if k != "MIGMCUT_DEBUG"} | {"OMP_NUM_THREADS": "1"}
     return subprocess.run(["unshare", "-rm", "bash", "-c", script], capture_output=True, text=True, env=env,
                           timeout=300)
 

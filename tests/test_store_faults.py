@@ -2,6 +2,7 @@
 file, exit 2, nothing written. And the async library's noise after a failed write stays unsaid."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -133,7 +134,8 @@ def test_a_failed_write_with_others_in_flight_is_one_line_without_the_async_nois
     script.write_text(NOISY)
     cmd = [sys.executable, str(script), *(["--debug"] if debug else []), "record", *COMMON,
            "--out", str(tmp_path / "s"), "-n", "16", "--block-size", "4", "--batch-size", "8", "--json"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "MIGMCUT_DEBUG"}  # an earlier in-process --debug set it
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert "no space left" in lines[0]
