@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 import time
@@ -14,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from migmcut.errors import UserError
+from migmcut.errors import Interrupted, UserError
 from migmcut.files import is_disk_full
 
 console = Console(stderr=True)  # progress, warnings, errors
@@ -60,26 +61,42 @@ def handle_errors(fn):
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except UserError as err:
+            _quiet_exit()
             console.print(f"[red]error:[/red] {err.render(cli_arg)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except OSError as err:
             if not is_disk_full(err):
                 return _internal(err)
+            _quiet_exit()
             console.print(f"[red]error:[/red] no space left on the device ({err.strerror}); nothing half-written "
                           "is left: free some space and run the same command again", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            console.print("interrupted")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as err:
+            _quiet_exit()
+            saved = isinstance(err, Interrupted)  # the job kept its work and says how to go on
+            console.print(err.render(cli_arg) if saved else "interrupted", highlight=False, soft_wrap=True)
+            raise typer.Exit(err.exit_code if saved else 130) from None
         except Exception as err:  # noqa: BLE001 - the last line of defence
             _internal(err)
 
     return wrapper
 
 
+def _quiet_exit() -> None:
+    """The command ends on an error it has reported in one line: what the async libraries would print
+    on the way out stays unsaid (zarr's writes still in flight when one failed are destroyed with its
+    event loop, and asyncio logs each of them with its stack). MIGMCUT_DEBUG=1 keeps it."""
+    if debug_enabled():
+        return
+    logging.getLogger("asyncio").disabled = True
+    logging.getLogger("zarr").disabled = True
+    sys.unraisablehook = lambda unraisable: None
+
+
 def _internal(err: BaseException):
     if debug_enabled():
         traceback.print_exc()
+    _quiet_exit()
     console.print(
         f"[red]internal error:[/red] {type(err).__name__}: {err} "
         "(run with --debug or MIGMCUT_DEBUG=1 for the traceback)",

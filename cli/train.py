@@ -24,6 +24,7 @@ def train(
     workers: Annotated[Optional[int], typer.Option(help="DataLoader worker processes (default: the recipe's).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT's trainer state.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the checkpoint already in OUT (a non-empty OUT is refused otherwise).")] = False,
+    allow_incomplete: Annotated[bool, typer.Option("--allow-incomplete", help="Train on a store whose recording is not finished (its complete trajectories; the output counts them).")] = False,
     recipe: RecipeOpt = "tiny-shapes",
     set_: SetOpt = None,
     device: DeviceOpt = None,
@@ -49,7 +50,7 @@ def train(
 
         result = run_train(rec, store, out, max_steps=max_steps, batch_size=batch_size, lr=lr, workers=workers,
                            seed=seed, device=device, dtype=dtype, resume=resume, overwrite=overwrite, init=init,
-                           online=online or None, log=log)
+                           online=online or None, allow_incomplete=allow_incomplete, log=log)
     if not main_rank:
         return
     if result.sampler_warning:
@@ -62,5 +63,7 @@ def train(
         done = result.steps - result.start_step
         what = (f"trained {done} steps (to step {result.steps}) in {result.seconds:.1f}s" if done
                 else f"already trained to step {result.steps}: nothing to do")
+        if result.trajectories is not None and result.trajectories < result.store_trajectories:
+            what += f" on {result.trajectories} of the store's {result.store_trajectories} trajectories"
         results.print(f"{what} -> {result.out}: {figures}")
     emit(json_, result.to_json())

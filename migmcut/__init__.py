@@ -27,7 +27,11 @@ class CallableModule(types.ModuleType):
     """A module that is also its main function: `migmcut.bench(...)` is `migmcut.bench.bench(...)`."""
 
     def __call__(self, *args, **kwargs):
-        return self.__wrapped__(*args, **kwargs)
+        from migmcut.errors import check_call
+
+        fn = self.__wrapped__
+        check_call(fn, args, kwargs)  # the API's one argument check: a UserError, not a TypeError inside
+        return fn(*args, **kwargs)
 
     @property
     def __wrapped__(self):  # what inspect.signature and help() show

@@ -62,6 +62,16 @@ class Dist:
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any (one small all-reduce)."""
+        if self.world == 1:
+            return bool(flag)
+        dist = torch.distributed
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        value = torch.tensor([int(bool(flag))], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
     def barrier(self) -> None:
         if self.world > 1:
             torch.distributed.barrier()

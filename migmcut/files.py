@@ -25,6 +25,32 @@ def _umask() -> int:
     return mask
 
 
+def _write(write, tmp: Path) -> None:
+    """`write(tmp)`; a library's own error for a failed write (torch.save's RuntimeError "unexpected
+    pos", safetensors' SafetensorError) becomes the OSError behind it (a full disk: ENOSPC)."""
+    try:
+        write(tmp)
+    except OSError:
+        raise
+    except Exception as err:
+        cause = _write_error(tmp)
+        if cause is not None:
+            raise cause from err
+        raise
+
+
+def _write_error(tmp: Path) -> OSError | None:
+    """Why writing `tmp` fails, if it does: append 1 MiB to it and sync (the caller removes it)."""
+    try:
+        with open(tmp, "ab") as f:
+            f.write(bytes(1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        return err
+    return None
+
+
 def atomic_write(path: Path, write) -> None:
     """`write(tmp)`, then rename it onto `path` (mode 0666 less the umask, like any new file).
 
@@ -33,11 +59,29 @@ def atomic_write(path: Path, write) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        write(tmp)
+        _write(write, tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create files 0600
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_all(writes: dict) -> None:
+    """`atomic_write` for files that belong together ({path: write}): every temporary file is written
+    first, then all are renamed in a row, so a failure while writing leaves every `path` untouched
+    and the files are never seen one save apart (but for a kill -9 between two renames)."""
+    tmps = {Path(path): Path(path).with_name(f".{Path(path).name}.tmp") for path in writes}
+    try:
+        for path, write in writes.items():
+            tmp = tmps[Path(path)]
+            _write(write, tmp)
+            os.chmod(tmp, 0o666 & ~_umask())
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
         raise
 
 

@@ -59,7 +59,7 @@ class RecordResult:
     written: int
     seconds: float
     bytes: int
-    action: str = "resume"  # create | overwrite | resume
+    action: str = "resume"  # create | overwrite | resume | grow (more trajectories appended to a store)
 
     def to_json(self) -> dict:
         return {"store": self.store, "trajectories": self.trajectories, "written": self.written,
@@ -182,6 +182,8 @@ def record(
 ) -> RecordResult:
     """Record `num` trajectories into the store at `out` (a path or fsspec URL), resuming if possible.
 
+    A store recorded with the same settings but fewer trajectories grows: trajectories n..num-1 are
+    appended, the same store as recording `num` at once (other settings are refused unless `overwrite`).
     `on_start(k, dist)` is told how many trajectories this process will record, `on_progress(n)`
     after each batch. Under torchrun every rank calls this; the result is the same on all ranks.
     """
@@ -201,8 +203,8 @@ def record(
         if dist.rank == 0:
             try:
                 lock.enter_context(location.writer_lock(loc))
-                todo, action, spec = prepare_store(loc, spec, overwrite)
-                status = ("ok", todo, action, spec)
+                todo, action, spec, kept = prepare_store(loc, spec, overwrite)
+                status = ("ok", todo, action, spec, kept)
             except UserError as err:
                 status = ("user", err.args[0])  # the message with its parameters, for the caller to render
             except Exception as err:  # noqa: BLE001 - other ranks must not wait forever
@@ -214,12 +216,12 @@ def record(
             if status[0] == "user":
                 raise (StoreError if dist.rank == 0 else RankError)(status[1])
             raise RuntimeError(f"rank 0 could not prepare the store: {status[1]}")
-        _, todo, action, spec = status
+        _, todo, action, spec, kept = status
         start = time.perf_counter()
         written = _record_blocks(
             base, recipe, spec, loc, todo[dist.rank :: dist.world], batch_size or recipe.generate.batch_size,
-            clear=action == "resume", on_start=(lambda k: on_start(k, dist)) if on_start else None,
-            on_progress=on_progress,
+            clear=action in ("resume", "grow"), on_start=(lambda k: on_start(k, dist)) if on_start else None,
+            on_progress=on_progress, kept=kept,
         )
         total = sum(dist.gather(written))
         seconds = max(dist.gather(time.perf_counter() - start))
@@ -239,14 +241,15 @@ def record(
 
 
 def _record_blocks(base, recipe: Recipe, spec: StoreSpec, loc, blocks: list[int], batch_size: int,
-                   clear: bool = False, on_start=None, on_progress=None) -> int:
+                   clear: bool = False, on_start=None, on_progress=None, kept: dict[int, int] | None = None) -> int:
     config = dataclasses.replace(recipe.sampler, steps=spec.steps)
-    indices = [i for b in blocks for i in spec.block_range(b)]
+    kept = {b: k for b, k in (kept or {}).items() if b in blocks}  # blocks whose first k trajectories stay
+    indices = [i for b in blocks for i in spec.block_range(b)[kept.get(b, 0) :]]
     if on_start:
         on_start(len(indices))
     if not indices:
         return 0
-    with BlockWriter(loc, spec, blocks, clear=clear) as out:  # the crash-safe write order lives there
+    with BlockWriter(loc, spec, blocks, clear=clear, kept=kept) as out:  # the crash-safe write order lives there
         for lo in range(0, len(indices), batch_size):
             batch = indices[lo : lo + batch_size]
             conditions = conditions_for(recipe, spec.seed, batch)

@@ -13,6 +13,7 @@ The output projection starts at zero, so an untrained shortcut is the identity (
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from migmcut.base import released
-from migmcut.files import atomic_write
+from migmcut.files import atomic_write_all
 
 
 @dataclass
@@ -267,13 +268,35 @@ class Shortcut(nn.Module):
 
     # -- weights -------------------------------------------------------------------------
     def save(self, directory: Path, extra: dict | None = None) -> None:
-        from safetensors.torch import save_file
+        save_shortcut(self, directory, extra)
 
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write(directory / "shortcut.safetensors", lambda p: save_file(tensors, p))
-        meta = {"shortcut": asdict(self.config), **(extra or {})}
-        atomic_write(directory / "config.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+
+def save_shortcut(net: nn.Module, directory: Path, extra: dict | None = None) -> None:
+    """`shortcut.safetensors` + `config.json` (the architecture, `config_of`; `extra`; and the tensors'
+    checksum, `CHECKSUM_KEY`, that `load_shortcut` verifies): every shortcut checkpoint, migmcut's own
+    or a released network's, is written here."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    meta = {"shortcut": config_of(net), **(extra or {}), CHECKSUM_KEY: tensors_checksum(tensors)}
+    payload = save(tensors)  # bytes, written by Python: a full disk is an OSError (ENOSPC), as everywhere
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_all({directory / "shortcut.safetensors": lambda p: p.write_bytes(payload),
+                      directory / "config.json": lambda p: p.write_text(json.dumps(meta, indent=2) + "\n")})
+
+
+CHECKSUM_KEY = "tensors_sha256"
+
+
+def tensors_checksum(tensors: dict) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order: what `config.json`
+    records (as `tensors_sha256`) and loading checks, whatever file layout holds the tensors."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{str(t.dtype).removeprefix('torch.')}\0{tuple(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def config_of(net: nn.Module) -> dict:
@@ -285,13 +308,22 @@ def config_of(net: nn.Module) -> dict:
 BUILTIN = Path(__file__).resolve().parent / "weights"
 
 
-def resolve_checkpoint(value: str | None) -> Path | None:
-    """A recipe's `shortcut.checkpoint`: None, `builtin:NAME` (shipped with migmcut) or a path."""
+def resolve_checkpoint(value: str | None, param: str | None = None) -> Path | None:
+    """A recipe's `shortcut.checkpoint` (or the value of parameter `param`): None, `builtin:NAME`
+    (shipped with migmcut) or a path. A built-in that is not shipped (a typo) is a CheckpointError."""
     if not value:
         return None
     if value.startswith("builtin:"):
         path = BUILTIN / value.split(":", 1)[1] / "shortcut"
-        return path if (path / "shortcut.safetensors").is_file() else None
+        if not (path / "shortcut.safetensors").is_file():
+            from migmcut.errors import CheckpointError, arg
+
+            shipped = sorted(p.parent.parent.name for p in BUILTIN.glob("*/shortcut/shortcut.safetensors"))
+            what = arg(param, value) if param else f"shortcut.checkpoint {value!r}"
+            raise CheckpointError(f"{what}: migmcut ships no such shortcut (built-in: "
+                                  f"{', '.join(f'builtin:{s}' for s in shipped) or 'none'}); give one of those "
+                                  "or a checkpoint directory")
+        return path
     return Path(value).expanduser()
 
 
@@ -334,6 +366,9 @@ def load_shortcut(directory: str | Path, base=None) -> tuple[nn.Module, dict]:
         tensors = load_file(weights)
     except (ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
         raise CheckpointError(f"{directory}: unreadable shortcut checkpoint ({type(err).__name__}: {err})") from None
+    if CHECKSUM_KEY in meta and tensors_checksum(tensors) != meta[CHECKSUM_KEY]:  # checkpoints before it: none
+        raise CheckpointError(f"{weights}: its tensors do not match the checksum in config.json (a damaged or "
+                              "incomplete copy): copy the checkpoint again, or train it again")
     load_weights(model, tensors, f"{directory}: config.json does not match shortcut.safetensors")
     if base is not None:
         want = meta.get("base_fingerprint")

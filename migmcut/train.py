@@ -31,9 +31,12 @@ import copy
 import dataclasses
 import json
 import math
+import os
+import signal
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,9 +45,11 @@ import torch.nn.functional as F
 
 import migmcut
 from migmcut import distributed
-from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, CheckpointError, StoreError, UserError, arg, check_range
+from migmcut.errors import (
+    BATCH_MAX, COUNT_MAX, SEED_MAX, CheckpointError, Interrupted, StoreError, UserError, arg, check_range,
+)
 from migmcut.files import atomic_write, dir_lock, is_disk_full, writable_dir
-from migmcut.shortcut import Shortcut, ShortcutConfig, ShortcutInputs, SequenceInputs, config_of, load_weights
+from migmcut.shortcut import Shortcut, ShortcutConfig, ShortcutInputs, SequenceInputs, load_weights, save_shortcut
 
 
 @dataclass
@@ -163,8 +168,8 @@ def evaluate(model, base, loader, inputs: ShortcutInputs | SequenceInputs, max_p
 
 
 def save_checkpoint(out: Path, model: Shortcut, ema: Shortcut, opt, step: int, meta: dict) -> None:
-    from safetensors.torch import save_file
-
+    """The trainer state (`trainer.pt`, for resuming), then the EMA weights as a shortcut checkpoint
+    (`Shortcut.save`, the one checkpoint writer)."""
     out.mkdir(parents=True, exist_ok=True)
     state = {
         "model": model.state_dict(),
@@ -174,16 +179,19 @@ def save_checkpoint(out: Path, model: Shortcut, ema: Shortcut, opt, step: int, m
         "torch_rng": torch.get_rng_state(),
     }
     atomic_write(out / "trainer.pt", lambda p: torch.save(state, p))
-    tensors = {k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
-    atomic_write(out / "shortcut.safetensors", lambda p: save_file(tensors, p))
-    config = {"shortcut": config_of(ema), **meta, "step": step}
-    atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
+    save_shortcut(ema, out, {**meta, "step": step})
 
 
-def load_trainer_state(out: Path) -> dict:
+def trainer_state_path(out: Path) -> Path:
+    """`out`'s trainer state (what `resume` continues), or a CheckpointError when there is none."""
     path = out / "trainer.pt"
     if not path.is_file():
         raise CheckpointError(f"{arg('resume', True)}: {out} holds no trainer state (trainer.pt); start without {arg('resume')}")
+    return path
+
+
+def load_trainer_state(out: Path) -> dict:
+    path = trainer_state_path(out)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user-facing problem
@@ -199,10 +207,15 @@ class TrainResult:
     pairs_per_s: float = 0.0
     seconds: float = 0.0
     sampler_warning: str | None = None  # the store was recorded by another sampler than the recipe's
+    trajectories: int | None = None  # complete trajectories of the store used (train + validation)
+    store_trajectories: int | None = None  # trajectories the store holds (more when allow_incomplete let it be)
 
     def to_json(self) -> dict:
+        used = ({"trajectories": self.trajectories, "store_trajectories": self.store_trajectories}
+                if self.trajectories is not None else {})
         return {"steps": self.steps, "start_step": self.start_step, **self.validation, "pairs_per_s": self.pairs_per_s,
-                "seconds": self.seconds, **({"sampler_warning": self.sampler_warning} if self.sampler_warning else {})}
+                "seconds": self.seconds, **used,
+                **({"sampler_warning": self.sampler_warning} if self.sampler_warning else {})}
 
 
 def train(
@@ -222,6 +235,7 @@ def train(
     overwrite: bool = False,
     init: str | Path | None = None,
     online: bool | None = None,
+    allow_incomplete: bool = False,
     base=None,
     log=None,
 ) -> TrainResult:
@@ -233,8 +247,12 @@ def train(
     (hidden files aside: write probes, temporary files) is refused unless `resume` or `overwrite`;
     one process (rank 0) at a time holds `out`'s lock. `init`: a shortcut checkpoint to start from
     (`builtin:NAME` or a directory); `online`: train on the shortcut's own rollouts (the store,
-    optional then, is used for validation only). A full disk is a `CheckpointError`: the last
-    checkpoint written is intact. `log(step, stats)` is called after every step (rank 0).
+    optional then, is used for validation only). A store with incomplete trajectories (still being
+    recorded, or interrupted) is refused unless `allow_incomplete`; the result counts the trajectories
+    used. Nothing is created before the input is validated. A full disk is a `CheckpointError`: the
+    last checkpoint written is intact. SIGINT / SIGTERM stop after the step in flight, save a resumable
+    checkpoint there and raise `Interrupted` (a KeyboardInterrupt). `log(step, stats)` is called after
+    every step (rank 0).
     """
     from migmcut.devices import placement
     from migmcut.recipe import as_recipe
@@ -242,7 +260,7 @@ def train(
     for name, value, low, high in (("max_steps", max_steps, 1, COUNT_MAX), ("batch_size", batch_size, 1, BATCH_MAX),
                                    ("workers", workers, 0, 256), ("seed", seed, 0, SEED_MAX)):
         check_range(name, value, low, high)
-    check_range("lr", lr, 0, 10, low_open=True)
+    check_range("lr", lr, 0, 10, low_open=True, integer=False)
     recipe = as_recipe(recipe)
     overrides = dict(max_steps=max_steps, batch_size=batch_size, lr=lr, num_workers=workers, seed=seed, online=online)
     cfg = dataclasses.replace(cfg or recipe.train, **{k: v for k, v in overrides.items() if v is not None})
@@ -252,7 +270,7 @@ def train(
     if init is not None:
         from migmcut.shortcut import resolve_checkpoint
 
-        init = resolve_checkpoint(str(init))
+        init = resolve_checkpoint(str(init), "init")
         if init is None or not (init.is_file() or (init / "shortcut.safetensors").is_file()):
             raise CheckpointError(f"{arg('init', init)} is not a shortcut checkpoint (no shortcut.safetensors, "
                                   "nor a released .pth file)")
@@ -260,17 +278,13 @@ def train(
         raise UserError(f"train.online_budgets must be below the sampler's {recipe.sampler.steps} steps "
                         f"(a rollout needs shortcut steps), got {cfg.online_budgets}")
     device, dtype = placement(device, dtype, base)
-    out = writable_dir(out) if not resume else Path(out).expanduser()
-    if not resume and not overwrite and out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
-        raise CheckpointError(f"{arg('out', out)} is not empty (an earlier checkpoint?): pass {arg('resume', True)} to "
-                              f"continue it, {arg('overwrite', True)} to replace it, or choose another {arg('out')}")
-    busy = f"{arg('out', out)} is being trained into by another migmcut process; wait for it or choose another {arg('out')}"
-    main = distributed.env_rank() == 0
-    # callers (bench, notebooks) may have switched autograd off
-    with torch.enable_grad(), dir_lock(out, busy, error=CheckpointError) if main else nullcontext():
+    out = Path(out).expanduser()
+    _check_out(out, resume, overwrite)  # creates nothing: `_hold_out` does, once the input is validated
+    hold = (lambda: _hold_out(out, resume, overwrite)) if distributed.env_rank() == 0 else nullcontext
+    with torch.enable_grad():  # callers (bench, notebooks) may have switched autograd off
         try:
             return _train(recipe, store, out, cfg, device=device, dtype=dtype, resume=resume, init=init, base=base,
-                          log=log)
+                          log=log, allow_incomplete=allow_incomplete, hold=hold)
         except OSError as err:
             if not is_disk_full(err):
                 raise
@@ -279,21 +293,60 @@ def train(
                                   f"intact: free some space and run the same command {again}") from None
 
 
-def _train(recipe, store_url, out, cfg, *, device, dtype, resume, init, base, log) -> TrainResult:
+def _not_empty(out: Path) -> CheckpointError:
+    return CheckpointError(f"{arg('out', out)} is not empty (an earlier checkpoint?): pass {arg('resume', True)} to "
+                           f"continue it, {arg('overwrite', True)} to replace it, or choose another {arg('out')}")
+
+
+def _has_checkpoint(out: Path) -> bool:
+    """`out` holds files (hidden ones aside: write probes, temporary files)."""
+    return out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir())
+
+
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """What can be known about checkpoint directory `out` without touching it."""
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{arg('out', out)}: exists and is not a directory; choose another {arg('out')}")
+    if resume:
+        trainer_state_path(out)
+    elif not overwrite and _has_checkpoint(out):
+        raise _not_empty(out)
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{arg('out', out)}: cannot write there ({parent} is not a writable directory); "
+                              "choose another location")
+
+
+@contextmanager
+def _hold_out(out: Path, resume: bool, overwrite: bool):
+    """Rank 0 holds `out` (created if missing, removed again if it stays empty) while training writes it."""
+    busy = f"{arg('out', out)} is being trained into by another migmcut process; wait for it or choose another {arg('out')}"
+    with dir_lock(out, busy, error=CheckpointError):
+        writable_dir(out)
+        if not resume and not overwrite and _has_checkpoint(out):  # written since `_check_out` looked
+            raise _not_empty(out)
+        yield
+
+
+def _train(recipe, store_url, out, cfg, *, device, dtype, resume, init, base, log, allow_incomplete,
+           hold) -> TrainResult:
     dist = distributed.init()
     try:
         return _train_ranks(dist, recipe, store_url, out, cfg, device=dist.device(device), dtype=dtype, resume=resume,
-                            init=init, base=base, log=log)
+                            init=init, base=base, log=log, allow_incomplete=allow_incomplete, hold=hold)
     finally:
         dist.close()
 
 
-def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, init, base, log) -> TrainResult:
+def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, init, base, log, allow_incomplete,
+                 hold) -> TrainResult:
     from migmcut.base import load_base
     from migmcut.sampler import behaviour_difference
 
     base = base if base is not None else load_base(recipe.base, device, dtype)
-    store = _open_store(store_url, base, recipe.name) if store_url is not None else None
+    store = _open_store(store_url, base, recipe.name, allow_incomplete) if store_url is not None else None
     differs = None if store is None else behaviour_difference(
         store.spec.sampler, dataclasses.replace(recipe.sampler, steps=store.steps))
     warning = f"{store_url} was recorded by another sampler than recipe {recipe.name}'s: {differs}" if differs else None
@@ -344,7 +397,8 @@ def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, in
         if len(val_idx) == 0 or (len(train_idx) == 0 and not cfg.online):
             raise StoreError(f"{store_url}: too few trajectories for a train/val split at val_fraction {cfg.val_fraction}")
         val_data = PairDataset(store, val_idx, seed=cfg.seed, shuffle=True, buffer=cfg.buffer, rank=0, world=1)
-        meta.update(train_trajectories=int(len(train_idx)), val_trajectories=int(len(val_idx)))
+        meta.update(train_trajectories=int(len(train_idx)), val_trajectories=int(len(val_idx)),
+                    store_trajectories=int(store.num))
     if warning:
         meta["sampler_warning"] = warning
     online = None
@@ -361,56 +415,108 @@ def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, in
                            world=world, window=cfg.unroll)
         batches = store_batches(pair_loader(data, cfg.batch_size, cfg.num_workers), inputs, device)
     t0, pairs_seen, start_step = time.perf_counter(), 0, step
-    while step < cfg.max_steps:
-        xs, targets, masks = next(batches)
-        loss = 0.0
-        for x, target, mask, pred in zip(xs, targets, masks, ddp(xs)):
-            pred = inputs.image(pred)
-            loss = loss + balanced_mse(pred, target, inputs.image(x["h"]), mask, cfg.step_balance) / len(xs)
-            if cfg.kl_weight > 0:
-                kl, _ = head_kl(base, pred, target, mask, cfg.kl_temperature)
-                loss = loss + cfg.kl_weight * kl / len(xs)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            d = min(cfg.ema, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - d)
-            if online is not None:
-                online.observe(pred, target, x["h"], mask)
-        step += 1
-        pairs_seen += len(xs[0]["h"]) * len(xs) * world
-        if log is not None and rank == 0:
-            log(step, {"loss": loss.item(), "pairs_per_s": pairs_seen / (time.perf_counter() - t0),
-                       "max_steps": cfg.max_steps})
-        last = step == cfg.max_steps
-        if rank == 0 and (step % cfg.val_every == 0 or last):
-            summary = online.figures() if online is not None else {}
-            if val_data is not None:
-                summary.update(evaluate(ema, base, pair_loader(val_data, cfg.batch_size, 0), inputs, cfg.val_pairs,
-                                        cfg.kl_temperature))
-        if rank == 0 and (step % cfg.checkpoint_every == 0 or last):
-            meta["summary"] = {**summary, "steps": step}
-            save_checkpoint(out, model, ema, opt, step, meta)
-            if online is not None:
-                online.save_schedules(out)
+
+    def checkpoint() -> None:
+        meta["summary"] = {**summary, "steps": step}
+        save_checkpoint(out, model, ema, opt, step, meta)
+        if online is not None:
+            online.save_schedules(out)
+
+    with hold(), StopSignals() as stop:
+        while step < cfg.max_steps:
+            try:
+                xs, targets, masks = next(batches)
+            except Exception:
+                if stop.signum is None:
+                    raise
+                break  # a DataLoader worker stopped by the same signal: save the steps done
+            loss = 0.0
+            for x, target, mask, pred in zip(xs, targets, masks, ddp(xs)):
+                pred = inputs.image(pred)
+                loss = loss + balanced_mse(pred, target, inputs.image(x["h"]), mask, cfg.step_balance) / len(xs)
+                if cfg.kl_weight > 0:
+                    kl, _ = head_kl(base, pred, target, mask, cfg.kl_temperature)
+                    loss = loss + cfg.kl_weight * kl / len(xs)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                d = min(cfg.ema, (1 + step) / (10 + step))
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1 - d)
+                if online is not None:
+                    online.observe(pred, target, x["h"], mask)
+            step += 1
+            pairs_seen += len(xs[0]["h"]) * len(xs) * world
+            if log is not None and rank == 0:
+                log(step, {"loss": loss.item(), "pairs_per_s": pairs_seen / (time.perf_counter() - t0),
+                           "max_steps": cfg.max_steps})
+            last = step == cfg.max_steps
+            if rank == 0 and (step % cfg.val_every == 0 or last):
+                summary = online.figures() if online is not None else {}
+                if val_data is not None:
+                    summary.update(evaluate(ema, base, pair_loader(val_data, cfg.batch_size, 0), inputs,
+                                            cfg.val_pairs, cfg.kl_temperature))
+            if rank == 0 and (step % cfg.checkpoint_every == 0 or last):
+                checkpoint()
+            if dist.any(stop.signum is not None) and not last:  # every rank stops at the same step
+                break
+        if step < cfg.max_steps:  # stopped by a signal
+            if rank == 0 and (step % cfg.checkpoint_every or step == start_step):
+                checkpoint()
+            dist.barrier()
+            raise Interrupted(f"interrupted by {signal.Signals(stop.signum or signal.SIGINT).name} at step {step} of "
+                              f"{cfg.max_steps}: a resumable checkpoint is saved in {out}; run the same command with "
+                              f"{arg('resume', True)} to continue", stop.signum or signal.SIGINT)
     dist.barrier()
     seconds = time.perf_counter() - t0
     return TrainResult(str(out), step, start_step, {k: round(v, 6) for k, v in summary.items()},
-                       round(pairs_seen / seconds, 1) if step > start_step else 0.0, round(seconds, 3), warning)
+                       round(pairs_seen / seconds, 1) if step > start_step else 0.0, round(seconds, 3), warning,
+                       meta.get("train_trajectories", 0) + meta.get("val_trajectories", 0) if store is not None else None,
+                       store.num if store is not None else None)
 
 
-def _open_store(store_url, base, recipe_name: str):
+class StopSignals:
+    """While the block runs (main thread only), SIGINT and SIGTERM set `signum` instead of stopping the
+    process, so a job can finish its step and keep its work; a second signal stops it at once
+    (KeyboardInterrupt). The previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.previous[sig] = signal.signal(sig, self._received)
+        return self
+
+    def _received(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _open_store(store_url, base, recipe_name: str, allow_incomplete: bool = False):
     from migmcut.store.reader import TrajectoryStore
 
     store = TrajectoryStore(store_url)
     complete = store.complete_indices()
     if len(complete) == 0:
         raise StoreError(f"{store_url} has no complete trajectories: run migmcut record first")
+    if len(complete) < store.num and not allow_incomplete:
+        raise StoreError(f"{store_url}: only {len(complete)} of its {store.num} trajectories are complete (still being "
+                         "recorded, or interrupted): finish it with the same `migmcut record` command, or pass "
+                         f"{arg('allow_incomplete', True)} to train on the {len(complete)}")
     if len(complete) < 2:
         raise StoreError(f"{store_url} has {len(complete)} complete trajectory; training needs at least 2 (train + val)")
     fingerprint = store.attrs.get("fingerprint")

@@ -8,7 +8,7 @@ import numpy as np
 
 from migmcut.store import location
 from migmcut.store.codecs import CODECS, get_codec, is_fill
-from migmcut.store.schema import open_group, quiet, read_spec
+from migmcut.store.schema import open_arrays, open_group, quiet, read_spec
 from migmcut.store.writer import read_complete
 
 
@@ -16,15 +16,15 @@ def info(url) -> dict:
     """Summary of a store: sizes, settings, how many trajectories are complete."""
     loc = location.resolve(url)
     group, spec = read_spec(loc)
-    complete, bad_blocks = read_complete(group, spec)
+    members = open_arrays(group, spec, loc)
+    complete, bad_blocks = read_complete(members, spec)
     arrays = []
-    members = set(group.array_keys())
     for a in spec.arrays():
         if a.name not in members:
             arrays.append(dict(a.describe(), bytes_stored=None, missing=True))
             continue
         with quiet():
-            stored = int(group[a.name].nbytes_stored())
+            stored = int(members[a.name].nbytes_stored())
         arrays.append(dict(a.describe(), bytes_stored=stored))
     n_complete = int(complete.sum())
     feature_bytes = sum(a["bytes_stored"] or 0 for a in arrays if a["name"] in ("features", "feature_scale", "feature_step"))
@@ -72,18 +72,20 @@ def verify(url, *, repair: bool = False, on_progress: Callable[[int], None] | No
     group, spec = read_spec(loc)
     problems: list[str] = []
     damaged: set[int] = set()
-    members = set(group.array_keys())
+    unreadable: list[str] = []
+    members = open_arrays(group, spec, loc, unreadable)
     for a in spec.arrays():
         if a.name not in members:
-            problems.append(f"array {a.name} is missing")
+            problems.append(next((p for p in unreadable if p.startswith(f"metadata file {a.name}/")),
+                                 f"array {a.name} is missing"))
             continue
-        arr = group[a.name]
+        arr = members[a.name]
         if tuple(arr.shape) != tuple(a.shape) or (a.dtype != "string" and np.dtype(arr.dtype) != np.dtype(a.dtype)):
             problems.append(f"array {a.name} is {arr.dtype}{tuple(arr.shape)}, the attrs say {a.dtype}{tuple(a.shape)}")
     if problems:
         return {"store": str(loc), "checked": 0, "complete": 0, "damaged": [], "problems": problems}
 
-    complete, bad_blocks = read_complete(group, spec)
+    complete, bad_blocks = read_complete(members, spec)
     for b in bad_blocks:
         r = spec.block_range(b)
         problems.append(f"complete flags of trajectories {r.start}-{r.stop - 1} are unreadable")
@@ -98,17 +100,17 @@ def verify(url, *, repair: bool = False, on_progress: Callable[[int], None] | No
             continue
         try:
             with quiet():
-                tokens = group["tokens"][r.start : r.stop]
-                order = group["order"][r.start : r.stop]
-                seeds = group["seeds"][r.start : r.stop]
-                conds = group[spec.condition][r.start : r.stop]
+                tokens = members["tokens"][r.start : r.stop]
+                order = members["order"][r.start : r.stop]
+                seeds = members["seeds"][r.start : r.stop]
+                conds = members[spec.condition][r.start : r.stop]
         except Exception as err:  # noqa: BLE001 - any failure is damage
             problems.append(f"trajectories {r.start}-{r.stop - 1}: per-trajectory arrays unreadable ({_short(err)})")
             damaged.update(idx)
             continue
         for i in idx:
             k = i - r.start
-            why = _check_trajectory(group, spec, codec, i, tokens[k], order[k], int(seeds[k]), conds[k],
+            why = _check_trajectory(members, spec, codec, i, tokens[k], order[k], int(seeds[k]), conds[k],
                                     expected_counts, trajectory_seed)
             if why:
                 problems.append(f"trajectory {i}: {why}")
@@ -117,20 +119,20 @@ def verify(url, *, repair: bool = False, on_progress: Callable[[int], None] | No
             if on_progress:
                 on_progress(1)
     if repair and damaged:
+        flags = open_arrays(open_group(loc, "r+"), spec, loc)["complete"]
         with quiet():
-            g = open_group(loc, "r+")
             for b in sorted({i // spec.block_size for i in damaged}):
                 r = spec.block_range(b)
-                g["complete"][r.start : r.stop] = np.zeros(len(r), dtype=bool)
+                flags[r.start : r.stop] = np.zeros(len(r), dtype=bool)
     return {"store": str(loc), "checked": checked, "complete": int(complete.sum()), "damaged": sorted(damaged),
             "problems": problems, "repaired": bool(repair and damaged)}
 
 
-def _check_trajectory(group, spec, codec, i, tokens, order, seed, cond, expected_counts, trajectory_seed) -> str | None:
+def _check_trajectory(arrays, spec, codec, i, tokens, order, seed, cond, expected_counts, trajectory_seed) -> str | None:
     try:
         with quiet():
-            values = group["features"][i]
-            scale = group[codec.scale][i] if codec.has_scale else None
+            values = arrays["features"][i]
+            scale = arrays[codec.scale][i] if codec.has_scale else None
     except Exception as err:  # noqa: BLE001
         return f"features unreadable ({_short(err)})"
     if values.shape != (spec.branches, spec.steps, spec.num_tokens, spec.feature_dim):

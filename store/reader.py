@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from migmcut.errors import StoreError, UserError
 from migmcut.store import location
 from migmcut.store.codecs import decode, delta_levels, from_levels, get_codec, is_fill
-from migmcut.store.schema import quiet, read_spec
+from migmcut.store.schema import open_arrays, quiet, read_spec
 from migmcut.store.writer import read_complete
 
 _SPLIT_STREAM = 0x73706C6974
@@ -76,6 +76,7 @@ class TrajectoryStore:
         self.url = str(url)
         self.location = location.resolve(url)
         self.group, self.spec = read_spec(self.location)
+        self._handles = open_arrays(self.group, self.spec, self.location)  # unreadable metadata: a StoreError now
         self._complete = None
 
     # -- metadata ------------------------------------------------------------------------------
@@ -101,7 +102,7 @@ class TrajectoryStore:
     def complete(self, refresh: bool = False) -> np.ndarray:
         """(n,) bool: trajectories durably written (unreadable flags count as incomplete)."""
         if self._complete is None or refresh:
-            self._complete, _ = read_complete(self.group, self.spec)
+            self._complete, _ = read_complete(self._handles, self.spec)
         return self._complete
 
     def complete_indices(self) -> np.ndarray:
@@ -152,9 +153,6 @@ class TrajectoryStore:
 
     def _arrays(self) -> dict:
         """Array handles, opened once (each `group[name]` would read the array's metadata again)."""
-        if getattr(self, "_handles", None) is None:
-            with quiet():
-                self._handles = {name: self.group[name] for name in self.group.array_keys()}
         return self._handles
 
     def read(self, i: int) -> dict:
@@ -368,11 +366,20 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def pair_loader(dataset: PairDataset, batch_size: int, num_workers: int = 0, **kwargs) -> DataLoader:
-    """A DataLoader over pairs with `collate_pairs` and, with workers, the `spawn` context."""
+    """A DataLoader over pairs with `collate_pairs` and, with workers, the `spawn` context; workers
+    leave SIGINT / SIGTERM to the main process (which stops them when it is done with them)."""
     if num_workers > 0:
         kwargs.setdefault("multiprocessing_context", "spawn")
         kwargs.setdefault("persistent_workers", dataset.epochs is None)
+        kwargs.setdefault("worker_init_fn", _ignore_stop_signals)
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_pairs, **kwargs)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 __all__ = ["TrajectoryStore", "RawTrajectory", "PairDataset", "collate_pairs", "pair_loader"]

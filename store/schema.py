@@ -290,6 +290,40 @@ def open_group(loc: Location, mode: str = "r"):
         return zarr.open_group(zarr_store(loc, read_only=mode == "r"), mode=mode)
 
 
+def open_arrays(group, spec: StoreSpec, loc: Location, problems: list[str] | None = None) -> dict:
+    """The store's arrays that `spec` defines and that exist: {name: zarr array}, their metadata read
+    once. The one place array metadata is read: an unreadable `NAME/zarr.json` (damaged, truncated,
+    not an array's) is a StoreError naming it (or, given `problems`, a line added there and the array
+    left out). An array without its zarr.json is missing (not in the dict), as zarr sees it."""
+    from zarr import Array
+    from zarr.core.sync import sync
+
+    arrays = {}
+    for a in spec.arrays():
+        key = f"{a.name}/zarr.json"
+        try:
+            if not sync(group.store.exists(key)):
+                continue
+            with quiet():
+                array = group[a.name]
+            if not isinstance(array, Array):
+                raise ValueError("not an array's metadata")
+        except Exception as err:  # noqa: BLE001 - whatever zarr makes of damaged metadata
+            text = f"metadata file {key} is unreadable ({type(err).__name__}: {_first_line(err)})"
+            if problems is None:
+                raise StoreError(f"{loc}: {text}; the store is damaged: record it again with `migmcut record "
+                                 "--overwrite` (or restore the file)") from None
+            problems.append(text)
+            continue
+        arrays[a.name] = array
+    return arrays
+
+
+def _first_line(err: Exception, limit: int = 120) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text[:limit]
+
+
 def read_spec(loc: Location, group=None) -> tuple[object, StoreSpec]:
     """Open an existing store: (group, spec). StoreError when it is missing or not a migmcut store."""
     from zarr.errors import GroupNotFoundError

@@ -13,6 +13,7 @@ nothing written after a failure).
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -22,11 +23,13 @@ from migmcut.errors import StoreError, arg
 from migmcut.store import location
 from migmcut.store.codecs import get_codec
 from migmcut.store.location import Location
-from migmcut.store.schema import ATTR, FORMAT, StoreSpec, open_group, quiet, read_spec
+from migmcut.store.schema import ATTR, FORMAT, StoreSpec, open_arrays, open_group, quiet, read_spec
 
 
 def check_target(loc: Location, spec: StoreSpec, overwrite: bool = False) -> str:
-    """What recording `spec` into `loc` would do, touching nothing: 'create', 'overwrite' or 'resume'.
+    """What recording `spec` into `loc` would do, touching nothing: 'create', 'overwrite', 'resume'
+    or 'grow' (a store recorded with the same settings but fewer trajectories: `spec.num` - its
+    trajectories are appended, the same as recording `spec.num` at once).
 
     Raises StoreError for a location that is not a migmcut store (even with `overwrite`: we never
     delete what we did not write), or one recorded with other settings (unless `overwrite`).
@@ -39,6 +42,8 @@ def check_target(loc: Location, spec: StoreSpec, overwrite: bool = False) -> str
     if overwrite:
         return "overwrite"
     diffs = spec.differences(existing)
+    if diffs and spec.num > existing.num and not spec.differences(dataclasses.replace(existing, num=spec.num)):
+        return "grow"
     if diffs:
         raise StoreError(
             f"{loc} holds a store recorded with different settings: {'; '.join(diffs)}. "
@@ -47,26 +52,68 @@ def check_target(loc: Location, spec: StoreSpec, overwrite: bool = False) -> str
     return "resume"
 
 
-def prepare_store(loc: Location, spec: StoreSpec, overwrite: bool = False) -> tuple[list[int], str, StoreSpec]:
-    """Create, replace or reopen the store for recording: (blocks still to record, action, spec).
+def prepare_store(loc: Location, spec: StoreSpec, overwrite: bool = False
+                  ) -> tuple[list[int], str, StoreSpec, dict[int, int]]:
+    """Create, replace, reopen or grow the store for recording: (blocks still to record, action, spec, kept).
 
     On resume the returned spec is the store's own (its block size and chunking win over the
-    ones asked for; everything that changes the data has been checked equal).
+    ones asked for; everything that changes the data has been checked equal). `kept`: {block: k}
+    for blocks to finish whose first k trajectories are complete and stay (the last block of a
+    store that grew): only the rest of such a block is recorded.
     """
     action = check_target(loc, spec, overwrite)
-    if action != "resume":
+    if action not in ("resume", "grow"):
         create_store(loc, spec)  # clears an old store first
-        return list(range(spec.num_blocks)), action, spec
+        return list(range(spec.num_blocks)), action, spec, {}
     group, existing = read_spec(loc)
     location.remove_partials(loc)
     group = open_group(loc, "r+")
-    _ensure_arrays(group, existing)
-    complete, _ = read_complete(group, existing)
-    return incomplete_blocks(complete, existing), action, existing
+    if action == "grow":
+        existing = _grow(group, existing, spec.num, loc)
+    _ensure_arrays(group, existing, loc)
+    arrays = open_arrays(group, existing, loc)
+    complete, _ = read_complete(arrays, existing)
+    todo = incomplete_blocks(complete, existing)
+    return todo, action, existing, _kept(arrays, existing, complete, todo)
+
+
+def _grow(group, spec: StoreSpec, num: int, loc: Location) -> StoreSpec:
+    """Resize every array to `num` trajectories, then say so in the attrs (a reader never sees attrs
+    beyond the arrays; a grow killed between the two is finished by the same command)."""
+    grown = dataclasses.replace(spec, num=num)
+    with quiet():
+        for name, array in open_arrays(group, spec, loc).items():
+            if array.shape[0] < num:
+                array.resize((num, *array.shape[1:]))
+        group.attrs[ATTR] = grown.attrs()
+    return grown
+
+
+def _kept(arrays: dict, spec: StoreSpec, complete: np.ndarray, todo: list[int]) -> dict[int, int]:
+    """{block: k} for the blocks to record whose first k trajectories are complete (a block's flags are
+    written at once, so only a grown store's last block has some) and readable."""
+    kept = {}
+    for b in todo:
+        r = spec.block_range(b)
+        k = int(np.argmin(complete[r.start : r.stop]))  # the first incomplete one
+        if k and _read_small(arrays, spec, r.start, r.start + k) is not None:
+            kept[b] = k
+    return kept
+
+
+def _read_small(arrays: dict, spec: StoreSpec, lo: int, hi: int) -> dict | None:
+    """Trajectories lo..hi-1's tokens, order, seeds and conditions, or None if unreadable."""
+    try:
+        with quiet():
+            conditions = arrays[spec.condition][lo:hi]
+            return {"tokens": arrays["tokens"][lo:hi], "order": arrays["order"][lo:hi], "seeds": arrays["seeds"][lo:hi],
+                    "conditions": [str(c) if spec.condition == "prompts" else int(c) for c in conditions]}
+    except Exception:  # noqa: BLE001 - unreadable: the block is recorded whole
+        return None
 
 
 def _existing_spec(loc: Location, overwrite: bool) -> StoreSpec | None:
-    """The spec of the migmcut store at `loc`; None for a damaged one we may overwrite."""
+    """The spec of the migmcut store at `loc` (its arrays' metadata readable); None for a damaged one we may overwrite."""
     try:
         group = open_group(loc, "r")
         attrs = group.attrs.asdict().get(ATTR)
@@ -78,7 +125,9 @@ def _existing_spec(loc: Location, overwrite: bool) -> StoreSpec | None:
             f"(choose another {arg('out')}, or an empty directory)"
         )
     try:
-        return read_spec(loc)[1]
+        group, spec = read_spec(loc)
+        open_arrays(group, spec, loc)
+        return spec
     except StoreError:
         if overwrite:
             return None
@@ -107,16 +156,16 @@ def create_store(loc: Location, spec: StoreSpec):
                                     attributes={ATTR: spec.attrs()})
     except (OSError, PermissionError, NotImplementedError) as err:
         raise StoreError(f"{arg('out', loc)}: cannot write there ({err}); choose another location") from None
-    _ensure_arrays(group, spec)
+    _ensure_arrays(group, spec, loc)
     return group
 
 
-def _ensure_arrays(group, spec: StoreSpec) -> None:
+def _ensure_arrays(group, spec: StoreSpec, loc: Location) -> None:
     """Create the arrays a store lacks (a creator killed half-way); check the others' shapes."""
-    existing = set(group.array_keys())
+    existing = open_arrays(group, spec, loc)
     for a in spec.arrays():
         if a.name in existing:
-            arr = group[a.name]
+            arr = existing[a.name]
             if tuple(arr.shape) != tuple(a.shape):
                 raise StoreError(f"store array {a.name} has shape {arr.shape}, its attrs say {a.shape}: damaged store")
             continue
@@ -128,14 +177,14 @@ def _ensure_arrays(group, spec: StoreSpec) -> None:
             )
 
 
-def read_complete(group, spec: StoreSpec) -> tuple[np.ndarray, list[int]]:
-    """(complete flags (n,) bool, blocks whose `complete` chunk could not be read)."""
-    if "complete" not in group.array_keys():  # a damaged layout (`store verify` names it): nothing is complete
+def read_complete(arrays: dict, spec: StoreSpec) -> tuple[np.ndarray, list[int]]:
+    """(complete flags (n,) bool, blocks whose `complete` chunk could not be read); `arrays`: `open_arrays`'."""
+    if "complete" not in arrays:  # a damaged layout (`store verify` names it): nothing is complete
         return np.zeros(spec.num, dtype=bool), list(range(spec.num_blocks))
-    arr = group["complete"]
+    arr = arrays["complete"]
     try:
         with quiet():
-            return np.asarray(arr[:], dtype=bool), []
+            return np.asarray(arr[: spec.num], dtype=bool), []
     except Exception:  # noqa: BLE001 - a damaged chunk: find which, count its block incomplete
         pass
     flags = np.zeros(spec.num, dtype=bool)
@@ -160,22 +209,26 @@ class StoreWriter:
     def __init__(self, loc: Location, spec: StoreSpec):
         self.loc, self.spec = loc, spec
         group = open_group(loc, "r+")
-        with quiet():
-            self.group = {name: group[name] for name in group.array_keys()}  # array handles, opened once
+        self.group = open_arrays(group, spec, loc)  # array handles, opened once
         self.store = group.store
         self.features = self.group["features"]
         side = get_codec(spec.codec).scale
         self.scale = self.group.get(side) if side else None  # int8 feature_scale / delta feature_step
 
+    def _shard_keys(self, indices) -> list[str]:
+        """The keys of trajectories `indices`' own shards (features, and int8's feature_scale)."""
+        keys = []
+        for name in ("features", "feature_scale"):
+            if name in self.group:
+                arr = self.group[name]
+                keys += [f"{name}/{arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))}" for i in indices]
+        return keys
+
     def _keys(self, block: int) -> list[str]:
         """Every chunk/shard key a block owns, its `complete` chunk first."""
         spec, g = self.spec, self.group
         r = spec.block_range(block)
-        keys = [f"complete/{g['complete'].metadata.encode_chunk_key((block,))}"]
-        for name in ("features", "feature_scale"):
-            if name in g:
-                arr = g[name]
-                keys += [f"{name}/{arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))}" for i in r]
+        keys = [f"complete/{g['complete'].metadata.encode_chunk_key((block,))}", *self._shard_keys(r)]
         for name in ("tokens", "order", spec.condition, "seeds", "feature_step"):
             if name not in g:
                 continue
@@ -183,15 +236,18 @@ class StoreWriter:
             keys.append(f"{name}/{arr.metadata.encode_chunk_key((block,) + (0,) * (arr.ndim - 1))}")
         return keys
 
-    def clear_block(self, block: int) -> None:
+    def clear_block(self, block: int, keep: int = 0) -> None:
         """Delete whatever an interrupted or damaged earlier write of the block left (complete flags first).
 
         A rewrite must not read old shards: zarr merges partial shard writes with what is stored,
-        and a torn or corrupted shard would make that fail.
+        and a torn or corrupted shard would make that fail. With `keep`, the block's first `keep`
+        trajectories stay: only the others' shards go (the block's small arrays and flags are
+        written whole again when it is finished).
         """
         from zarr.core.sync import sync
 
-        for key in self._keys(block):
+        r = self.spec.block_range(block)
+        for key in self._shard_keys(range(r.start + keep, r.stop)) if keep else self._keys(block):
             sync(self.store.delete(key))
 
     def write_features(self, start: int, values: np.ndarray, scale: np.ndarray | None = None) -> None:
@@ -234,7 +290,8 @@ class BlockWriter:
                 out.add(indices, values, scale, tokens, order, seeds, conditions)
 
     `blocks` are the blocks this process owns. With `clear`, whatever an earlier run left of them
-    is deleted first (rewritten from scratch, never merged). `add` hands a sampled batch (any
+    is deleted first (rewritten from scratch, never merged), but for `kept` blocks ({block: k}, see
+    `prepare_store`), whose first k trajectories stay and are not to be added again. `add` hands a sampled batch (any
     indices of those blocks, in any grouping) to one background thread, which writes in
     submission order: the batch's feature shards, then, for every block the batch completes, its
     small arrays, fsync, and only then its `complete` flags. At most `depth` batches wait (bounded
@@ -243,18 +300,32 @@ class BlockWriter:
     the `with`.
     """
 
-    def __init__(self, loc: Location, spec: StoreSpec, blocks: list[int], *, clear: bool = False, depth: int = 2):
+    def __init__(self, loc: Location, spec: StoreSpec, blocks: list[int], *, clear: bool = False, depth: int = 2,
+                 kept: dict[int, int] | None = None):
         self.spec, self.depth = spec, depth
         self.writer = StoreWriter(loc, spec)
+        kept = kept or {}
         if clear:
             for b in blocks:
-                self.writer.clear_block(b)
+                self.writer.clear_block(b, kept.get(b, 0))
         L = spec.num_tokens
         self.pending = {}  # per unfinished block: its small arrays, filled as its trajectories are sampled
         for b in blocks:
-            k = len(spec.block_range(b))
-            self.pending[b] = {"tokens": np.empty((k, L), np.int32), "order": np.empty((k, L), np.int16),
-                               "seeds": np.empty(k, np.uint32), "conditions": [None] * k, "left": k}
+            r = spec.block_range(b)
+            k = len(r)
+            p = {"tokens": np.empty((k, L), np.int32), "order": np.empty((k, L), np.int16),
+                 "seeds": np.empty(k, np.uint32), "conditions": [None] * k, "left": k}
+            if kept.get(b):  # its first trajectories stay: their small arrays are written again with the rest
+                n = kept[b]
+                old = _read_small(self.writer.group, spec, r.start, r.start + n)
+                if old is None:
+                    raise StoreError(f"{loc}: trajectories {r.start}-{r.start + n - 1} became unreadable while "
+                                     "recording: run `migmcut store verify`")
+                for name in ("tokens", "order", "seeds"):
+                    p[name][:n] = old[name]
+                p["conditions"][:n] = old["conditions"]
+                p["left"] -= n
+            self.pending[b] = p
         self.futures: list[Future] = []
         self.failed = False
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="migmcut-store-writer")
