@@ -827,15 +827,13 @@ def open_store(url: str, base, recipe, steps: int):
     from migmcut.store.reader import TrajectoryStore
 
     store = TrajectoryStore(url)
-    if store.fingerprint != base.fingerprint:
-        raise StoreError(f"{arg('store', url)} was recorded with base {store.fingerprint}, but recipe {recipe.name} "
-                         f"has base {base.fingerprint}: use the recipe the store was recorded with")
+    store.check_base(base, recipe.name)
     if store.steps != steps:
         raise StoreError(f"{arg('store', url)} was recorded with {store.steps} steps, not {steps}: "
                          f"pass {arg('steps', store.steps)}")
-    recorded = store.recipe().sampler
-    if dataclasses.replace(recorded, steps=steps) != dataclasses.replace(recipe.sampler, steps=steps):
-        raise StoreError(f"{arg('store', url)} was recorded with other sampler settings ({recorded}): use its recipe")
+    differs = store.sampler_difference(recipe.sampler)
+    if differs:
+        raise StoreError(f"{arg('store', url)} was recorded with other sampler settings ({differs}): use its recipe")
     if len(store.complete_indices()) == 0:
         raise StoreError(f"{arg('store', url)} has no complete trajectories: run migmcut record first")
     return store

@@ -343,12 +343,10 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, init, base, lo
 def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, init, base, log, allow_incomplete,
                  hold) -> TrainResult:
     from migmcut.base import load_base
-    from migmcut.sampler import behaviour_difference
 
     base = base if base is not None else load_base(recipe.base, device, dtype)
     store = _open_store(store_url, base, recipe.name, allow_incomplete) if store_url is not None else None
-    differs = None if store is None else behaviour_difference(
-        store.spec.sampler, dataclasses.replace(recipe.sampler, steps=store.steps))
+    differs = None if store is None else store.sampler_difference(recipe.sampler)
     warning = f"{store_url} was recorded by another sampler than recipe {recipe.name}'s: {differs}" if differs else None
     rank, world = dist.rank, dist.world
     torch.manual_seed(dist.seed(cfg.seed))
@@ -519,10 +517,7 @@ def _open_store(store_url, base, recipe_name: str, allow_incomplete: bool = Fals
                          f"{arg('allow_incomplete', True)} to train on the {len(complete)}")
     if len(complete) < 2:
         raise StoreError(f"{store_url} has {len(complete)} complete trajectory; training needs at least 2 (train + val)")
-    fingerprint = store.attrs.get("fingerprint")
-    if fingerprint != base.fingerprint:
-        raise StoreError(f"{store_url} was recorded with base {fingerprint}, but recipe {recipe_name} has base "
-                         f"{base.fingerprint}: use the recipe the store was recorded with")
+    store.check_base(base, recipe_name)
     return store
 
 

@@ -28,13 +28,15 @@ multiprocessing context (`pair_loader` does): zarr's event-loop thread does not 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from migmcut.errors import StoreError, UserError
+from migmcut.errors import StoreError, UserError, arg
+from migmcut.sampler import behaviour_difference
 from migmcut.store import location
 from migmcut.store.codecs import decode, delta_levels, from_levels, get_codec, is_fill
 from migmcut.store.schema import open_arrays, quiet, read_spec
@@ -92,6 +94,20 @@ class TrajectoryStore:
     codec = property(lambda self: self.spec.codec)
     fingerprint = property(lambda self: self.spec.fingerprint)
     condition_kind = property(lambda self: self.spec.condition)
+
+    # -- whether it fits a recipe: the one rule that train, bench and record judge a store by ----------
+    def check_base(self, base, recipe_name: str) -> None:
+        """StoreError unless the trajectories were recorded with `base` (its fingerprint)."""
+        if self.fingerprint != base.fingerprint:
+            raise StoreError(f"{arg('store', self.url)} was recorded with base {self.fingerprint}, but recipe "
+                             f"{recipe_name} has base {base.fingerprint}: use the recipe the store was recorded with")
+
+    def sampler_difference(self, sampler) -> str | None:
+        """The first setting in which `sampler` (a SamplerConfig, at the store's step count) would make other
+        trajectories than the recorded ones, or None. By behaviour: a setting the store predates reads as its
+        default, one without effect on a trajectory (placement of full steps, a temperature's semantics at
+        1) is left out, exactly as `record` compares a store it resumes or grows (`StoreSpec.differences`)."""
+        return behaviour_difference(self.spec.sampler, dataclasses.replace(sampler, steps=self.steps))
 
     def recipe(self):
         """The recorded recipe as a `Recipe` (sampler.steps = the recorded step count)."""

@@ -436,3 +436,35 @@ def test_a_store_missing_an_array_is_reported_by_verify_and_shown_by_info(store_
 def test_store_info_prints_its_table_on_stdout(store_dir):
     res = runner.invoke(app, ["store", "info", str(store_dir)])
     assert res.exit_code == 0 and res.stderr == "" and "features" in res.stdout, res.output
+
+
+def test_one_rule_judges_a_store_in_record_train_and_bench(tmp_path):
+    """A setting without effect on a trajectory (where full steps go) fits everywhere; a setting that
+    changes them is named alike by record (refused), train (a warning) and bench (refused)."""
+    from typer.testing import CliRunner
+
+    from migmcut.cli.main import app
+    from migmcut.record import record
+    from migmcut.recipe import load_recipe
+    from migmcut.store.reader import TrajectoryStore
+    from migmcut.train import train
+
+    store = tmp_path / "store"
+    record(load_recipe("debug", ["sampler.budget_rounding=half-even"]), str(store), num=4, batch_size=4)
+    plain, other = load_recipe("debug"), load_recipe("debug", ["sampler.cfg=5"])
+    assert TrajectoryStore(str(store)).sampler_difference(plain.sampler) is None
+    assert TrajectoryStore(str(store)).sampler_difference(other.sampler).startswith("sampler.cfg")
+
+    assert record(plain, str(store), num=4, batch_size=4).written == 0  # resumes: nothing left to do
+    assert train(plain, str(store), tmp_path / "a", max_steps=2).sampler_warning is None
+    run = CliRunner().invoke
+    ok = run(app, ["bench", "--recipe", "debug", "--set", "train.val_fraction=0.5", "--store", str(store),
+                   "--methods", "vanilla,cache", "--budgets", "2", "--out", str(tmp_path / "b"), "--json"])
+    assert ok.exit_code == 0, ok.output
+
+    with pytest.raises(StoreError, match="sampler.cfg"):
+        record(other, str(store), num=4, batch_size=4)
+    assert "sampler.cfg" in train(other, str(store), tmp_path / "c", max_steps=2).sampler_warning
+    bad = run(app, ["bench", "--recipe", "debug", "--set", "sampler.cfg=5", "--store", str(store), "--methods",
+                    "vanilla,cache", "--budgets", "2", "--out", str(tmp_path / "d")])
+    assert bad.exit_code == 2 and "other sampler settings (sampler.cfg" in bad.output
