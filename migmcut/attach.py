@@ -39,8 +39,11 @@ import torch
 
 import migmcut
 from migmcut.base.conditions import Conditions
+from migmcut.base.interface import BaseModel
+from migmcut.base.registry import kind_name
 from migmcut.errors import COUNT_MAX, CheckpointError, UserError, arg
 from migmcut.placement import ROUNDINGS, SCHEDULES, shortcut_schedule
+from migmcut.shortcut import ShortcutInputs, load_shortcut
 _MARK = "_migmcut_shortcut_hook"
 
 
@@ -70,8 +73,6 @@ def attach(model, shortcut, *, steps: int, budget: int, base, schedule: str = "a
     saved beside a checkpoint, where there is one), uniform or searched, as in `generate`; `rounding`:
     half-up or half-even (default: the family's, `type(base).budget_rounding`).
     """
-    from migmcut.base.interface import BaseModel
-    from migmcut.base.registry import kind_name
 
     if not isinstance(base, BaseModel):
         raise UserError(f"{arg('base')} must be the migmcut base whose network the loop calls (migmcut.load_base), "
@@ -107,7 +108,6 @@ def attach(model, shortcut, *, steps: int, budget: int, base, schedule: str = "a
 
 def _shortcut(shortcut, base) -> tuple[torch.nn.Module, str | Path | None]:
     """The shortcut network, checked against `base`, and its checkpoint path (None for a module)."""
-    from migmcut.shortcut import load_shortcut
 
     if isinstance(shortcut, (str, Path)):
         try:
@@ -347,7 +347,6 @@ class ShortcutHook:
     def _inputs_for(self, features: torch.Tensor, tokens: torch.Tensor, new: torch.Tensor, cond: Conditions) -> dict:
         """The shortcut's inputs besides h: each row's newly fixed tokens (ascending positions, padded where
         rows fixed different numbers), the fraction still masked, the conditions."""
-        from migmcut.shortcut import ShortcutInputs
 
         base = self.base
         if self._inputs is None or self._inputs.dtype != features.dtype or self._inputs.device != features.device:

@@ -49,7 +49,8 @@ from migmcut.placement import check_writable, load_schedule, save_schedules
 from migmcut.policies import (
     METHODS, NEEDS_SHORTCUT, PARTIAL, BudgetPolicy, FullPolicy, PolicyKnobs, build, full_steps_for,
 )
-from migmcut.sampler import SamplerConfig, sample, trajectory_seed
+from migmcut.recipe import SamplerConfig
+from migmcut.sampler import sample, trajectory_seed
 
 SCHEDULE_MODES = ("auto", "uniform", "searched", "both")  # auto: as generate (searched where saved)
 

@@ -28,6 +28,7 @@ import torch
 
 from migmcut.placement import save_schedules, shortcut_schedule
 from migmcut.policies import BudgetPolicy, branch_rows
+from migmcut.record import conditions_for
 from migmcut.sampler import sample, trajectory_seed
 
 ROLLOUT_STREAM = 0x6F6E6C6E  # rollout seeds apart from record's (the same run seed gives other draws)
@@ -92,7 +93,6 @@ class OnlineBatches:
         self._sums = [0.0, 0.0, 0]
 
     def __iter__(self):
-        from migmcut.record import conditions_for
 
         dtype = next(self.model.parameters()).dtype
         while True:
@@ -110,11 +110,10 @@ class OnlineBatches:
                      for k, v in {"h": p.h, **p.inputs}.items()}
                 yield [x], [p.target.to(self.device, dtype)], [p.mask.to(self.device)]
 
-    def observe(self, pred, target, h, mask) -> None:
-        from migmcut.train import masked_mse
-
-        self._sums[0] += masked_mse(pred, target, mask).item()
-        self._sums[1] += masked_mse(h, target, mask).item()
+    def observe(self, mse: float, mse_identity: float) -> None:
+        """One update's on-policy errors: the shortcut's and the cache's (h copied)."""
+        self._sums[0] += mse
+        self._sums[1] += mse_identity
         self._sums[2] += 1
 
     def figures(self) -> dict:

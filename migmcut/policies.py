@@ -34,6 +34,7 @@ import torch
 
 from migmcut.errors import UserError
 from migmcut.placement import budget_schedule
+from migmcut.recipe import HybridConfig, MLCacheConfig, RecapConfig
 from migmcut.shortcut import ShortcutInputs
 
 
@@ -66,53 +67,6 @@ class Proposal:
 METHODS = ("vanilla", "cache", "shortcut", "recap", "mlcache", "hybrid")
 PARTIAL = ("recap", "mlcache", "hybrid")  # need a base with partial evaluation
 NEEDS_SHORTCUT = ("shortcut", "hybrid")
-
-
-@dataclass
-class RecapConfig:
-    """Recipe section `recap`: ReCAP's local steps per full step (K; the paper's runs use 1).
-    None: the fewest that reach the budget, ceil(N / B) - 1 (1 whenever B >= N / 2)."""
-
-    local: int | None = None
-
-    def validate(self) -> None:
-        if self.local is not None and self.local < 1:
-            raise ValueError(f"local must be >= 1 (local steps per full step), got {self.local}")
-
-    def local_for(self, steps: int, budget: int) -> int:
-        return self.local if self.local is not None else max(1, math.ceil(steps / budget) - 1)
-
-
-@dataclass
-class MLCacheConfig:
-    """Recipe section `mlcache`: Lumina-DiMOO's defaults (`--cache_ratio 0.9 --warmup_ratio 0.3
-    --refresh_interval 5`). Without a budget the full steps follow warmup_ratio; with one, the
-    warm-up that gives that many full steps."""
-
-    cache_ratio: float = 0.9  # fraction of positions reused at a partial step
-    warmup_ratio: float = 0.3
-    refresh_interval: int = 5
-
-    def validate(self) -> None:
-        for name in ("cache_ratio", "warmup_ratio"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
-        if self.refresh_interval < 1:
-            raise ValueError(f"refresh_interval must be >= 1, got {self.refresh_interval}")
-
-
-@dataclass
-class HybridConfig:
-    """Recipe section `hybrid`: the shortcut with exact evaluation where the sampler is about to fix."""
-
-    candidates: float = 2.0  # positions evaluated exactly per step, as a multiple of the tokens fixed
-    refresh_new: bool = True  # recompute (and write back) the tokens fixed at the step before
-    context: bool = False  # recompute the prompt / condition positions too
-
-    def validate(self) -> None:
-        if not 1 <= self.candidates <= 64:
-            raise ValueError(f"candidates must be between 1 and 64 (a multiple of the tokens fixed), "
-                             f"got {self.candidates}")
 
 
 @dataclass

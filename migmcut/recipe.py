@@ -9,6 +9,7 @@ overrides are applied to the parsed YAML before validation, so they are checked 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,11 +18,217 @@ from pathlib import Path
 
 import yaml
 
+import torch
+
 from migmcut.base import registry
-from migmcut.errors import RecipeError, arg
-from migmcut.policies import HybridConfig, MLCacheConfig, RecapConfig
-from migmcut.sampler import SamplerConfig
-from migmcut.train import TrainConfig
+from migmcut.base.conditions import Conditions
+from migmcut.errors import RecipeError, UserError, arg
+from migmcut.placement import ROUNDINGS
+from migmcut.schedule import SCHEDULES, tokens_per_step
+
+
+# -- sampler ---------------------------------------------------------------------------------
+CFG_SCHEDULES = ("linear", "linear-from-zero", "constant")
+NOISE_SCHEDULES = ("linear", "linear-to-zero", "constant", "linspace", "cumulative")
+TEMPERATURE_MODES = ("divide", "multiply")
+CONFIDENCES = ("tempered", "untempered", "probability")
+CFG_MIXES = ("weighted", "difference")
+DRAWS = ("inverse-cdf", "multinomial")
+TIMESTEPS = ("none", "countdown")
+
+
+@dataclass
+class SamplerConfig:
+    steps: int = 16
+    schedule: str = "cosine"
+    temperature: float = 1.0
+    r_temp: float = 4.5  # Gumbel confidence noise scale (at step 0 for the linear schedules)
+    r_temp_end: float = 0.0  # the last step's noise scale under noise_schedule linspace
+    cfg: float | None = 3.0  # None: no unconditional branch at all
+    cfg_schedule: str = "linear"
+    noise_schedule: str = "linear"
+    temperature_mode: str = "divide"
+    confidence: str = "tempered"
+    cfg_mix: str = "weighted"
+    draw: str = "inverse-cdf"
+    budget_rounding: str = "half-up"
+    timestep: str = "none"
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        for name, known in (("schedule", SCHEDULES), ("cfg_schedule", CFG_SCHEDULES),
+                            ("noise_schedule", NOISE_SCHEDULES), ("temperature_mode", TEMPERATURE_MODES),
+                            ("confidence", CONFIDENCES), ("cfg_mix", CFG_MIXES), ("draw", DRAWS),
+                            ("budget_rounding", ROUNDINGS), ("timestep", TIMESTEPS)):
+            if getattr(self, name) not in known:
+                raise ValueError(f"{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}")
+        if self.temperature < 0 or self.r_temp < 0 or self.r_temp_end < 0:
+            raise ValueError("temperature, r_temp and r_temp_end must be >= 0")
+        if self.temperature == 0 and self.temperature_mode == "multiply":
+            raise ValueError("temperature 0 with temperature_mode multiply is a uniform softmax: "
+                             "use temperature_mode divide for greedy decoding")
+
+    def check(self, num_tokens: int) -> list[int]:
+        """`validate()`, then the tokens fixed per step at `num_tokens` (ValueError where there are none)."""
+        self.validate()
+        return tokens_per_step(num_tokens, self.steps, self.schedule)
+
+    @property
+    def branches(self) -> int:
+        return 1 if self.cfg is None else 2
+
+    def cfg_weight(self, t: int) -> float:
+        if self.cfg is None:
+            return 0.0
+        if self.cfg_schedule == "linear":
+            return self.cfg * (t + 1) / self.steps
+        if self.cfg_schedule == "linear-from-zero":
+            return self.cfg * (t / max(self.steps - 1, 1))
+        return self.cfg
+
+    def noise_scale(self, t: int) -> float:
+        if self.noise_schedule == "linear":
+            return self.r_temp * (1 - t / self.steps)
+        if self.noise_schedule == "linear-to-zero":
+            return self.r_temp * (1 - t / max(self.steps - 1, 1))
+        if self.noise_schedule == "linspace":  # float32, as AmusedScheduler.set_timesteps computes it
+            return float(torch.linspace(self.r_temp, self.r_temp_end, self.steps)[t])
+        if self.noise_schedule == "cumulative":  # MMaDA: temperature = temperature * (1.0 - ratio), each step
+            scale = self.r_temp
+            for s in range(t + 1):
+                scale = scale * (1.0 - 1.0 * (s + 1) / self.steps)
+            return scale
+        return self.r_temp
+
+    def step_conditions(self, cond: Conditions, t: int) -> Conditions:
+        """The conditions step t hands the base: `cond`, plus the `timestep` row tensor N - 1 - t
+        under `timestep: countdown`."""
+        if self.timestep == "none":
+            return cond
+        some = next(iter(cond.tensors.values()))
+        return Conditions(**cond.tensors, timestep=torch.full((len(cond),), float(self.steps - 1 - t), device=some.device))
+
+    def behaviour(self) -> dict:
+        """The settings that shape a trajectory, as a store compares them: settings without effect
+        at these values (the temperature's semantics at 1, budget placement) are left out."""
+        d = dataclasses.asdict(self)
+        d.pop("budget_rounding")  # placement of full steps: generation only, never a recorded trajectory
+        if self.temperature == 1:  # logits * 1 == logits / 1: the same softmax either way
+            d.pop("temperature_mode")
+            if self.confidence != "probability":  # log(softmax) is not log_softmax bit for bit
+                d.pop("confidence")
+        if self.noise_schedule != "linspace":
+            d.pop("r_temp_end")
+        if self.timestep == "none":  # a store recorded before the setting existed compares equal
+            d.pop("timestep")
+        return d
+
+
+def sampler_behaviour(recorded: dict) -> dict:
+    """`behaviour()` of a sampler section as a store recorded it; keys a store made before a setting
+    existed are read as that setting's default (the sampler of that time)."""
+    names = {f.name for f in dataclasses.fields(SamplerConfig)}
+    return SamplerConfig(**{k: v for k, v in recorded.items() if k in names}).behaviour()
+
+
+def behaviour_difference(recorded: dict, config: SamplerConfig) -> str | None:
+    """The first setting in which a recorded sampler section behaves unlike `config`, or None."""
+    mine, theirs = config.behaviour(), sampler_behaviour(recorded)
+    for key in sorted(set(mine) | set(theirs)):
+        if mine.get(key) != theirs.get(key):
+            return f"sampler.{key} {theirs.get(key)!r} (recipe: {mine.get(key)!r})"
+    return None
+
+
+
+# -- training --------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    max_steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.01
+    ema: float = 0.999
+    grad_clip: float = 1.0
+    kl_weight: float = 0.0
+    step_balance: float = 0.0  # alpha: each pair's MSE / (its cache MSE)^alpha (1: late steps count like early ones)
+    unroll: int = 1  # chain this many shortcut steps from the recorded h_t, as at generation, and average their losses
+    kl_temperature: float = 1.0
+    online: bool = False  # on-policy pairs: roll the shortcut policy out, the base as teacher (migmcut.online)
+    online_budgets: list[int] = field(default_factory=lambda: [3, 4, 6])  # full steps per rollout, in turn
+    val_fraction: float = 0.05
+    val_every: int = 500
+    val_pairs: int = 4096
+    checkpoint_every: int = 250
+    num_workers: int = 0
+    buffer: int = 32
+    seed: int = 0
+
+    def validate(self) -> None:
+        for name in ("max_steps", "batch_size", "val_every", "checkpoint_every", "buffer", "unroll"):
+            if getattr(self, name) < 1:
+                raise UserError(f"train.{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise UserError(f"{arg('lr')} must be > 0, got {self.lr}")
+        if not 0 <= self.step_balance <= 1:
+            raise UserError(f"train.step_balance must be in [0, 1], got {self.step_balance}")
+        if not self.online_budgets or any(b < 1 for b in self.online_budgets):
+            raise UserError(f"train.online_budgets must be a list of full-step counts >= 1, got {self.online_budgets}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"train.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+
+# -- method knobs ----------------------------------------------------------------------------
+@dataclass
+class RecapConfig:
+    """Recipe section `recap`: ReCAP's local steps per full step (K; the paper's runs use 1).
+    None: the fewest that reach the budget, ceil(N / B) - 1 (1 whenever B >= N / 2)."""
+
+    local: int | None = None
+
+    def validate(self) -> None:
+        if self.local is not None and self.local < 1:
+            raise ValueError(f"local must be >= 1 (local steps per full step), got {self.local}")
+
+    def local_for(self, steps: int, budget: int) -> int:
+        return self.local if self.local is not None else max(1, math.ceil(steps / budget) - 1)
+
+
+@dataclass
+class MLCacheConfig:
+    """Recipe section `mlcache`: Lumina-DiMOO's defaults (`--cache_ratio 0.9 --warmup_ratio 0.3
+    --refresh_interval 5`). Without a budget the full steps follow warmup_ratio; with one, the
+    warm-up that gives that many full steps."""
+
+    cache_ratio: float = 0.9  # fraction of positions reused at a partial step
+    warmup_ratio: float = 0.3
+    refresh_interval: int = 5
+
+    def validate(self) -> None:
+        for name in ("cache_ratio", "warmup_ratio"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
+        if self.refresh_interval < 1:
+            raise ValueError(f"refresh_interval must be >= 1, got {self.refresh_interval}")
+
+
+@dataclass
+class HybridConfig:
+    """Recipe section `hybrid`: the shortcut with exact evaluation where the sampler is about to fix."""
+
+    candidates: float = 2.0  # positions evaluated exactly per step, as a multiple of the tokens fixed
+    refresh_new: bool = True  # recompute (and write back) the tokens fixed at the step before
+    context: bool = False  # recompute the prompt / condition positions too
+
+    def validate(self) -> None:
+        if not 1 <= self.candidates <= 64:
+            raise ValueError(f"candidates must be between 1 and 64 (a multiple of the tokens fixed), "
+                             f"got {self.candidates}")
+
 
 
 @dataclass
@@ -30,19 +237,27 @@ class GenerateConfig:
     prompts: list[str] = field(default_factory=list)  # default prompts (bench, examples)
 
 
-@dataclass
-class ShortcutSection:
-    """Recipe section `shortcut`: the checkpoint to generate with, and the architecture to train."""
+@dataclass(kw_only=True)
+class ShortcutArch:
+    """migmcut's own shortcut network (`migmcut.shortcut.Shortcut`): the architecture a recipe's
+    `shortcut` section asks for and a checkpoint's config.json records (with the base's widths)."""
 
-    checkpoint: str | None = None  # a directory, or `builtin:NAME` for a shipped one
-    budget: int | None = None  # full base steps per image at generation time
     ratio: int = 2  # bottleneck: D -> D / ratio
     n_block: int = 1
     heads: int = 4
     ffn_mult: int = 2
-    cross_attention: bool = True
-    mask_ratio_embedding: bool = True
-    query_positions: bool = False  # lower val_mse, but see README: not what the shipped shortcut uses
+    cross_attention: bool = True  # ablation switch: False drops the new-token cross-attention
+    mask_ratio_embedding: bool = True  # ablation switch: False drops the r_t modulation
+    attend_condition: bool = True  # also attend over the prompt tokens (text-conditioned bases)
+    query_positions: bool = False  # the base's position embeddings added to the features it updates (see README)
+
+
+@dataclass(kw_only=True)
+class ShortcutSection(ShortcutArch):
+    """Recipe section `shortcut`: the checkpoint to generate with and its budget, and the architecture to train."""
+
+    checkpoint: str | None = None  # a directory, `builtin:NAME` for a shipped one, or a released .pth
+    budget: int | None = None  # full base steps per image at generation time
 
 
 @dataclass

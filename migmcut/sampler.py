@@ -44,7 +44,6 @@ trajectory does not depend on the batch it ran in.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -53,122 +52,8 @@ import torch
 
 from migmcut.base.conditions import Conditions
 from migmcut.base.interface import BaseModel
-from migmcut.placement import ROUNDINGS
 from migmcut.policies import FullPolicy, Proposal
-from migmcut.schedule import SCHEDULES, tokens_per_step
-
-CFG_SCHEDULES = ("linear", "linear-from-zero", "constant")
-NOISE_SCHEDULES = ("linear", "linear-to-zero", "constant", "linspace", "cumulative")
-TEMPERATURE_MODES = ("divide", "multiply")
-CONFIDENCES = ("tempered", "untempered", "probability")
-CFG_MIXES = ("weighted", "difference")
-DRAWS = ("inverse-cdf", "multinomial")
-TIMESTEPS = ("none", "countdown")
-
-
-@dataclass
-class SamplerConfig:
-    steps: int = 16
-    schedule: str = "cosine"
-    temperature: float = 1.0
-    r_temp: float = 4.5  # Gumbel confidence noise scale (at step 0 for the linear schedules)
-    r_temp_end: float = 0.0  # the last step's noise scale under noise_schedule linspace
-    cfg: float | None = 3.0  # None: no unconditional branch at all
-    cfg_schedule: str = "linear"
-    noise_schedule: str = "linear"
-    temperature_mode: str = "divide"
-    confidence: str = "tempered"
-    cfg_mix: str = "weighted"
-    draw: str = "inverse-cdf"
-    budget_rounding: str = "half-up"
-    timestep: str = "none"
-
-    def validate(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        for name, known in (("schedule", SCHEDULES), ("cfg_schedule", CFG_SCHEDULES),
-                            ("noise_schedule", NOISE_SCHEDULES), ("temperature_mode", TEMPERATURE_MODES),
-                            ("confidence", CONFIDENCES), ("cfg_mix", CFG_MIXES), ("draw", DRAWS),
-                            ("budget_rounding", ROUNDINGS), ("timestep", TIMESTEPS)):
-            if getattr(self, name) not in known:
-                raise ValueError(f"{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}")
-        if self.temperature < 0 or self.r_temp < 0 or self.r_temp_end < 0:
-            raise ValueError("temperature, r_temp and r_temp_end must be >= 0")
-        if self.temperature == 0 and self.temperature_mode == "multiply":
-            raise ValueError("temperature 0 with temperature_mode multiply is a uniform softmax: "
-                             "use temperature_mode divide for greedy decoding")
-
-    def check(self, num_tokens: int) -> list[int]:
-        """`validate()`, then the tokens fixed per step at `num_tokens` (ValueError where there are none)."""
-        self.validate()
-        return tokens_per_step(num_tokens, self.steps, self.schedule)
-
-    @property
-    def branches(self) -> int:
-        return 1 if self.cfg is None else 2
-
-    def cfg_weight(self, t: int) -> float:
-        if self.cfg is None:
-            return 0.0
-        if self.cfg_schedule == "linear":
-            return self.cfg * (t + 1) / self.steps
-        if self.cfg_schedule == "linear-from-zero":
-            return self.cfg * (t / max(self.steps - 1, 1))
-        return self.cfg
-
-    def noise_scale(self, t: int) -> float:
-        if self.noise_schedule == "linear":
-            return self.r_temp * (1 - t / self.steps)
-        if self.noise_schedule == "linear-to-zero":
-            return self.r_temp * (1 - t / max(self.steps - 1, 1))
-        if self.noise_schedule == "linspace":  # float32, as AmusedScheduler.set_timesteps computes it
-            return float(torch.linspace(self.r_temp, self.r_temp_end, self.steps)[t])
-        if self.noise_schedule == "cumulative":  # MMaDA: temperature = temperature * (1.0 - ratio), each step
-            scale = self.r_temp
-            for s in range(t + 1):
-                scale = scale * (1.0 - 1.0 * (s + 1) / self.steps)
-            return scale
-        return self.r_temp
-
-    def step_conditions(self, cond: Conditions, t: int) -> Conditions:
-        """The conditions step t hands the base: `cond`, plus the `timestep` row tensor N - 1 - t
-        under `timestep: countdown`."""
-        if self.timestep == "none":
-            return cond
-        some = next(iter(cond.tensors.values()))
-        return Conditions(**cond.tensors, timestep=torch.full((len(cond),), float(self.steps - 1 - t), device=some.device))
-
-    def behaviour(self) -> dict:
-        """The settings that shape a trajectory, as a store compares them: settings without effect
-        at these values (the temperature's semantics at 1, budget placement) are left out."""
-        d = dataclasses.asdict(self)
-        d.pop("budget_rounding")  # placement of full steps: generation only, never a recorded trajectory
-        if self.temperature == 1:  # logits * 1 == logits / 1: the same softmax either way
-            d.pop("temperature_mode")
-            if self.confidence != "probability":  # log(softmax) is not log_softmax bit for bit
-                d.pop("confidence")
-        if self.noise_schedule != "linspace":
-            d.pop("r_temp_end")
-        if self.timestep == "none":  # a store recorded before the setting existed compares equal
-            d.pop("timestep")
-        return d
-
-
-def sampler_behaviour(recorded: dict) -> dict:
-    """`behaviour()` of a sampler section as a store recorded it; keys a store made before a setting
-    existed are read as that setting's default (the sampler of that time)."""
-    names = {f.name for f in dataclasses.fields(SamplerConfig)}
-    return SamplerConfig(**{k: v for k, v in recorded.items() if k in names}).behaviour()
-
-
-def behaviour_difference(recorded: dict, config: SamplerConfig) -> str | None:
-    """The first setting in which a recorded sampler section behaves unlike `config`, or None."""
-    mine, theirs = config.behaviour(), sampler_behaviour(recorded)
-    for key in sorted(set(mine) | set(theirs)):
-        if mine.get(key) != theirs.get(key):
-            return f"sampler.{key} {theirs.get(key)!r} (recipe: {mine.get(key)!r})"
-    return None
-
+from migmcut.recipe import SamplerConfig
 
 @dataclass
 class StepState:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -24,30 +24,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from migmcut.base import released
+from migmcut.errors import CheckpointError, arg
 from migmcut.files import atomic_write_all
+from migmcut.recipe import ShortcutArch
 
 
-@dataclass
-class ShortcutConfig:
+@dataclass(kw_only=True)
+class ShortcutConfig(ShortcutArch):
+    """The architecture (`recipe.ShortcutArch`) on a base of `feature_dim` features whose condition
+    embeddings are `condition_dim` wide (None: feature_dim wide)."""
+
     feature_dim: int
-    ratio: int = 2
-    n_block: int = 1
-    heads: int = 4
-    ffn_mult: int = 2
-    cross_attention: bool = True  # ablation switch: False drops the new-token cross-attention
-    mask_ratio_embedding: bool = True  # ablation switch: False drops the r_t modulation
-    attend_condition: bool = True  # also attend over the prompt tokens (text-conditioned bases)
-    query_positions: bool = False  # add the base's position embeddings to the features it updates
     condition_dim: int | None = None  # width of the base's condition embeddings where not feature_dim (aMUSEd's CLIP)
 
     @classmethod
-    def from_recipe(cls, section, feature_dim: int, condition_dim: int | None = None) -> "ShortcutConfig":
-        """The architecture a recipe's `shortcut` section asks for, on a base of `feature_dim` features
-        whose condition embeddings are `condition_dim` wide (None or feature_dim: the same width)."""
-        return cls(feature_dim=feature_dim, ratio=section.ratio, n_block=section.n_block, heads=section.heads,
-                   ffn_mult=section.ffn_mult, cross_attention=section.cross_attention,
-                   mask_ratio_embedding=section.mask_ratio_embedding, query_positions=section.query_positions,
-                   condition_dim=None if condition_dim in (None, feature_dim) else condition_dim)
+    def from_recipe(cls, section: ShortcutArch, feature_dim: int, condition_dim: int | None = None) -> "ShortcutConfig":
+        """The architecture a recipe's `shortcut` section asks for, on a base of `feature_dim` features."""
+        arch = {f.name: getattr(section, f.name) for f in fields(ShortcutArch)}
+        return cls(feature_dim=feature_dim, condition_dim=None if condition_dim in (None, feature_dim) else condition_dim,
+                   **arch)
 
     @property
     def width(self) -> int:
@@ -316,7 +311,6 @@ def resolve_checkpoint(value: str | None, param: str | None = None) -> Path | No
     if value.startswith("builtin:"):
         path = BUILTIN / value.split(":", 1)[1] / "shortcut"
         if not (path / "shortcut.safetensors").is_file():
-            from migmcut.errors import CheckpointError, arg
 
             shipped = sorted(p.parent.parent.name for p in BUILTIN.glob("*/shortcut/shortcut.safetensors"))
             what = arg(param, value) if param else f"shortcut.checkpoint {value!r}"
@@ -329,7 +323,6 @@ def resolve_checkpoint(value: str | None, param: str | None = None) -> Path | No
 
 def load_weights(module: nn.Module, state: dict, what: str) -> None:
     """`module.load_state_dict(state)`, or one line naming the first tensor that disagrees."""
-    from migmcut.errors import CheckpointError
 
     own = module.state_dict()
     bad = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if k in state and state[k].shape != v.shape]
@@ -351,7 +344,6 @@ def load_shortcut(directory: str | Path, base=None) -> tuple[nn.Module, dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from migmcut.errors import CheckpointError
 
     directory = Path(directory).expanduser()
     if directory.is_file() or directory.suffix in released.SUFFIXES:  # the paper's released .pth files

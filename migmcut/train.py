@@ -45,49 +45,18 @@ import torch.nn.functional as F
 
 import migmcut
 from migmcut import distributed
+from migmcut.base import load_base
+from migmcut.devices import placement
+from migmcut.online import OnlineBatches
+from migmcut.store.reader import PairDataset, TrajectoryStore, pair_loader
 from migmcut.errors import (
     BATCH_MAX, COUNT_MAX, SEED_MAX, CheckpointError, Interrupted, StoreError, UserError, arg, check_range,
 )
+from migmcut.recipe import TrainConfig, as_recipe
 from migmcut.files import atomic_write, dir_lock, is_disk_full, writable_dir
-from migmcut.shortcut import Shortcut, ShortcutConfig, ShortcutInputs, SequenceInputs, load_weights, save_shortcut
-
-
-@dataclass
-class TrainConfig:
-    max_steps: int = 2000
-    batch_size: int = 64
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup: int = 100
-    weight_decay: float = 0.01
-    ema: float = 0.999
-    grad_clip: float = 1.0
-    kl_weight: float = 0.0
-    step_balance: float = 0.0  # alpha: each pair's MSE / (its cache MSE)^alpha (1: late steps count like early ones)
-    unroll: int = 1  # chain this many shortcut steps from the recorded h_t, as at generation, and average their losses
-    kl_temperature: float = 1.0
-    online: bool = False  # on-policy pairs: roll the shortcut policy out, the base as teacher (migmcut.online)
-    online_budgets: list[int] = field(default_factory=lambda: [3, 4, 6])  # full steps per rollout, in turn
-    val_fraction: float = 0.05
-    val_every: int = 500
-    val_pairs: int = 4096
-    checkpoint_every: int = 250
-    num_workers: int = 0
-    buffer: int = 32
-    seed: int = 0
-
-    def validate(self) -> None:
-        for name in ("max_steps", "batch_size", "val_every", "checkpoint_every", "buffer", "unroll"):
-            if getattr(self, name) < 1:
-                raise UserError(f"train.{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise UserError(f"{arg('lr')} must be > 0, got {self.lr}")
-        if not 0 <= self.step_balance <= 1:
-            raise UserError(f"train.step_balance must be in [0, 1], got {self.step_balance}")
-        if not self.online_budgets or any(b < 1 for b in self.online_budgets):
-            raise UserError(f"train.online_budgets must be a list of full-step counts >= 1, got {self.online_budgets}")
-        if not 0 < self.val_fraction < 1:
-            raise UserError(f"train.val_fraction must be in (0, 1), got {self.val_fraction}")
+from migmcut.shortcut import (
+    SequenceInputs, Shortcut, ShortcutConfig, ShortcutInputs, load_shortcut, load_weights, resolve_checkpoint, save_shortcut,
+)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -254,8 +223,6 @@ def train(
     checkpoint there and raise `Interrupted` (a KeyboardInterrupt). `log(step, stats)` is called after
     every step (rank 0).
     """
-    from migmcut.devices import placement
-    from migmcut.recipe import as_recipe
 
     for name, value, low, high in (("max_steps", max_steps, 1, COUNT_MAX), ("batch_size", batch_size, 1, BATCH_MAX),
                                    ("workers", workers, 0, 256), ("seed", seed, 0, SEED_MAX)):
@@ -268,7 +235,6 @@ def train(
     if store is None and not cfg.online:
         raise UserError(f"training needs a trajectory store ({arg('store')}), or {arg('online', True)} rollouts")
     if init is not None:
-        from migmcut.shortcut import resolve_checkpoint
 
         init = resolve_checkpoint(str(init), "init")
         if init is None or not (init.is_file() or (init / "shortcut.safetensors").is_file()):
@@ -342,7 +308,6 @@ def _train(recipe, store_url, out, cfg, *, device, dtype, resume, init, base, lo
 
 def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, init, base, log, allow_incomplete,
                  hold) -> TrainResult:
-    from migmcut.base import load_base
 
     base = base if base is not None else load_base(recipe.base, device, dtype)
     store = _open_store(store_url, base, recipe.name, allow_incomplete) if store_url is not None else None
@@ -351,7 +316,6 @@ def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, in
     rank, world = dist.rank, dist.world
     torch.manual_seed(dist.seed(cfg.seed))
     if init is not None:  # its own architecture, whatever the recipe's
-        from migmcut.shortcut import load_shortcut
 
         model = load_shortcut(init, base)[0].requires_grad_(True).train().to(device)
     else:
@@ -389,7 +353,6 @@ def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, in
     meta = {"base_fingerprint": base.fingerprint, "recipe": recipe.name, "store": None if store is None else str(store_url),
             "train": dataclasses.asdict(cfg), **({"init": str(init)} if init is not None else {})}
     if store is not None:
-        from migmcut.store.reader import PairDataset, pair_loader
 
         train_idx, val_idx = store.split(cfg.val_fraction, seed=cfg.seed)
         if len(val_idx) == 0 or (len(train_idx) == 0 and not cfg.online):
@@ -401,7 +364,6 @@ def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, in
         meta["sampler_warning"] = warning
     online = None
     if cfg.online:
-        from migmcut.online import OnlineBatches
 
         online = OnlineBatches(base, model, recipe, cfg, init, rank=rank, world=world, start=step)
         meta["online_schedules"] = online.schedules
@@ -446,7 +408,8 @@ def _train_ranks(dist, recipe, store_url, out, cfg, *, device, dtype, resume, in
                 for pe, pm in zip(ema.parameters(), model.parameters()):
                     pe.lerp_(pm, 1 - d)
                 if online is not None:
-                    online.observe(pred, target, x["h"], mask)
+                    online.observe(masked_mse(pred, target, mask).item(),
+                                   masked_mse(inputs.image(x["h"]), target, mask).item())
             step += 1
             pairs_seen += len(xs[0]["h"]) * len(xs) * world
             if log is not None and rank == 0:
@@ -505,7 +468,6 @@ class StopSignals:
 
 
 def _open_store(store_url, base, recipe_name: str, allow_incomplete: bool = False):
-    from migmcut.store.reader import TrajectoryStore
 
     store = TrajectoryStore(store_url)
     complete = store.complete_indices()

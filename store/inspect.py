@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from migmcut.sampler import trajectory_seed
+from migmcut.schedule import tokens_per_step
 from migmcut.store import location
 from migmcut.store.codecs import CODECS, get_codec, is_fill
 from migmcut.store.schema import open_arrays, open_group, quiet, read_spec
@@ -65,8 +67,6 @@ def verify(url, *, repair: bool = False, on_progress: Callable[[int], None] | No
     `repair`, the blocks holding damaged trajectories are marked incomplete, so that running
     the same `migmcut record` command again recomputes them (bit-identically).
     """
-    from migmcut.sampler import trajectory_seed
-    from migmcut.schedule import tokens_per_step
 
     loc = location.resolve(url)
     group, spec = read_spec(loc)

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from migmcut.errors import StoreError, UserError, arg
-from migmcut.sampler import behaviour_difference
+from migmcut.recipe import behaviour_difference, parse_recipe
 from migmcut.store import location
 from migmcut.store.codecs import decode, delta_levels, from_levels, get_codec, is_fill
 from migmcut.store.schema import open_arrays, quiet, read_spec
@@ -111,7 +111,6 @@ class TrajectoryStore:
 
     def recipe(self):
         """The recorded recipe as a `Recipe` (sampler.steps = the recorded step count)."""
-        from migmcut.recipe import parse_recipe
 
         return parse_recipe(dict(self.spec.recipe), f"store {self.location}")
 

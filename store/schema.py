@@ -91,7 +91,7 @@ class StoreSpec:
     def identity(self) -> dict:
         """What must match for a run to add to (resume) an existing store. The sampler counts by
         its behaviour: a setting a store predates reads as its default, one without effect is left out."""
-        from migmcut.sampler import sampler_behaviour
+        from migmcut.recipe import sampler_behaviour
 
         recipe = {k: v for k, v in self.recipe.items() if k in ("name", "base")}
         recipe["sampler"] = sampler_behaviour(self.sampler)

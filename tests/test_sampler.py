@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 import torch
 
-from migmcut.sampler import SamplerConfig, sample, trajectory_seed
+from migmcut.recipe import SamplerConfig
+from migmcut.sampler import sample, trajectory_seed
 from migmcut.schedule import tokens_per_step
 
 PROMPTS = ["a large red circle", "a small blue square left of a large green triangle", "a small yellow triangle"]

@@ -242,7 +242,8 @@ def test_amused_recipes_name_the_pipeline_defaults():
 
 
 def test_difference_cfg_mix_is_the_pipelines_formula():
-    from migmcut.sampler import SamplerConfig, guided
+    from migmcut.recipe import SamplerConfig
+    from migmcut.sampler import guided
 
     logits = torch.randn(2 * 3, 5, 7)
     config = SamplerConfig(cfg=9.0, cfg_schedule="constant", cfg_mix="difference")
@@ -254,7 +255,8 @@ def test_difference_cfg_mix_is_the_pipelines_formula():
 def test_multinomial_draw_is_torch_multinomial_and_probability_confidence_the_schedulers():
     from diffusers.schedulers.scheduling_amused import gumbel_noise
 
-    from migmcut.sampler import SamplerConfig, _draw
+    from migmcut.recipe import SamplerConfig
+    from migmcut.sampler import _draw
 
     L, K = 10, 6
     logits = torch.randn(1, L, K) * 3
@@ -274,7 +276,7 @@ def test_multinomial_draw_is_torch_multinomial_and_probability_confidence_the_sc
 
 
 def test_behaviour_keeps_what_changes_a_trajectory():
-    from migmcut.sampler import SamplerConfig
+    from migmcut.recipe import SamplerConfig
 
     plain = SamplerConfig()
     assert "r_temp_end" not in plain.behaviour() and "confidence" not in plain.behaviour()

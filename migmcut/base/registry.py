@@ -19,6 +19,7 @@ import importlib
 import re
 from importlib import metadata
 
+from migmcut.base.interface import BaseModel
 from migmcut.errors import RecipeError
 
 GROUP = "migmcut.bases"
@@ -87,7 +88,6 @@ def _load(target: str, what: str):
 
 
 def _check(cls, kind: str) -> None:
-    from migmcut.base.interface import BaseModel
 
     name = f"{cls.__module__}.{cls.__qualname__}" if isinstance(cls, type) else repr(cls)
     if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
