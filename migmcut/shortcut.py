@@ -25,7 +25,7 @@ from torch import nn
 
 from migmcut.base import released
 from migmcut.errors import CheckpointError, arg
-from migmcut.files import atomic_write_all
+from migmcut.files import atomic_write_all, check_writable_dir
 from migmcut.recipe import ShortcutArch
 
 
@@ -336,6 +336,19 @@ def load_weights(module: nn.Module, state: dict, what: str) -> None:
         k = (missing or extra)[0]
         raise CheckpointError(f"{what}: tensor {k} is {'missing' if missing else 'not in the architecture'}{more}")
     module.load_state_dict(state)
+
+
+def convert_released(path: str | Path, base, out: str | Path, overwrite: bool = False) -> Path:
+    """Write the paper's release at `path` as a migmcut checkpoint in directory `out` (config.json names
+    its `arch` and `base`'s fingerprint), which `load_shortcut(out, base)` reads like any other; refused,
+    before anything is written, for a file `load_released` refuses or a non-empty `out` without `overwrite`."""
+    out = check_writable_dir(Path(out))
+    if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()) and not overwrite:
+        raise CheckpointError(f"{arg('out', out)} is not empty: pass {arg('overwrite', True)} to replace it, or "
+                              f"choose another {arg('out')}")
+    net, meta = released.load_released(path, base)
+    save_shortcut(net, out, {k: v for k, v in meta.items() if k != "shortcut"})
+    return out
 
 
 def load_shortcut(directory: str | Path, base=None) -> tuple[nn.Module, dict]:

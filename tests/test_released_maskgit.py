@@ -207,3 +207,22 @@ def test_train_init_fine_tunes_a_release_and_the_result_loads_anywhere(twin, sto
     assert sample(base, [1, 2], [5, 6], recipe.sampler, policy=factory()).counts == {"full": 3, "shortcut": 5}
     with pytest.raises(UserError, match="fine-tune a released one"):
         train(recipe, None, tmp_path / "online", max_steps=2, init=str(RELEASE), online=True, base=base)
+
+
+def test_shortcut_convert_writes_a_migmcut_checkpoint_of_the_release(twin, tmp_path):
+    sets, base = twin
+    args = ["shortcut", "convert", str(RELEASE), "--recipe", RECIPE, "--out", str(tmp_path / "sc"), "--json"]
+    for s in sets:
+        args += ["--set", s]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    net, meta = load_shortcut(tmp_path / "sc", base)
+    released, _ = load_shortcut(RELEASE, base)
+    assert meta["shortcut"]["arch"] == "maskgit-shortcut" and meta["base_fingerprint"] == base.fingerprint
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), released.state_dict().values()))
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 2 and "is not empty" in again.output
+    bad_args = ["shortcut", "convert", str(FIXTURES / "maskgit_sampling.json"), "--recipe", RECIPE,
+                "--out", str(tmp_path / "x")] + [a for s in sets for a in ("--set", s)]
+    bad = CliRunner().invoke(app, bad_args)
+    assert bad.exit_code == 2 and "cannot read" in bad.output and not (tmp_path / "x").exists()
