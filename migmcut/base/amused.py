@@ -37,7 +37,7 @@ import torch
 from migmcut.base.condition_sources import ConditionSource, recipe_prompts
 from migmcut.base.conditions import Conditions
 from migmcut.base.interface import BaseModel, call_arguments, fingerprint_of
-from migmcut.base.statedict import require_path
+from migmcut.base.statedict import load_component, require_path
 from migmcut.errors import CheckpointError, UserError
 
 COMPONENTS = ("transformer", "vqvae", "text_encoder", "tokenizer", "scheduler")
@@ -60,14 +60,6 @@ class AmusedConfig:
     width: int | None = None
     crop_coords: list[int] = field(default_factory=lambda: [0, 0])
     aesthetic_score: float = 6.0
-
-
-def _load(name: str, folder: Path, loader):
-    try:
-        return loader()
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"base.model: cannot load {name}/ from {folder}: {first}") from None
 
 
 class AmusedBase(BaseModel):
@@ -111,16 +103,16 @@ class AmusedBase(BaseModel):
                                 f"{', '.join(c + '/' for c in COMPONENTS)})")
         if len(cfg.crop_coords) != 2:
             raise UserError(f"base.crop_coords must be two numbers (top, left), got {cfg.crop_coords}")
-        scheduler = _load("scheduler", folder, lambda: AmusedScheduler.from_pretrained(str(folder), subfolder="scheduler"))
+        scheduler = load_component("scheduler", folder, lambda: AmusedScheduler.from_pretrained(str(folder), subfolder="scheduler"))
         if scheduler.config.masking_schedule != "cosine":
             raise CheckpointError(f"{folder}/scheduler: masking_schedule {scheduler.config.masking_schedule!r} is not "
                                   f"supported (the amused sampler schedule is AmusedScheduler's cosine)")
-        transformer = _load("transformer", folder, lambda: UVit2DModel.from_pretrained(
+        transformer = load_component("transformer", folder, lambda: UVit2DModel.from_pretrained(
             str(folder), subfolder="transformer", torch_dtype=dtype))
-        text_encoder = _load("text_encoder", folder, lambda: CLIPTextModelWithProjection.from_pretrained(
+        text_encoder = load_component("text_encoder", folder, lambda: CLIPTextModelWithProjection.from_pretrained(
             str(folder), subfolder="text_encoder", torch_dtype=dtype))
-        tokenizer = _load("tokenizer", folder, lambda: CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer"))
-        vq = _load("vqvae", folder, lambda: VQModel.from_pretrained(str(folder), subfolder="vqvae", torch_dtype=dtype))
+        tokenizer = load_component("tokenizer", folder, lambda: CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer"))
+        vq = load_component("vqvae", folder, lambda: VQModel.from_pretrained(str(folder), subfolder="vqvae", torch_dtype=dtype))
         if not vq.config.lookup_from_codebook:
             raise CheckpointError(f"{folder}/vqvae: lookup_from_codebook is false; aMUSEd decodes token ids "
                                   f"through the codebook")

@@ -415,13 +415,28 @@ class DiMOOBase(BaseModel):
 SPECIAL_WORDS = ["<system>", "</system>", "<user>", "</user>", "<uncondition>"]
 
 
+def write_shards(folder: Path, tensors: dict, shards: int) -> None:
+    """`tensors` as the Hub lays out a large checkpoint: `model-0000k-of-0000n.safetensors` files and
+    `model.safetensors.index.json` mapping each name to its file (twins in the published layout)."""
+    from safetensors.torch import save_file
+
+    names = sorted(tensors)
+    per = math.ceil(len(names) / shards)
+    index = {}
+    for s in range(shards):
+        part = names[s * per : (s + 1) * per]
+        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({k: tensors[k].contiguous() for k in part}, str(folder / fname))
+        index.update({k: fname for k in part})
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+
+
 def write_random_checkpoint(folder: Path, *, d_model: int = 32, n_layers: int = 2, n_heads: int = 2,
                             n_kv_heads: int | None = None, mlp_hidden: int = 64, codebook: int = 16, words: list[str] = (), seed: int = 0,
                             std: float = 0.5, shards: int = 2) -> dict:
     """A tiny Lumina-DiMOO directory: LLaDA config.json, sharded safetensors with the official key
     names, a WordLevel tokenizer, and vqvae/. Returns the `--set` overrides for the dimoo recipe."""
     from diffusers import VQModel
-    from safetensors.torch import save_file
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -449,15 +464,7 @@ def write_random_checkpoint(folder: Path, *, d_model: int = 32, n_layers: int = 
     g = torch.Generator().manual_seed(seed)
     sd = {KEYMAP.to_official(k): (torch.randn(v.shape, generator=g) * std if v.dim() > 1 else v.clone()).to(torch.bfloat16)
           for k, v in net.state_dict().items()}
-    names = sorted(sd)
-    per = math.ceil(len(names) / shards)
-    index = {}
-    for s in range(shards):
-        part = names[s * per : (s + 1) * per]
-        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        save_file({k: sd[k].contiguous() for k in part}, str(folder / fname))
-        index.update({k: fname for k in part})
-    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+    write_shards(folder, sd, shards)
     torch.manual_seed(seed)
     vq = VQModel(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 8), layers_per_block=1,

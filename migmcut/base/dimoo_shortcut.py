@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from migmcut.base.maskgit_shortcut import _RatioEmbedding
+from migmcut.base.maskgit_shortcut import RatioEmbedding
 from migmcut.errors import CheckpointError
 
 RELEASE = {"n_block": 1, "bottleneck_ratio": 2, "embed_t": True, "cross_attention": True, "prompt_tokens": True}
@@ -143,7 +143,7 @@ class DiMOOShortcut(nn.Module):
         self.ln_f = _RMSNorm(width, eps)
         if ratio_embedding is not None:
             frequencies, hidden = ratio_embedding
-            self.time_embedder = _RatioEmbedding(width, hidden or round((width * frequencies) ** 0.5), frequencies)
+            self.time_embedder = RatioEmbedding(width, hidden or round((width * frequencies) ** 0.5), frequencies)
             self.adaLN_modulation = nn.Linear(width, 2 * width)
 
     def _project(self, name: str, x: torch.Tensor) -> torch.Tensor:

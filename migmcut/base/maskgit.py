@@ -57,7 +57,7 @@ class MaskGITConfig:
 
 
 # -- the transformer (key names follow Network/transformer.py of MaskGIT-pytorch v1) ---------
-class _Normed(nn.Module):
+class Normed(nn.Module):
     def __init__(self, dim: int, fn: nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
@@ -76,7 +76,7 @@ class _SelfAttention(nn.Module):
         return self.mha(x, x, x, need_weights=False)[0]
 
 
-class _MLP(nn.Module):
+class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         # indices matter for the key names: net.0 and net.3 are the linear layers
@@ -90,7 +90,7 @@ class _Encoder(nn.Module):
     def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int):
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.ModuleList([_Normed(dim, _SelfAttention(dim, heads)), _Normed(dim, _MLP(dim, mlp_dim))]) for _ in range(depth)
+            nn.ModuleList([Normed(dim, _SelfAttention(dim, heads)), Normed(dim, MLP(dim, mlp_dim))]) for _ in range(depth)
         )
 
     def forward(self, x):
@@ -144,15 +144,15 @@ class MaskGITTransformer(nn.Module):
 
 
 # -- the taming VQGAN decoder (key names follow taming-transformers' VQModel) --------------------
-def _gn(c: int) -> nn.GroupNorm:
+def group_norm(c: int) -> nn.GroupNorm:
     return nn.GroupNorm(32, c, eps=1e-6, affine=True)
 
 
-class _ResBlock(nn.Module):
+class ResBlock(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.norm1, self.conv1 = _gn(cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = _gn(cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.norm1, self.conv1 = group_norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = group_norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x):
@@ -161,10 +161,10 @@ class _ResBlock(nn.Module):
         return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
 
 
-class _AttnBlock(nn.Module):
+class AttnBlock(nn.Module):
     def __init__(self, c: int):
         super().__init__()
-        self.norm = _gn(c)
+        self.norm = group_norm(c)
         self.q, self.k, self.v, self.proj_out = (nn.Conv2d(c, c, 1) for _ in range(4))
 
     def forward(self, x):
@@ -175,7 +175,7 @@ class _AttnBlock(nn.Module):
         return x + self.proj_out(out.transpose(1, 2).reshape(b, c, h, w))
 
 
-class _Upsample(nn.Module):
+class Upsample(nn.Module):
     def __init__(self, c: int):
         super().__init__()
         self.conv = nn.Conv2d(c, c, 3, padding=1)
@@ -192,38 +192,44 @@ class _Decoder(nn.Module):
         res = resolution // 2 ** (n - 1)
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, padding=1)
         self.mid = nn.Module()
-        self.mid.block_1 = _ResBlock(block_in, block_in)
-        self.mid.attn_1 = _AttnBlock(block_in)
-        self.mid.block_2 = _ResBlock(block_in, block_in)
+        self.mid.block_1 = ResBlock(block_in, block_in)
+        self.mid.attn_1 = AttnBlock(block_in)
+        self.mid.block_2 = ResBlock(block_in, block_in)
         ups = []
         for level in reversed(range(n)):
             up = nn.Module()
             up.block, up.attn = nn.ModuleList(), nn.ModuleList()
             block_out = ch * ch_mult[level]
             for _ in range(num_res_blocks + 1):
-                up.block.append(_ResBlock(block_in, block_out))
+                up.block.append(ResBlock(block_in, block_out))
                 block_in = block_out
                 if res in attn_resolutions:
-                    up.attn.append(_AttnBlock(block_in))
+                    up.attn.append(AttnBlock(block_in))
             if level != 0:
-                up.upsample = _Upsample(block_in)
+                up.upsample = Upsample(block_in)
                 res *= 2
             ups.insert(0, up)
         self.up = nn.ModuleList(ups)
-        self.norm_out = _gn(block_in)
+        self.norm_out = group_norm(block_in)
         self.conv_out = nn.Conv2d(block_in, out_ch, 3, padding=1)
 
     def forward(self, z):
-        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
-        for level in reversed(range(len(self.up))):
-            up = self.up[level]
-            for i, block in enumerate(up.block):
-                h = block(h)
-                if len(up.attn):
-                    h = up.attn[i](h)
-            if hasattr(up, "upsample"):
-                h = up.upsample(h)
-        return self.conv_out(torch.nn.functional.silu(self.norm_out(h)))
+        return decode_stages(self, z)
+
+
+def decode_stages(d: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """A taming-style decoder's pass (conv_in, mid, up levels from the deepest, norm_out, conv_out) over
+    the submodules of `d`; MMaDA's MAGVIT-v2 decoder has the same stages."""
+    h = d.mid.block_2(d.mid.attn_1(d.mid.block_1(d.conv_in(z))))
+    for level in reversed(range(len(d.up))):
+        up = d.up[level]
+        for i, block in enumerate(up.block):
+            h = block(h)
+            if len(up.attn):
+                h = up.attn[i](h)
+        if hasattr(up, "upsample"):
+            h = up.upsample(h)
+    return d.conv_out(torch.nn.functional.silu(d.norm_out(h)))
 
 
 class _Quantize(nn.Module):

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from migmcut.base.maskgit import _MLP, _Normed
+from migmcut.base.maskgit import MLP, Normed
 from migmcut.errors import CheckpointError
 
 RELEASE_HEADS = 16  # not in the file: the release's inference and evaluation scripts pass num_heads=16
@@ -46,9 +46,9 @@ class _Block(nn.Module):
     def __init__(self, width: int, heads: int, ffn: int):
         super().__init__()
         self.cross_attn = _Attention(width, heads)
-        self.cross_attn_ff = _Normed(width, _MLP(width, ffn))
+        self.cross_attn_ff = Normed(width, MLP(width, ffn))
         self.self_attn = _Attention(width, heads)
-        self.self_attn_ff = _Normed(width, _MLP(width, ffn))
+        self.self_attn_ff = Normed(width, MLP(width, ffn))
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
         x = x + self.cross_attn(x, ctx, padding)
@@ -57,7 +57,7 @@ class _Block(nn.Module):
         return x + self.self_attn_ff(x)
 
 
-class _RatioEmbedding(nn.Module):
+class RatioEmbedding(nn.Module):
     """r -> MLP(cos/sin features of r): `frequencies` sinusoids with periods up to 10000."""
 
     def __init__(self, width: int, hidden: int, frequencies: int):
@@ -95,7 +95,7 @@ class MaskGITShortcut(nn.Module):
                                         nn.LayerNorm(width, eps=1e-12))
         if ratio_embedding is not None:
             frequencies, hidden = ratio_embedding
-            self.time_embedder = _RatioEmbedding(width, hidden or round(math.sqrt(width * frequencies)), frequencies)
+            self.time_embedder = RatioEmbedding(width, hidden or round(math.sqrt(width * frequencies)), frequencies)
             self.adaLN_modulation = nn.Linear(width, 2 * width)
 
     def _project(self, name: str, x: torch.Tensor) -> torch.Tensor:

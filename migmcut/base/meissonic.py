@@ -46,7 +46,7 @@ from torch import nn
 from migmcut.base.condition_sources import ConditionSource, recipe_prompts
 from migmcut.base.conditions import Conditions
 from migmcut.base.interface import BaseModel, fingerprint_of
-from migmcut.base.statedict import load_into, read_tensors, require_path
+from migmcut.base.statedict import load_component, load_into, read_tensors, require_path
 from migmcut.errors import CheckpointError, UserError
 
 COMPONENTS = ("transformer", "vqvae", "text_encoder", "tokenizer", "scheduler")
@@ -169,14 +169,6 @@ def check_transformer_config(c: dict, path: Path) -> None:
         raise CheckpointError(f"{path}: unsupported Meissonic settings: {', '.join(bad)}")
 
 
-def _load(name: str, folder: Path, loader):
-    try:
-        return loader()
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"base.model: cannot load {name}/ from {folder}: {first}") from None
-
-
 class MeissonicBase(BaseModel):
     config_class = MeissonicConfig
     condition_source = ConditionSource("prompts", "recipe-prompts/uniform/v1", recipe_prompts)
@@ -253,10 +245,10 @@ class MeissonicBase(BaseModel):
         for f in files:
             tensors |= read_tensors(f, key="base.model")
         load_into(transformer, tensors, str(folder / "transformer"), dtype=dtype)
-        text_encoder = _load("text_encoder", text_folder.parent, lambda: CLIPTextModelWithProjection.from_pretrained(
+        text_encoder = load_component("text_encoder", text_folder.parent, lambda: CLIPTextModelWithProjection.from_pretrained(
             str(text_folder), torch_dtype=dtype))
-        tokenizer = _load("tokenizer", folder, lambda: CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer"))
-        vq = _load("vqvae", folder, lambda: VQModel.from_pretrained(str(folder), subfolder="vqvae", torch_dtype=dtype))
+        tokenizer = load_component("tokenizer", folder, lambda: CLIPTokenizer.from_pretrained(str(folder), subfolder="tokenizer"))
+        vq = load_component("vqvae", folder, lambda: VQModel.from_pretrained(str(folder), subfolder="vqvae", torch_dtype=dtype))
         if not vq.config.lookup_from_codebook:
             raise CheckpointError(f"{folder}/vqvae: lookup_from_codebook is false; Meissonic decodes token ids through the codebook")
         if vq.config.num_vq_embeddings != tconfig["codebook_size"]:

@@ -42,10 +42,10 @@ import torch
 from torch import nn
 
 from migmcut.base.conditions import Conditions
-from migmcut.base.dimoo import (KEYMAP, LLADA_DEFAULTS, BidirectionalLlama, DiMOOBase, llama_config, read_llada_config,
+from migmcut.base.dimoo import (KEYMAP, write_shards, LLADA_DEFAULTS, BidirectionalLlama, DiMOOBase, llama_config, read_llada_config,
                                 read_shards)
 from migmcut.base.interface import BaseModel, fingerprint_of
-from migmcut.base.maskgit import _AttnBlock, _gn, _ResBlock, _Upsample
+from migmcut.base.maskgit import AttnBlock, group_norm, ResBlock, Upsample, decode_stages
 from migmcut.base.partial import Sequence
 from migmcut.base.statedict import load_into, read_tensors, require_path
 from migmcut.errors import CheckpointError, UserError
@@ -125,21 +125,21 @@ class MagvitDecoder(nn.Module):
         d.post_quant_conv = nn.Conv2d(z_channels, z_channels, 1)
         d.conv_in = nn.Conv2d(z_channels, block_in, 3, padding=1)
         d.mid = nn.Module()
-        d.mid.block_1, d.mid.attn_1, d.mid.block_2 = _ResBlock(block_in, block_in), _AttnBlock(block_in), _ResBlock(block_in, block_in)
+        d.mid.block_1, d.mid.attn_1, d.mid.block_2 = ResBlock(block_in, block_in), AttnBlock(block_in), ResBlock(block_in, block_in)
         ups, c = [None] * len(levels), block_in
         for i in reversed(range(len(levels))):
             blocks, width, attn = levels[i]
             up = nn.Module()
             up.block = nn.ModuleList()
             for _ in range(blocks):
-                up.block.append(_ResBlock(c, width))
+                up.block.append(ResBlock(c, width))
                 c = width
-            up.attn = nn.ModuleList(_AttnBlock(width) for _ in range(attn))
+            up.attn = nn.ModuleList(AttnBlock(width) for _ in range(attn))
             if i != 0:
-                up.upsample = _Upsample(c)
+                up.upsample = Upsample(c)
             ups[i] = up
         d.up = nn.ModuleList(ups)
-        d.norm_out = _gn(c)
+        d.norm_out = group_norm(c)
         d.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
 
     @property
@@ -169,17 +169,7 @@ class MagvitDecoder(nn.Module):
 
     def forward(self, codes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         z = self.quantize.embedding[codes.reshape(-1)].view(codes.shape[0], *grid, -1).permute(0, 3, 1, 2)
-        d = self.decoder
-        h = d.mid.block_2(d.mid.attn_1(d.mid.block_1(d.conv_in(d.post_quant_conv(z)))))
-        for i in reversed(range(len(d.up))):
-            up = d.up[i]
-            for j, block in enumerate(up.block):
-                h = block(h)
-                if len(up.attn):
-                    h = up.attn[j](h)
-            if i != 0:
-                h = up.upsample(h)
-        return d.conv_out(torch.nn.functional.silu(d.norm_out(h)))
+        return decode_stages(self.decoder, self.decoder.post_quant_conv(z))
 
 
 def load_vq(folder: Path, codebook_size: int) -> tuple[MagvitDecoder, dict]:
@@ -387,8 +377,6 @@ def write_random_checkpoint(folder: Path, *, d_model: int = 32, n_layers: int = 
     """A tiny MMaDA directory (LLaDA config.json with every key LLaDA writes, sharded bf16 safetensors
     with the official names, a tokenizer of LLaDA's size) and a MAGVIT-v2 directory beside it
     (`FOLDER/magvitv2`: config.json + pytorch_model.bin). -> the `--set` overrides for the recipe."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     model_dir, vq_dir = folder / "mmada", folder / "magvitv2"
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -414,15 +402,7 @@ def write_random_checkpoint(folder: Path, *, d_model: int = 32, n_layers: int = 
     for k, v in net.state_dict().items():  # every tensor moved off its initial value, norms included
         w = torch.randn(v.shape, generator=g) * std if v.dim() > 1 else v + 0.1 * torch.randn(v.shape, generator=g)
         sd[KEYMAP.to_official(k)] = w.to(torch.bfloat16)
-    names = sorted(sd)
-    per = math.ceil(len(names) / shards)
-    index = {}
-    for s in range(shards):
-        part = names[s * per : (s + 1) * per]
-        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        save_file({k: sd[k].contiguous() for k in part}, str(model_dir / fname))
-        index.update({k: fname for k in part})
-    (model_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+    write_shards(model_dir, sd, shards)
     z = int(math.log2(codebook))
     if 2 ** z != codebook:
         raise ValueError("a MAGVIT-v2 codebook is a power of two")

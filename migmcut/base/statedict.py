@@ -146,3 +146,12 @@ class KeyMap:
         if foreign:
             raise CheckpointError(f"{source} has keys this adapter does not know: {_few(foreign)}")
         return out
+
+
+def load_component(name: str, folder: Path, loader):
+    """`loader()` of a model directory's component `name` (a Hub-layout subfolder), or one line naming it."""
+    try:
+        return loader()
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"base.model: cannot load {name}/ from {folder}: {first}") from None
