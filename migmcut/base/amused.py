@@ -62,6 +62,19 @@ class AmusedConfig:
     aesthetic_score: float = 6.0
 
 
+def clip_conditions(tokenizer, text_encoder, texts: list[str], max_length: int, micro: tuple) -> Conditions:
+    """A prompt batch as aMUSEd's pipeline (and Meissonic's, its descendant) encodes it: CLIP's
+    penultimate hidden states, its projected pooled output, and the micro-conditions `micro` (width,
+    height, crop top, crop left, aesthetic score: the pipelines' order) on every row."""
+    device = next(text_encoder.parameters()).device
+    ids = tokenizer(texts, return_tensors="pt", padding="max_length", truncation=True,
+                    max_length=max_length).input_ids.to(device)
+    out = text_encoder(ids, return_dict=True, output_hidden_states=True)
+    hidden = out.hidden_states[-2]
+    row = torch.tensor(micro, device=device, dtype=hidden.dtype)
+    return Conditions(hidden=hidden, pooled=out.text_embeds, micro=row[None].expand(len(texts), -1).clone())
+
+
 class AmusedBase(BaseModel):
     config_class = AmusedConfig
     condition_source = ConditionSource("prompts", "recipe-prompts/uniform/v1", recipe_prompts)
@@ -138,15 +151,8 @@ class AmusedBase(BaseModel):
     # -- conditions -------------------------------------------------------------------------
     def _encode(self, texts: list[str]) -> Conditions:
         """As AmusedPipeline.__call__ encodes a prompt (and its negative prompt)."""
-        ids = self.tokenizer(texts, return_tensors="pt", padding="max_length", truncation=True,
-                             max_length=self.tokenizer.model_max_length).input_ids.to(self.device)
-        out = self.text_encoder(ids, return_dict=True, output_hidden_states=True)
-        hidden = out.hidden_states[-2]
-        c = self.cfg
-        # (width, height, crop top, crop left, aesthetic score): the pipeline's order
-        micro = torch.tensor([self.width, self.height, c.crop_coords[0], c.crop_coords[1], c.aesthetic_score],
-                             device=self.device, dtype=hidden.dtype)
-        return Conditions(hidden=hidden, pooled=out.text_embeds, micro=micro[None].expand(len(texts), -1).clone())
+        return clip_conditions(self.tokenizer, self.text_encoder, texts, self.tokenizer.model_max_length,
+                               (self.width, self.height, *self.cfg.crop_coords, self.cfg.aesthetic_score))
 
     @torch.no_grad()
     def encode_conditions(self, conditions: list) -> Conditions:

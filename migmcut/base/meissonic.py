@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from migmcut.base.condition_sources import ConditionSource, recipe_prompts
+from migmcut.base.amused import clip_conditions
 from migmcut.base.conditions import Conditions
 from migmcut.base.interface import BaseModel, fingerprint_of
 from migmcut.base.statedict import load_component, load_into, read_tensors, require_path
@@ -278,15 +279,9 @@ class MeissonicBase(BaseModel):
     # -- conditions -------------------------------------------------------------------------
     def _encode(self, texts: list[str]) -> Conditions:
         """As Pipeline.__call__ encodes a prompt (and its negative prompt)."""
-        ids = self.tokenizer(texts, return_tensors="pt", padding="max_length", truncation=True,
-                             max_length=MAX_LENGTH).input_ids.to(self.device)
-        out = self.text_encoder(ids, return_dict=True, output_hidden_states=True)
-        hidden = out.hidden_states[-2]
         c = self.cfg
-        # (width, height, crop top, crop left, aesthetic score): the pipeline's order
-        micro = torch.tensor([c.width, c.height, c.crop_coords[0], c.crop_coords[1], c.aesthetic_score],
-                             device=self.device, dtype=hidden.dtype)
-        return Conditions(hidden=hidden, pooled=out.text_embeds, micro=micro[None].expand(len(texts), -1).clone())
+        return clip_conditions(self.tokenizer, self.text_encoder, texts, MAX_LENGTH,
+                               (c.width, c.height, *c.crop_coords, c.aesthetic_score))
 
     @torch.no_grad()
     def encode_conditions(self, conditions: list) -> Conditions:
