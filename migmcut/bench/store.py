@@ -1,0 +1,41 @@
+"""What a bench reads from a trajectory store: the store checked against the recipe (`open_store`),
+and the recorded samples that stand for vanilla-N (`store_samples`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from migmcut.errors import StoreError, arg
+from migmcut.store.reader import TrajectoryStore
+
+
+def open_store(url: str, base, recipe, steps: int):
+    """The trajectory store at `url`, checked against the recipe's base and sampler at `steps` steps."""
+    store = TrajectoryStore(url)
+    if store.fingerprint != base.fingerprint:
+        raise StoreError(f"{arg('store', url)} was recorded with base {store.fingerprint}, but recipe {recipe.name} "
+                         f"has base {base.fingerprint}: use the recipe the store was recorded with")
+    if store.steps != steps:
+        raise StoreError(f"{arg('store', url)} was recorded with {store.steps} steps, not {steps}: "
+                         f"pass {arg('steps', store.steps)}")
+    recorded = store.recipe().sampler
+    if dataclasses.replace(recorded, steps=steps) != dataclasses.replace(recipe.sampler, steps=steps):
+        raise StoreError(f"{arg('store', url)} was recorded with other sampler settings ({recorded}): use its recipe")
+    if len(store.complete_indices()) == 0:
+        raise StoreError(f"{arg('store', url)} has no complete trajectories: run migmcut record first")
+    return store
+
+
+def store_samples(store, indices, base, batch_size: int, device) -> tuple[list, list[int], dict]:
+    """(conditions, seeds, {"images": decoded recorded tokens}) of trajectories `indices`: vanilla-N's reference."""
+    arrays = store._arrays()
+    conditions = [arrays[store.condition_kind][i] for i in indices]
+    conditions = [c.item() if hasattr(c, "item") else c for c in conditions]
+    seeds = [int(arrays["seeds"][i]) for i in indices]
+    tokens = torch.from_numpy(np.stack([arrays["tokens"][i] for i in indices]).astype("int64")).to(device)
+    images = np.concatenate([base.decode(tokens[lo : lo + batch_size]) for lo in range(0, len(indices), batch_size)])
+    return conditions, seeds, {"images": images}
+
