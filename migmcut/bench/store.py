@@ -31,11 +31,8 @@ def open_store(url: str, base, recipe, steps: int):
 
 def store_samples(store, indices, base, batch_size: int, device) -> tuple[list, list[int], dict]:
     """(conditions, seeds, {"images": decoded recorded tokens}) of trajectories `indices`: vanilla-N's reference."""
-    arrays = store._arrays()
-    conditions = [arrays[store.condition_kind][i] for i in indices]
-    conditions = [c.item() if hasattr(c, "item") else c for c in conditions]
-    seeds = [int(arrays["seeds"][i]) for i in indices]
-    tokens = torch.from_numpy(np.stack([arrays["tokens"][i] for i in indices]).astype("int64")).to(device)
+    conditions, seeds, tokens = store.read_samples(indices)
+    tokens = torch.from_numpy(tokens).to(device)
     images = np.concatenate([base.decode(tokens[lo : lo + batch_size]) for lo in range(0, len(indices), batch_size)])
     return conditions, seeds, {"images": images}
 
