@@ -13,7 +13,8 @@ from typing import Annotated, Optional
 import typer
 
 from migmcut.cli.common import (
-    DeviceOpt, DtypeOpt, JsonOpt, PresetOpt, RecipeOpt, SeedOpt, SetOpt, console, emit, handle_errors, load, progress, results,
+    DeviceOpt, DtypeOpt, JsonOpt, PresetOpt, RecipeOpt, SeedOpt, SetOpt, console, emit, handle_errors, load,
+    parse_int_list, parse_names, progress, results,
 )
 
 
@@ -126,6 +127,9 @@ def bench(
     from migmcut.bench import bench as run_bench
 
     rec = load(recipe, set_, preset)
+    budgets_, methods_ = parse_int_list(budgets, "budgets"), parse_names(methods)  # the library takes lists
+    vanilla_steps_, classes_ = parse_int_list(vanilla_steps, "vanilla_steps"), parse_int_list(classes, "classes")
+    metrics_ = parse_names(metrics)
     with progress(True, plain=True) as bar:  # stderr, with --json too
         task = bar.add_task("bench", total=None)
 
@@ -133,9 +137,9 @@ def bench(
             bar.update(task, description=desc, completed=done, total=total)
 
         run = run_bench(
-            rec, shortcut=shortcut, steps=steps, budgets=budgets, methods=methods, vanilla_steps=vanilla_steps,
-            prompts=prompts, classes=classes, num_samples=num_samples, batch_size=batch_size, repeats=repeats,
-            schedule=schedule, metrics=metrics, store=store, search_schedule=search_schedule, out=out, overwrite=overwrite, seed=seed,
+            rec, shortcut=shortcut, steps=steps, budgets=budgets_, methods=methods_, vanilla_steps=vanilla_steps_,
+            prompts=prompts, classes=classes_, num_samples=num_samples, batch_size=batch_size, repeats=repeats,
+            schedule=schedule, metrics=metrics_, store=store, search_schedule=search_schedule, out=out, overwrite=overwrite, seed=seed,
             device=device, dtype=dtype, progress=report, warn=lambda line: console.print(line, highlight=False, soft_wrap=True),
         )
     if search_schedule:

@@ -37,8 +37,8 @@ import sys
 import migmcut
 from migmcut.bench.job import BenchRun, bench
 from migmcut.bench.plan import (
-    SCHEDULE_MODES, Configuration, Plan, check_plan, configurations, default_prompts, expand, metric_settings,
-    parse_int_list, parse_names, read_prompts_file, sample_seeds, split_methods,
+    SCHEDULE_MODES, Configuration, Plan, check_plan, configurations, default_prompts, expand, int_list, metric_settings,
+    name_list, read_prompts_file, sample_seeds, split_methods,
 )
 from migmcut.bench.report import (
     COLORS, CSV_COLUMNS, BenchResult, bench_result, bound, csv_text, label_box, pareto_figure, pareto_front, pareto_png,
@@ -51,7 +51,7 @@ from migmcut.bench.store import open_store, store_samples
 __all__ = [
     "bench", "BenchRun",
     "SCHEDULE_MODES", "Configuration", "Plan", "check_plan", "configurations", "default_prompts", "expand",
-    "metric_settings", "parse_int_list", "parse_names", "read_prompts_file", "sample_seeds", "split_methods",
+    "int_list", "metric_settings", "name_list", "read_prompts_file", "sample_seeds", "split_methods",
     "COLORS", "CSV_COLUMNS", "BenchResult", "bench_result", "bound", "csv_text", "label_box", "pareto_figure",
     "pareto_front", "pareto_png", "place_labels", "rollout_png", "write_outputs", "write_rollout",
     "generate_images", "measure_c", "run_bench", "sampler_for", "time_configurations", "timing_runs",

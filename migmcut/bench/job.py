@@ -13,7 +13,7 @@ from typing import Callable
 from migmcut import schedule_search as ss
 from migmcut.base import load_base
 from migmcut.bench.plan import (
-    Plan, check_plan, configurations, default_prompts, expand, metric_settings, parse_int_list, parse_names, sample_seeds,
+    Plan, check_plan, configurations, default_prompts, expand, int_list, metric_settings, name_list, sample_seeds,
 )
 from migmcut.bench.report import BenchResult, write_outputs, write_rollout
 from migmcut.bench.run import run_bench, sampler_for
@@ -41,16 +41,16 @@ def bench(
     *,
     shortcut=None,
     steps: int | None = None,
-    budgets: str | list[int] | None = None,
-    methods: str | list[str] | None = None,
-    vanilla_steps: str | list[int] | None = None,
+    budgets: list[int] | None = None,
+    methods: list[str] | None = None,
+    vanilla_steps: list[int] | None = None,
     prompts: str | list[str] | None = None,
-    classes: str | list[int] | None = None,
+    classes: list[int] | None = None,
     num_samples: int | None = None,
     batch_size: int | None = None,
     repeats: int | None = None,
     schedule: str | None = None,
-    metrics: str | list[str] | None = None,
+    metrics: list[str] | None = None,
     store: str | None = None,
     search_schedule: bool = False,
     out: str | Path = "bench",
@@ -64,8 +64,8 @@ def bench(
 ) -> BenchRun:
     """Bench vanilla and the accelerated methods on the same samples; write bench.json, bench.csv, pareto.png to `out`.
 
-    Unset arguments take the recipe's `bench` section. Lists may be given comma-separated
-    ("4,6"); `methods` entries may name their own budgets ("shortcut:3/4/6"). `prompts`: a list, a
+    Unset arguments take the recipe's `bench` section. Lists are lists (budgets=[4, 6]; the CLI
+    splits comma-separated text); `methods` entries may name their own budgets ("shortcut:3/4/6"). `prompts`: a list, a
     text file (one prompt a line) or bench-set / selection-set; `classes`: class ids instead.
     `shortcut`: a checkpoint directory (default: the recipe's). `store`: a trajectory store whose
     validation trajectories give the samples, vanilla-N's images (the recorded ones) and a rollout
@@ -80,10 +80,10 @@ def bench(
     rec = as_recipe(recipe)
     cfg = rec.bench
     N = steps if steps is not None else (cfg.steps or rec.sampler.steps)
-    budget_list = parse_int_list(budgets, "budgets") if budgets is not None else list(cfg.budgets)
-    method_list = parse_names(methods) if methods is not None else list(cfg.methods)
+    budget_list = int_list(budgets, "budgets") if budgets is not None else list(cfg.budgets)
+    method_list = name_list(methods, "methods") if methods is not None else list(cfg.methods)
     mode = schedule or cfg.schedule
-    front_steps = parse_int_list(vanilla_steps, "vanilla_steps") if vanilla_steps is not None else cfg.vanilla_steps
+    front_steps = int_list(vanilla_steps, "vanilla_steps") if vanilla_steps is not None else cfg.vanilla_steps
     method_budgets = check_plan(N, budget_list, method_list, mode, front_steps)
     bs = batch_size if batch_size is not None else (cfg.batch_size or rec.generate.batch_size)
     reps = repeats if repeats is not None else cfg.repeats
@@ -106,8 +106,8 @@ def bench(
     elif prompts is not None:
         given = list(prompts)
     elif classes is not None:
-        given = parse_int_list(classes, "classes")
-    metric_names = parse_names(metrics) if metrics is not None else list(cfg.metrics) or default_metric_names(rec.base.kind)
+        given = int_list(classes, "classes")
+    metric_names = name_list(metrics, "metrics") if metrics is not None else list(cfg.metrics) or default_metric_names(rec.base.kind)
     for m in metric_names:
         if m not in REGISTRY:
             raise UserError(f"unknown metric {m!r}: choose from {', '.join(REGISTRY)}")

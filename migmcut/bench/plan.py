@@ -35,20 +35,25 @@ class Configuration:
         return f"{self.method}-{self.steps}/{self.budget}{tag}"
 
 
-def parse_int_list(text: str | list[int], name: str) -> list[int]:
-    """Integers given as a list or comma-separated ("2,4,8") for parameter `name`."""
+def int_list(values: list[int], name: str) -> list[int]:
+    """The integers of list parameter `name`; a string is refused (the CLI splits comma-separated text
+    before it calls the library), and so is an empty list."""
     try:
-        values = [int(v) for v in (text.split(",") if isinstance(text, str) else text) if str(v).strip()]
+        if isinstance(values, str):
+            raise ValueError
+        out = [int(v) for v in values if str(v).strip()]
     except ValueError:
-        raise UserError(f"{arg(name, repr(text))}: expected comma-separated integers, e.g. 2,4,8") from None
-    if not values:
+        raise UserError(f"{arg(name, repr(values))}: expected a list of integers, e.g. [2, 4, 8]") from None
+    if not out:
         raise UserError(f"{arg(name)} is empty: give at least one value")
-    return values
+    return out
 
 
-def parse_names(text: str | list[str]) -> list[str]:
-    """Names given as a list or comma-separated ("cache,shortcut")."""
-    return [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+def name_list(values: list[str], name: str) -> list[str]:
+    """The names of list parameter `name`, stripped, blank ones dropped; a string is refused."""
+    if isinstance(values, str):
+        raise UserError(f"{arg(name, repr(values))}: expected a list of names, e.g. ['cache', 'shortcut']")
+    return [m.strip() for m in values if m.strip()]
 
 
 def split_methods(methods: list[str], budgets: list[int]) -> dict[str, list[int]]:
