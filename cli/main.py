@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from migmcut.cli import bench, generate, record, store, train
+from migmcut.cli import bench, generate, record, schedule, store, train
 
 
 def untyped_flags(command, ctx) -> None:
@@ -62,6 +62,7 @@ app.command("record")(record.record)
 app.command("train")(train.train)
 app.command("bench")(bench.bench)
 app.add_typer(store.app, name="store")
+app.add_typer(schedule.app, name="schedule")
 
 
 def run() -> None:

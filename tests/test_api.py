@@ -10,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import migmcut
+from migmcut.bench.search import search_schedules
 from migmcut.cli.common import cli_arg
 from migmcut.cli.main import app
 from migmcut.errors import CheckpointError, UserError
@@ -62,7 +63,7 @@ def test_a_library_error_names_the_parameter_and_the_cli_its_flag(debug_recipe, 
      "tolerance is for codec=delta (this run: codec=bf16)"),
     (lambda r, b, t: migmcut.train(r, t / "s", t / "o", lr=-1.0, base=b), "lr must be > 0"),
     (lambda r, b, t: migmcut.bench(r, budgets="4,x", base=b), "budgets='4,x': expected a list of integers"),
-    (lambda r, b, t: migmcut.bench(r, search_schedule=True, base=b), "search_schedule=True needs store=STORE"),
+    (lambda r, b, t: search_schedules(r, None, base=b), "a schedule search needs store=STORE"),
     (lambda r, b, t: migmcut.load_recipe("debug", ["sampler.steps"]), "overrides='sampler.steps': expected KEY=VALUE"),
 ])
 def test_library_errors_name_no_flags(debug_recipe, debug_base, tmp_path, call, words):

@@ -27,7 +27,8 @@ OUT/state/ as it finishes (`BenchState`), and the same bench again continues fro
 
 The modules, by concern: `plan` (the configurations, prompts, seeds), `run` (sampling, timing,
 `run_bench`), `state` (OUT/state/), `report` (rows, bench.json / bench.csv, the figures), `store`
-(what a bench reads from a trajectory store) and `job` (`bench`, the whole job).
+(what a bench reads from a trajectory store), `job` (`bench`, the whole job) and `search`
+(`search_schedules`, the job of `migmcut schedule search`, whose placements the bench runs).
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ from migmcut.bench.report import (
     place_labels, rollout_png, write_outputs, write_rollout,
 )
 from migmcut.bench.run import generate_images, measure_c, run_bench, sampler_for, time_configurations, timing_runs
+from migmcut.bench.search import SearchRun, search_and_save, search_schedules
 from migmcut.bench.state import RESULT_FILES, STATE_DIR, BenchState
-from migmcut.bench.store import open_store, store_samples
+from migmcut.bench.store import open_store, store_samples, validation_indices
 
 __all__ = [
     "bench", "BenchRun",
@@ -56,7 +58,8 @@ __all__ = [
     "pareto_front", "pareto_png", "place_labels", "rollout_png", "write_outputs", "write_rollout",
     "generate_images", "measure_c", "run_bench", "sampler_for", "time_configurations", "timing_runs",
     "RESULT_FILES", "STATE_DIR", "BenchState",
-    "open_store", "store_samples",
+    "open_store", "store_samples", "validation_indices",
+    "SearchRun", "search_and_save", "search_schedules",
 ]
 
 sys.modules[__name__].__class__ = migmcut.CallableModule  # migmcut.bench(...) calls bench() (job.py)

@@ -17,8 +17,9 @@ from migmcut.bench.plan import (
 )
 from migmcut.bench.report import BenchResult, write_outputs, write_rollout
 from migmcut.bench.run import run_bench, sampler_for
+from migmcut.bench.search import search_and_save
 from migmcut.bench.state import BenchState
-from migmcut.bench.store import open_store, store_samples
+from migmcut.bench.store import open_store, store_samples, validation_indices
 from migmcut.devices import placement
 from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, UserError, arg, check_range
 from migmcut.files import check_writable_dir, dir_lock
@@ -30,10 +31,9 @@ from migmcut.shortcut import load_shortcut, resolve_checkpoint
 
 @dataclass
 class BenchRun:
-    result: BenchResult | None  # the rows (None when only searching schedules)
+    result: BenchResult  # the rows
     files: dict = field(default_factory=dict)  # what was written: json, csv, pareto (rollout_json, rollout_png)
     rollout: dict | None = None  # {"shortcut": ..., "cache": ...} rollout errors on the store's validation trajectories
-    schedules: list | None = None  # search_schedule: the searched placements (saved to files["schedules"])
 
 
 def bench(
@@ -52,7 +52,6 @@ def bench(
     schedule: str | None = None,
     metrics: list[str] | None = None,
     store: str | None = None,
-    search_schedule: bool = False,
     out: str | Path = "bench",
     overwrite: bool = False,
     seed: int = 0,
@@ -69,9 +68,9 @@ def bench(
     text file (one prompt a line) or bench-set / selection-set; `classes`: class ids instead.
     `shortcut`: a checkpoint directory (default: the recipe's). `store`: a trajectory store whose
     validation trajectories give the samples, vanilla-N's images (the recorded ones) and a rollout
-    error report. `search_schedule`: only search the full-step placement per budget on the store
-    and save it beside the shortcut (`schedules.json`); nothing is benched. `progress(what, done,
-    total)` follows the work; `warn(line)` gets a line per metric skipped for missing weights.
+    error report; searched schedules missing for `schedule` searched / both are searched there first
+    (`migmcut.bench.search`). `progress(what, done, total)` follows the work; `warn(line)` gets a
+    line per metric skipped for missing weights.
 
     Each configuration is kept in `out`/state/ as it finishes (`BenchState`): the same call again
     after an interrupt continues, computing only what is missing; `out` holding a bench of another
@@ -94,12 +93,7 @@ def bench(
         raise UserError(f"give {arg('prompts')} or {arg('classes')}, not both")
     if store is not None and (prompts is not None or classes is not None):
         raise UserError(f"{arg('store')} takes its prompts and seeds from the store: drop {arg('prompts')} / {arg('classes')}")
-    if search_schedule and store is None:
-        raise UserError(f"{arg('search_schedule', True)} needs {arg('store', 'STORE')} (validation trajectories to "
-                        "measure rollout errors on)")
     checkpoint = shortcut if shortcut is not None else resolve_checkpoint(rec.shortcut.checkpoint)
-    if search_schedule:
-        ss.check_writable(checkpoint)
     given = None
     if isinstance(prompts, str):
         given = default_prompts(dataclasses.replace(rec, bench=dataclasses.replace(cfg, prompts=prompts)))
@@ -111,13 +105,13 @@ def bench(
     for m in metric_names:
         if m not in REGISTRY:
             raise UserError(f"unknown metric {m!r}: choose from {', '.join(REGISTRY)}")
-    out_dir = None if search_schedule else check_writable_dir(out)  # made once everything is checked
+    out_dir = check_writable_dir(out)  # made once everything is checked
 
     dev, dt = placement(device, dtype, base)
     base = base if base is not None else load_base(rec.base, dev, dt)
     if N > base.num_tokens:
         raise UserError(f"{arg('steps', N)} exceeds the number of image tokens ({base.num_tokens})")
-    need_shortcut = any(m in NEEDS_SHORTCUT for m in method_budgets) or search_schedule
+    need_shortcut = any(m in NEEDS_SHORTCUT for m in method_budgets)
     if any(m in PARTIAL for m in method_budgets):
         base._require_partial()
     net, meta = None, {}
@@ -130,24 +124,7 @@ def bench(
                         f"{arg('methods')}")
 
     opened = open_store(store, base, rec, N) if store is not None else None
-    val_idx = None
-    if opened is not None:
-        tmeta = meta.get("train", {}) if meta.get("store") else {}
-        _, val_idx = opened.split(tmeta.get("val_fraction", rec.train.val_fraction), seed=tmeta.get("seed", rec.train.seed))
-        if len(val_idx) == 0:
-            raise UserError(f"{arg('store', store)}: no validation trajectories (record more)")
-
-    def search_now(budget_values):
-        errors = ss.rollout_errors(opened, val_idx, base, net.float(), device=dev)
-        found = ss.search(errors["shortcut"], budget_values)
-        path = ss.save_schedules(checkpoint, found, {"store": str(store), "val_trajectories": int(len(val_idx)),
-                                                       "objective": ss.OBJECTIVE_TEXT})
-        net.to(dtype=next(base.parameters()).dtype)
-        return found, path, errors
-
-    if search_schedule:
-        found, path, _ = search_now(budget_list)
-        return BenchRun(None, {"schedules": str(path)}, schedules=found)
+    val_idx = validation_indices(opened, meta, rec, store) if opened is not None else None
 
     searched: dict[int, list[int]] = {}
     errors = None
@@ -163,7 +140,7 @@ def bench(
             if opened is None:
                 raise UserError(f"no searched schedule for N={N}, B={','.join(map(str, missing))} in {checkpoint}: "
                                 f"run migmcut bench --search-schedule --store STORE (or pass {arg('store')})")
-            found, _, errors = search_now(missing)
+            found, _, errors = search_and_save(opened, val_idx, base, net, checkpoint, missing, store, dev)
             searched.update({r.budget: r.full_steps for r in found})
     knobs = PolicyKnobs.of(rec)
     configs = configurations(N, budget_list, method_list, mode, searched, front_steps, rec.sampler.budget_rounding, knobs)

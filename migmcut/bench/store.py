@@ -1,5 +1,6 @@
 """What a bench reads from a trajectory store: the store checked against the recipe (`open_store`),
-and the recorded samples that stand for vanilla-N (`store_samples`)."""
+its validation trajectories (`validation_indices`) and the recorded samples that stand for
+vanilla-N (`store_samples`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from migmcut.errors import StoreError, arg
+from migmcut.errors import StoreError, UserError, arg
 from migmcut.store.reader import TrajectoryStore
 
 
@@ -27,6 +28,16 @@ def open_store(url: str, base, recipe, steps: int):
     if len(store.complete_indices()) == 0:
         raise StoreError(f"{arg('store', url)} has no complete trajectories: run migmcut record first")
     return store
+
+
+def validation_indices(store, meta: dict, recipe, url) -> np.ndarray:
+    """The opened store's validation trajectories: those of the split the shortcut was trained with
+    (`meta`: its checkpoint's, when it was trained on a store), else of the recipe's train settings."""
+    tmeta = meta.get("train", {}) if meta.get("store") else {}
+    _, val_idx = store.split(tmeta.get("val_fraction", recipe.train.val_fraction), seed=tmeta.get("seed", recipe.train.seed))
+    if len(val_idx) == 0:
+        raise UserError(f"{arg('store', url)}: no validation trajectories (record more)")
+    return val_idx
 
 
 def store_samples(store, indices, base, batch_size: int, device) -> tuple[list, list[int], dict]:
