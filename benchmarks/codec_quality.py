@@ -26,6 +26,7 @@ import torch
 from migmcut import bench as lib
 from migmcut import front
 from migmcut.base import load_base
+from migmcut.cli.common import parse_int_list
 from migmcut.metrics import build_metrics, default_metric_names, measure_resampled
 from migmcut.policies import full_steps_for
 from migmcut.recipe import load_recipe
@@ -80,7 +81,7 @@ def main() -> None:
     result: dict = {"steps": args.steps, "num_samples": len(conditions), "seed": args.seed,
                     "shortcuts": list(nets), "budgets": {}}
     with torch.no_grad():
-        for B in lib.parse_int_list(args.budgets, "budgets"):
+        for B in parse_int_list(args.budgets, "budgets"):
             cfg = lib.Configuration("shortcut", args.steps, B,
                                     full_steps_for("shortcut", args.steps, B, rounding=rec.sampler.budget_rounding),
                                     "uniform")

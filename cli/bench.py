@@ -1,8 +1,7 @@
 """`migmcut bench`: vanilla and the accelerated methods on the same prompts and seeds, timed and scored.
 
-Also `--search-schedule` (with `--store` and a shortcut): search the full-step placement per
-budget on the store's validation trajectories and save it beside the shortcut checkpoint
-(`schedules.json`), for `--schedule searched`.
+`--search-schedule` is a deprecated alias of `migmcut schedule search` (cli/schedule.py), kept
+for one release: it says so on stderr and does the same.
 """
 
 from __future__ import annotations
@@ -12,9 +11,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from migmcut.cli import schedule as schedule_cli
 from migmcut.cli.common import (
-    DeviceOpt, DtypeOpt, JsonOpt, PresetOpt, RecipeOpt, SeedOpt, SetOpt, console, emit, handle_errors, load, progress, results,
+    DeviceOpt, DtypeOpt, JsonOpt, PresetOpt, RecipeOpt, SeedOpt, SetOpt, console, emit, handle_errors, load,
+    parse_int_list, parse_names, progress, results,
 )
+from migmcut.errors import UserError, arg
 
 
 def _short(name: str) -> str:
@@ -82,20 +84,6 @@ def _print_rollout(errors: dict) -> None:
     results.print(table)
 
 
-def _print_schedules(found) -> None:
-    from rich.table import Table
-
-    from migmcut import schedule_search as ss
-
-    table = Table(title=f"searched schedules (objective: {ss.OBJECTIVE_TEXT})", title_justify="left")
-    for col in ("N", "B", "searched full steps", "objective", "uniform full steps", "objective "):
-        table.add_column(col)
-    for r in found:
-        table.add_row(str(r.steps), str(r.budget), str(r.full_steps), f"{r.objective:.4g}",
-                      str(r.uniform_steps), f"{r.uniform_objective:.4g}")
-    results.print(table)
-
-
 @handle_errors
 def bench(
     shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory, or the paper's released .pth (default: the recipe's).")] = None,
@@ -111,7 +99,7 @@ def bench(
     schedule: Annotated[Optional[str], typer.Option(help="Shortcut full-step placement: auto (as generate: searched where saved beside the shortcut, else uniform), uniform, searched or both.")] = None,
     metrics: Annotated[Optional[str], typer.Option(help="Comma-separated metrics (default: by base kind).")] = None,
     store: Annotated[Optional[str], typer.Option(help="Trajectory store: recorded rollouts as the vanilla-N reference, plus a rollout-error report.")] = None,
-    search_schedule: Annotated[bool, typer.Option("--search-schedule", help="Only search schedules on --store's validation trajectories and save them beside the shortcut.")] = False,
+    search_schedule: Annotated[bool, typer.Option("--search-schedule", help="Deprecated: use migmcut schedule search (the same, for one release).")] = False,
     out: Annotated[Path, typer.Option(help="Directory for bench.json, bench.csv, pareto.png (and rollout.*); state/ in it keeps each configuration as it finishes, and the same command again continues an interrupted bench.")] = Path("bench"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the bench already in OUT (one of another plan is refused otherwise; one of the same plan is continued).")] = False,
     recipe: RecipeOpt = "tiny-shapes",
@@ -124,8 +112,22 @@ def bench(
 ):
     """Measure speed and quality of vanilla and accelerated sampling side by side."""
     from migmcut.bench import bench as run_bench
+    from migmcut.bench.search import search_schedules
 
+    if search_schedule:
+        console.print("--search-schedule is deprecated: use migmcut schedule search", highlight=False, soft_wrap=True)
     rec = load(recipe, set_, preset)
+    if search_schedule:
+        budget_list = parse_int_list(budgets, "budgets")
+        if store is None:
+            raise UserError(f"{arg('search_schedule', True)} needs {arg('store', 'STORE')} (validation trajectories to "
+                            "measure rollout errors on)")
+        schedule_cli.show(search_schedules(rec, store, shortcut=shortcut, steps=steps, budgets=budget_list,
+                                           device=device, dtype=dtype), json_)
+        return
+    budgets_, methods_ = parse_int_list(budgets, "budgets"), parse_names(methods)  # the library takes lists
+    vanilla_steps_, classes_ = parse_int_list(vanilla_steps, "vanilla_steps"), parse_int_list(classes, "classes")
+    metrics_ = parse_names(metrics)
     with progress(True, plain=True) as bar:  # stderr, with --json too
         task = bar.add_task("bench", total=None)
 
@@ -133,18 +135,11 @@ def bench(
             bar.update(task, description=desc, completed=done, total=total)
 
         run = run_bench(
-            rec, shortcut=shortcut, steps=steps, budgets=budgets, methods=methods, vanilla_steps=vanilla_steps,
-            prompts=prompts, classes=classes, num_samples=num_samples, batch_size=batch_size, repeats=repeats,
-            schedule=schedule, metrics=metrics, store=store, search_schedule=search_schedule, out=out, overwrite=overwrite, seed=seed,
+            rec, shortcut=shortcut, steps=steps, budgets=budgets_, methods=methods_, vanilla_steps=vanilla_steps_,
+            prompts=prompts, classes=classes_, num_samples=num_samples, batch_size=batch_size, repeats=repeats,
+            schedule=schedule, metrics=metrics_, store=store, out=out, overwrite=overwrite, seed=seed,
             device=device, dtype=dtype, progress=report, warn=lambda line: console.print(line, highlight=False, soft_wrap=True),
         )
-    if search_schedule:
-        if not json_:
-            _print_schedules(run.schedules)
-            results.print(f"saved to {run.files['schedules']}")
-        emit(json_, {"schedules": [{"steps": r.steps, "budget": r.budget, **r.to_dict()} for r in run.schedules],
-                     "file": run.files["schedules"]})
-        return
     result = run.result
     if not json_:
         _print_rows(result.rows, result.timing, list(result.higher), list(result.higher))

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from migmcut.errors import Interrupted, UserError
+from migmcut.errors import Interrupted, UserError, arg
 from migmcut.files import is_disk_full
 
 console = Console(stderr=True)  # progress, warnings, errors
@@ -104,6 +104,24 @@ def _internal(err: BaseException):
         soft_wrap=True,
     )
     raise typer.Exit(1) from None
+
+
+def parse_int_list(text: str | None, name: str) -> list[int] | None:
+    """Comma-separated integers ("2,4,8") typed for option `name`, as the list the library takes (None stays None)."""
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{arg(name, repr(text))}: expected comma-separated integers, e.g. 2,4,8") from None
+    if not values:
+        raise UserError(f"{arg(name)} is empty: give at least one value")
+    return values
+
+
+def parse_names(text: str | None) -> list[str] | None:
+    """Comma-separated names ("cache,shortcut") typed for an option, as a list (None stays None)."""
+    return None if text is None else [m.strip() for m in text.split(",") if m.strip()]
 
 
 def load(recipe: str, overrides: list[str] | None, preset: str | None = None):

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from migmcut.cli import bench, generate, record, shortcut, store, train
+from migmcut.cli import bench, generate, record, schedule, shortcut, store, train
 
 
 def untyped_flags(command, ctx) -> None:
@@ -63,6 +63,7 @@ app.command("train")(train.train)
 app.command("bench")(bench.bench)
 app.add_typer(store.app, name="store")
 app.add_typer(shortcut.app, name="shortcut")
+app.add_typer(schedule.app, name="schedule")
 
 
 def run() -> None:

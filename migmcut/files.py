@@ -85,6 +85,11 @@ def atomic_write_all(writes: dict) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`data` written to `path` atomically (`atomic_write`)."""
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
 def writable_dir(path: Path, name: str = "out") -> Path:
     """Create directory `path` (parameter `name`) if needed and make sure files can be written there."""
     path = Path(path).expanduser()

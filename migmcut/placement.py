@@ -95,7 +95,7 @@ def load_schedule(checkpoint: str | Path, steps: int, budget: int) -> list[int] 
     if entry is None:
         return None
     if data.get("shortcut_sha256") != weights_digest(checkpoint):
-        raise UserError(f"{path} was searched for other shortcut weights: search again (migmcut bench --search-schedule)")
+        raise UserError(f"{path} was searched for other shortcut weights: search again (migmcut schedule search)")
     full = [int(s) for s in entry["full_steps"]]
     if len(full) != budget or full[0] != 0 or any(b <= a for a, b in zip(full, full[1:])) or full[-1] >= steps:
         raise UserError(f"{path}: the schedule for N={steps}, B={budget} is malformed: search again")
@@ -118,7 +118,7 @@ def resolve_schedule(schedule: str, method: str, steps: int, budget: int | None,
         if not saved or budget is None:
             raise UserError(f"{arg('schedule', 'searched')} needs a shortcut checkpoint and {arg('budget')}")
         raise UserError(f"no searched schedule for N={steps}, B={budget} beside {checkpoint}: "
-                        "run migmcut bench --search-schedule --store STORE --shortcut CKPT first")
+                        "run migmcut schedule search --store STORE --shortcut CKPT first")
     return full
 
 

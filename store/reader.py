@@ -166,6 +166,16 @@ class TrajectoryStore:
             values = delta_levels(values)
         return RawTrajectory(i, values, scale, tokens.astype(np.int64), order.astype(np.int64), condition, seed, spec.codec)
 
+    def read_samples(self, indices) -> tuple[list, list[int], np.ndarray]:
+        """(conditions, seeds, final tokens (n, L) int64) of trajectories `indices`, without their
+        features: what it takes to sample them again and compare with what was recorded."""
+        g = self._arrays()
+        conditions = [g[self.condition_kind][i] for i in indices]
+        conditions = [c.item() if hasattr(c, "item") else c for c in conditions]
+        seeds = [int(g["seeds"][i]) for i in indices]
+        tokens = np.stack([g["tokens"][i] for i in indices]).astype("int64")
+        return conditions, seeds, tokens
+
     def _arrays(self) -> dict:
         """Array handles, opened once (each `group[name]` would read the array's metadata again)."""
         return self._handles

@@ -10,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import migmcut
+from migmcut.bench.search import search_schedules
 from migmcut.cli.common import cli_arg
 from migmcut.cli.main import app
 from migmcut.errors import CheckpointError, UserError
@@ -61,8 +62,8 @@ def test_a_library_error_names_the_parameter_and_the_cli_its_flag(debug_recipe, 
     (lambda r, b, t: migmcut.record(r, t / "s", num=2, codec="bf16", tolerance=0.1, base=b),
      "tolerance is for codec=delta (this run: codec=bf16)"),
     (lambda r, b, t: migmcut.train(r, t / "s", t / "o", lr=-1.0, base=b), "lr must be > 0"),
-    (lambda r, b, t: migmcut.bench(r, budgets="4,x", base=b), "budgets='4,x': expected comma-separated integers"),
-    (lambda r, b, t: migmcut.bench(r, search_schedule=True, base=b), "search_schedule=True needs store=STORE"),
+    (lambda r, b, t: migmcut.bench(r, budgets="4,x", base=b), "budgets='4,x': expected a list of integers"),
+    (lambda r, b, t: search_schedules(r, None, base=b), "a schedule search needs store=STORE"),
     (lambda r, b, t: migmcut.load_recipe("debug", ["sampler.steps"]), "overrides='sampler.steps': expected KEY=VALUE"),
 ])
 def test_library_errors_name_no_flags(debug_recipe, debug_base, tmp_path, call, words):
@@ -88,3 +89,17 @@ def test_import_is_light_and_the_modules_stay_reachable():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert set(migmcut.__all__) == {"load_recipe", "load_base", "load_shortcut", "attach", "generate", "record", "train", "bench"}
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"methods": "cache,shortcut"}, "methods='cache,shortcut': expected a list of names"),
+    ({"vanilla_steps": "2,4"}, "vanilla_steps='2,4': expected a list of integers"),
+    ({"classes": "1"}, "classes='1': expected a list of integers"),
+    ({"budgets": []}, "budgets is empty"),
+])
+def test_the_library_takes_lists_where_the_cli_takes_comma_separated_text(debug_recipe, debug_base, tmp_path, kwargs,
+                                                                          words):
+    with pytest.raises(UserError) as err:
+        migmcut.bench(debug_recipe, base=debug_base, out=tmp_path / "o", **kwargs)
+    assert words in str(err.value), str(err.value)
+    assert not (tmp_path / "o").exists()

@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +27,10 @@ def trained(tmp_path_factory):
 
 def bench(*args):
     return runner.invoke(app, ["bench", "--recipe", "debug", "--device", "cpu", "--repeats", "1", *args])
+
+
+def search(*args):
+    return runner.invoke(app, ["schedule", "search", "--recipe", "debug", "--device", "cpu", *args])
 
 
 def test_bench_runs_every_configuration_and_writes_parseable_files(trained, tmp_path):
@@ -107,6 +112,28 @@ def test_search_schedule_command_saves_schedules_no_worse_than_uniform(trained):
         assert s["objective"] <= s["uniform"]["objective"] + 1e-9
 
 
+def test_schedule_search_is_its_own_command_and_the_old_flag_its_deprecated_alias(trained, tmp_path):
+    store, ck = trained
+    found = {}
+    for name, run in (("command", lambda c: search("--shortcut", c, "--store", str(store), "--budgets", "2,3", "--json")),
+                      ("alias", lambda c: bench("--shortcut", c, "--store", str(store), "--budgets", "2,3",
+                                                "--search-schedule", "--json"))):
+        copy = fresh_copy(ck, tmp_path / name)
+        res = run(copy)
+        assert res.exit_code == 0, res.output
+        notices = [line for line in res.stderr.splitlines() if "deprecated" in line]
+        assert notices == (["--search-schedule is deprecated: use migmcut schedule search"] if name == "alias" else [])
+        out = json.loads(res.stdout)
+        assert out["file"] == str(Path(copy) / "schedules.json")
+        found[name] = (out["schedules"], json.loads(Path(out["file"]).read_text())["schedules"])
+    assert found["command"] == found["alias"] and [s["budget"] for s in found["command"][0]] == [2, 3]
+    # bad input: one line, exit 2, as every command
+    res = search("--shortcut", str(ck), "--store", str(store), "--budgets", "9")
+    assert res.exit_code == 2 and res.stderr.strip() == "error: budget 9 must be between 1 and the step count (8)"
+    res = search("--shortcut", str(ck), "--budgets", "2")
+    assert res.exit_code == 2 and "--store" in res.stderr
+
+
 def test_pareto_front_on_synthetic_points():
     xs = [1.0, 2.0, 3.0, 2.5, 0.5, 4.0]
     ys = [0.5, 0.7, 0.9, 0.6, 0.1, 0.9]
@@ -186,7 +213,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(trained, tmp_path, make
 
 def test_generate_uses_a_searched_schedule_and_refuses_a_missing_one(trained, tmp_path):
     store, ck = trained
-    assert bench("--shortcut", str(ck), "--store", str(store), "--budgets", "3", "--search-schedule").exit_code == 0
+    assert search("--shortcut", str(ck), "--store", str(store), "--budgets", "3").exit_code == 0
     gen = ["generate", "--recipe", "debug", "--device", "cpu", "--prompt", "a large red circle", "--shortcut", str(ck),
            "--out", str(tmp_path / "g"), "--schedule", "searched", "--json"]
     from migmcut.placement import budget_schedule, load_schedule
@@ -213,7 +240,7 @@ def test_generate_uses_a_searched_schedule_and_refuses_a_missing_one(trained, tm
 
 def test_explicit_vanilla_steps_are_exactly_the_front_and_the_default_schedule_is_generates(trained, tmp_path):
     store, ck = trained
-    assert bench("--shortcut", str(ck), "--store", str(store), "--budgets", "3", "--search-schedule").exit_code == 0
+    assert search("--shortcut", str(ck), "--store", str(store), "--budgets", "3").exit_code == 0
     from migmcut.placement import load_schedule
 
     res = bench("--shortcut", str(ck), "--budgets", "3", "--methods", "shortcut", "--vanilla-steps", "5,3",

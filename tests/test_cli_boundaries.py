@@ -85,8 +85,8 @@ def test_no_command_writes_under_the_installed_package(tmp_path):
         (0, ["generate", "--device", "cpu", "--prompt", "a large red circle", "--out", str(tmp_path / "g2")]),
         (0, ["bench", *COMMON, "--methods", "vanilla", "--budgets", "2", "--num-samples", "2", "--batch-size", "2",
              "--repeats", "1", "--out", str(tmp_path / "b")]),
-        (0, ["bench", *COMMON, "--shortcut", str(ck), "--store", str(store), "--budgets", "2", "--search-schedule"]),
-        (2, ["bench", "--device", "cpu", "--store", str(store), "--budgets", "4", "--search-schedule"]),
+        (0, ["schedule", "search", *COMMON, "--shortcut", str(ck), "--store", str(store), "--budgets", "2"]),
+        (2, ["schedule", "search", "--device", "cpu", "--store", str(store), "--budgets", "4"]),
     ]
     for code, args in runs:
         res = runner.invoke(app, args)
@@ -112,11 +112,11 @@ def _full_disk(*args, **kwargs):
 
 
 @pytest.mark.parametrize("target, args", [
-    ("migmcut.bench._atomic", lambda s, ck, t: ["bench", *COMMON, "--methods", "vanilla", "--budgets", "2",
+    ("migmcut.bench.state.atomic_write_bytes", lambda s, ck, t: ["bench", *COMMON, "--methods", "vanilla", "--budgets", "2",
                                                 "--num-samples", "2", "--batch-size", "2", "--repeats", "1",
                                                 "--out", str(t / "b")]),
-    ("pathlib.Path.write_text", lambda s, ck, t: ["bench", *COMMON, "--shortcut", str(ck), "--store", str(s),
-                                                  "--budgets", "2", "--search-schedule"]),
+    ("pathlib.Path.write_text", lambda s, ck, t: ["schedule", "search", *COMMON, "--shortcut", str(ck), "--store",
+                                                  str(s), "--budgets", "2"]),
     ("migmcut.store.inspect.open_group", lambda s, ck, t: ["store", "verify", str(s), "--repair"]),
 ])
 def test_a_full_disk_in_the_other_writing_commands_is_one_line_exit_2(trained, tmp_path, monkeypatch, target, args):

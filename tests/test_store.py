@@ -213,6 +213,18 @@ def test_trajectory_store_metadata_and_split(store_dir):
         s.split(1.5)
 
 
+def test_read_samples_gives_each_trajectorys_condition_seed_and_tokens_as_read_does(store_dir):
+    s = TrajectoryStore(store_dir)
+    picked = [3, 0, 5]
+    conditions, seeds, tokens = s.read_samples(picked)
+    assert tokens.dtype == np.int64 and tokens.shape == (3, s.num_tokens)
+    for k, i in enumerate(picked):
+        whole = s.read(i)
+        assert conditions[k] == whole["condition"] and isinstance(conditions[k], str)
+        assert seeds[k] == whole["seed"] and isinstance(seeds[k], int)
+        assert np.array_equal(tokens[k], whole["tokens"].numpy())
+
+
 def test_windows_are_runs_of_consecutive_pairs_of_one_trajectory_and_branch(store_dir):
     """`window=k` (unrolled training): each item is the k pairs t .. t+k-1 of one trajectory and branch."""
     s = TrajectoryStore(store_dir)

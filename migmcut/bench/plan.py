@@ -1,0 +1,199 @@
+"""The bench plan: which configurations run (`configurations`), on which conditions and seeds.
+
+    configs = configurations(16, [4, 6], ["vanilla", "cache", "shortcut:3/4/6"])
+    plan = Plan(recipe.sampler, configs, expand(default_prompts(recipe), 384), sample_seeds(0, 384), 16)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from migmcut.errors import UserError, arg
+from migmcut.metrics import MetricSettings
+from migmcut.policies import METHODS, NEEDS_SHORTCUT, PolicyKnobs, full_steps_for
+from migmcut.recipe import SamplerConfig
+from migmcut.sampler import trajectory_seed
+from migmcut.world import prompt_sets
+
+SCHEDULE_MODES = ("auto", "uniform", "searched", "both")  # auto: as generate (searched where saved)
+
+
+@dataclass
+class Configuration:
+    method: str
+    steps: int  # sampling steps of this run
+    budget: int  # full base steps
+    full_steps: list[int] | None = None  # the steps that run the base (accelerated methods)
+    schedule: str | None = None  # uniform | searched (the shortcut's placements: cache, shortcut, hybrid)
+    reference: bool = False  # vanilla at N: the speedup reference
+
+    @property
+    def label(self) -> str:
+        if self.method == "vanilla":
+            return f"vanilla-{self.steps}"
+        tag = "" if self.schedule in (None, "uniform") else f" ({self.schedule})"
+        return f"{self.method}-{self.steps}/{self.budget}{tag}"
+
+
+def int_list(values: list[int], name: str) -> list[int]:
+    """The integers of list parameter `name`; a string is refused (the CLI splits comma-separated text
+    before it calls the library), and so is an empty list."""
+    try:
+        if isinstance(values, str):
+            raise ValueError
+        out = [int(v) for v in values if str(v).strip()]
+    except ValueError:
+        raise UserError(f"{arg(name, repr(values))}: expected a list of integers, e.g. [2, 4, 8]") from None
+    if not out:
+        raise UserError(f"{arg(name)} is empty: give at least one value")
+    return out
+
+
+def name_list(values: list[str], name: str) -> list[str]:
+    """The names of list parameter `name`, stripped, blank ones dropped; a string is refused."""
+    if isinstance(values, str):
+        raise UserError(f"{arg(name, repr(values))}: expected a list of names, e.g. ['cache', 'shortcut']")
+    return [m.strip() for m in values if m.strip()]
+
+
+def split_methods(methods: list[str], budgets: list[int]) -> dict[str, list[int]]:
+    """Method entries -> {method: its budgets}: `name` takes `budgets`, `name:B1/B2` its own
+    (e.g. shortcut:3/4/6); vanilla's are empty (its step counts are the front's)."""
+    if not methods:
+        raise UserError(f"{arg('methods')} is empty: choose from {', '.join(METHODS)}")
+    out: dict[str, list[int]] = {}
+    for entry in methods:
+        name, sep, own = entry.partition(":")
+        name = name.strip()
+        if name not in METHODS:
+            raise UserError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
+        if sep and name == "vanilla":
+            raise UserError(f"{arg('methods', entry)}: vanilla takes no budgets (its step counts: {arg('vanilla_steps')})")
+        mine = [int(b) for b in own.split("/")] if sep and all(b.strip().isdigit() for b in own.split("/")) else None
+        if sep and mine is None:
+            raise UserError(f"{arg('methods', repr(entry))}: expected NAME or NAME:B1/B2, e.g. shortcut:3/4/6")
+        out[name] = [] if name == "vanilla" else list(dict.fromkeys(mine if sep else budgets))
+    return out
+
+
+def check_plan(steps: int, budgets: list[int], methods: list[str], schedule: str,
+               vanilla_steps: list[int] | None = None) -> dict[str, list[int]]:
+    """Every plan argument checked; -> `split_methods(methods, budgets)`."""
+    if steps < 1:
+        raise UserError(f"{arg('steps')} must be >= 1, got {steps}")
+    plan = split_methods(methods, budgets)
+    for b in sorted({b for bs in plan.values() for b in bs} | set(budgets)):
+        if not 1 <= b <= steps:
+            raise UserError(f"budget {b} must be between 1 and the step count ({steps})")
+    for v in vanilla_steps or ():
+        if not 1 <= v <= steps:
+            raise UserError(f"{arg('vanilla_steps', v)} must be between 1 and the step count ({steps})")
+    if schedule not in SCHEDULE_MODES:
+        raise UserError(f"{arg('schedule', repr(schedule))}: choose {', '.join(SCHEDULE_MODES[:-1])} or {SCHEDULE_MODES[-1]}")
+    return plan
+
+
+def configurations(steps: int, budgets: list[int], methods: list[str], schedule: str = "uniform",
+                   searched: dict[int, list[int]] | None = None,
+                   vanilla_steps: list[int] | None = None, rounding: str = "half-up",
+                   knobs: PolicyKnobs | None = None) -> list[Configuration]:
+    """The bench plan: vanilla-N first, then vanilla at the other front step counts (default: every
+    budget), then per budget each accelerated method of `methods` at (N, B), in METHODS' order
+    (an entry `name:B1/B2` runs that method at its own budgets instead of `budgets`).
+
+    Vanilla runs whatever `methods` says: it is what every accelerated row is judged against.
+    The shortcut and the hybrid take the `schedule` mode: auto the searched placement where
+    `searched` has one for B (as generate does), the uniform one otherwise, which follows the
+    sampler's `budget_rounding` as generate's does. The cache is uniform; recap and mlcache place
+    their full steps by their own rules (`policies.full_steps_for`, with `knobs`).
+    """
+    plan = check_plan(steps, budgets, methods, schedule, vanilla_steps)
+    every = sorted({b for bs in plan.values() for b in bs}) or sorted(set(budgets))
+    out = [Configuration("vanilla", steps, steps, reference=True)]
+    out += [Configuration("vanilla", n, n) for n in sorted(set(vanilla_steps or every) - {steps})]
+    for B in every:
+        for method in (m for m in METHODS[1:] if B in plan.get(m, ())):
+            if method not in NEEDS_SHORTCUT:
+                try:
+                    full = full_steps_for(method, steps, B, knobs, rounding)
+                except ValueError as err:
+                    raise UserError(f"{arg('budgets', B)}: {err}") from None
+                out.append(Configuration(method, steps, B, full, "uniform" if method == "cache" else None))
+                continue
+            found = (searched or {}).get(B)
+            modes = {"both": ("uniform", "searched"), "auto": ("searched" if found else "uniform",)}.get(schedule, (schedule,))
+            for mode in modes:
+                if mode == "uniform":
+                    out.append(Configuration(method, steps, B, full_steps_for(method, steps, B, rounding=rounding), "uniform"))
+                elif found is None:
+                    raise UserError(f"no searched schedule for N={steps}, B={B}: run migmcut schedule search")
+                else:
+                    out.append(Configuration(method, steps, B, list(found), "searched"))
+    return out
+
+
+# --------------------------------------------------------------------------------- prompts
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"{arg('prompts', path)}: no such file (give a text file with one prompt a line)")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{arg('prompts', path)}: unreadable ({err})") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise UserError(f"{arg('prompts', path)} holds no prompt: write one prompt a line")
+    return prompts
+
+
+def default_prompts(recipe) -> list[str]:
+    """The recipe's bench prompts (`bench.prompts`): a shipped held-out set, the recipe's, or a file."""
+    source = recipe.bench.prompts
+    if source in ("bench-set", "selection-set"):
+        if recipe.base.kind != "tiny-shapes":
+            raise UserError(f"bench.prompts {source} is tiny-shapes' held-out set: pass {arg('prompts', 'FILE')} for {recipe.name}")
+        return prompt_sets.load(source.removesuffix("-set"))
+    if source != "recipe":
+        return read_prompts_file(source)
+    prompts = list(recipe.generate.prompts)
+    if not prompts:
+        raise UserError(f"recipe {recipe.name} has no default prompts: pass {arg('prompts', 'FILE')} or {arg('classes', 'IDS')}")
+    return prompts
+
+
+def expand(conditions: list, num_samples: int | None) -> list:
+    """Cycle the conditions to `num_samples` (default: one sample each)."""
+    if num_samples is None:
+        return list(conditions)
+    return [conditions[i % len(conditions)] for i in range(num_samples)]
+
+
+@dataclass
+class Plan:
+    sampler: SamplerConfig  # the recipe's sampler with steps = N
+    configs: list[Configuration]
+    conditions: list
+    seeds: list[int]
+    batch_size: int
+    repeats: int = 3
+    warmup: int = 1
+    bootstrap: int = 1000  # paired resamples for the intervals (0: none)
+    refine: bool = True  # add vanilla step counts until each row's front vanilla is pinned
+    level: float = 0.95
+    knobs: PolicyKnobs = field(default_factory=PolicyKnobs)  # the recipe's recap / mlcache / hybrid
+
+
+def metric_settings(recipe, device):
+    """Where the recipe's bench section keeps the metrics' weights (local paths), for `device`."""
+    cfg = recipe.bench
+    return MetricSettings(fid_inception=cfg.fid_inception, fid_reference=cfg.fid_reference,
+                          clip_model=cfg.clip_model, device=str(device))
+
+
+def sample_seeds(run_seed: int, n: int) -> list[int]:
+    return [trajectory_seed(run_seed, i) for i in range(n)]
+
