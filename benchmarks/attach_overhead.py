@@ -86,9 +86,9 @@ def tiny_setup(steps: int, budget: int, batch: int):
     cond = tokenize_prompts(prompts, P)
     prompt_ids = torch.cat([cond, torch.full_like(cond, NULL)])
     counts = tokens_per_step(L, steps, config.schedule)
-    hook = migmcut.attach(base.mlm, str(checkpoint), steps=steps, budget=budget, base=base)
+    hook = migmcut.attach(base.mlm, shortcut, steps=steps, budget=budget, base=base)  # the module: uniform placement
     hook.remove()
-    full = hook.full_steps
+    full = hook.full_steps  # what the hooked loop below places (the sampler is given the same)
 
     def plain(seeds):  # a user's loop: the recipe's settings by hand, CFG rows in one call
         gens = [torch.Generator().manual_seed(s) for s in seeds]
