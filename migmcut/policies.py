@@ -172,7 +172,7 @@ class BudgetPolicy:
         self.kind = "cache" if shortcut is None else "shortcut"
         # a shortcut that reads the whole input sequence (the paper's released ones) carries it instead
         self.reads_sequence = getattr(shortcut, "reads_sequence", False)
-        self.features = self.sequence = self.inputs = self.conditioned = None
+        self.features = self.sequence = self.rows = self.inputs = self.conditioned = None
 
     def step(self, base, state):
         if state.t in self.full_steps:
@@ -189,8 +189,10 @@ class BudgetPolicy:
         if self.reads_sequence:
             self.sequence = self.shortcut.advance(base, self.sequence, branch_rows(state), state.cond,
                                                   state.new_tokens.repeat(branches, 1), state.mask_ratio)
-            grid = torch.arange(base.num_tokens, device=self.sequence.device).expand(self.sequence.shape[0], -1)
-            return _rows_of(self.sequence, base.image_rows(grid))
+            if self.rows is None:  # where the image rows sit in the sequence: the same at every step
+                grid = torch.arange(base.num_tokens, device=self.sequence.device).expand(self.sequence.shape[0], -1)
+                self.rows = base.image_rows(grid)
+            return _rows_of(self.sequence, self.rows)
         return self.shortcut(self.features, **self.step_inputs(base, state, branches))
 
     def step_inputs(self, base, state, branches: int) -> dict:

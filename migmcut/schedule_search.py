@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from migmcut.errors import UserError
 from migmcut.placement import budget_schedule
-from migmcut.shortcut import ShortcutInputs
+from migmcut.shortcut import ShortcutInputs, pair_conditions
 
 METRICS = ("mse", "cos", "top1", "kl")
 OBJECTIVE_TEXT = "summed rollout MSE over skipped steps"
@@ -114,7 +114,7 @@ def rollout_errors(store, indices, base, shortcut=None, *, device="cpu", chunk: 
         order = torch.stack([t["order"] for t in trajs]).repeat_interleave(br, 0)
         conds = [t["condition"] for t in trajs for _ in range(br)]
         branch = torch.arange(br).repeat(n)
-        conditioned = inputs.condition(inputs.conditions(conds, branch))
+        conditioned = inputs.condition(pair_conditions(base, conds, branch))
         steps_in = []  # the shortcut's inputs for the tokens fixed at each step t
         for t in range(N - 1):
             ids, pos, valid = _new_tokens(tokens, order, t)

@@ -177,10 +177,6 @@ class ShortcutInputs:
         self.positions = grid_positions(base)  # (L, D), base dtype and device
         self.query_pos = self.positions.to(self.device, dtype)  # the same for every call
 
-    def conditions(self, conditions: list, branch: torch.Tensor):
-        """Encoded conditions of store pairs: branch 1 (CFG's unconditional) gets the null condition."""
-        return pair_conditions(self.base, conditions, branch)
-
     @staticmethod
     def image(h: torch.Tensor) -> torch.Tensor:
         """The image features of what the shortcut carries (its own: they are the image features)."""
@@ -200,7 +196,7 @@ class ShortcutInputs:
                     mask_ratio=mask_ratio.to(self.device))
 
     def __call__(self, batch: dict) -> dict:
-        cond = self.conditions(batch["condition"], batch["branch"])
+        cond = pair_conditions(self.base, batch["condition"], batch["branch"])
         return dict(h=batch["h"].to(self.device),
                     **self.tokens(batch["new_ids"], batch["new_pos"], batch["new_mask"], batch["mask_ratio"]),
                     **self.condition(cond))
