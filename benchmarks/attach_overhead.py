@@ -31,7 +31,8 @@ import migmcut
 from migmcut.base import load_base
 from migmcut.base.amused import write_random_checkpoint
 from migmcut.base.tiny_shapes import IMAGE_OFFSET, MASK, NULL, tokenize_prompts
-from migmcut.policies import BudgetPolicy, FullPolicy
+from migmcut.methods.shortcut import BudgetPolicy
+from migmcut.policies import FullPolicy
 from migmcut.recipe import load_recipe
 from migmcut.sampler import sample
 from migmcut.schedule import tokens_per_step

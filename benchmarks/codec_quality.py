@@ -28,7 +28,7 @@ from migmcut import front
 from migmcut.base import load_base
 from migmcut.cli.common import parse_int_list
 from migmcut.metrics import build_metrics, default_metric_names, measure_resampled
-from migmcut.policies import full_steps_for
+from migmcut.placement import budget_schedule
 from migmcut.recipe import load_recipe
 from migmcut.shortcut import ShortcutInputs, load_shortcut, resolve_checkpoint
 from migmcut.store import PairDataset, TrajectoryStore, pair_loader
@@ -83,7 +83,7 @@ def main() -> None:
     with torch.no_grad():
         for B in parse_int_list(args.budgets, "budgets"):
             cfg = lib.Configuration("shortcut", args.steps, B,
-                                    full_steps_for("shortcut", args.steps, B, rounding=rec.sampler.budget_rounding),
+                                    budget_schedule(args.steps, B, rec.sampler.budget_rounding),
                                     "uniform")
             scores = {}
             for path, net in nets.items():

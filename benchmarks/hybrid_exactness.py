@@ -23,7 +23,8 @@ import torch
 from migmcut.base import load_base
 from migmcut.bench import expand, sample_seeds
 from migmcut.placement import budget_schedule
-from migmcut.policies import HybridPolicy, PolicyKnobs, branch_count, branch_rows
+from migmcut.methods.hybrid import HybridPolicy
+from migmcut.policies import branch_count, branch_rows
 from migmcut.recipe import load_recipe
 from migmcut.sampler import guided, sample
 from migmcut.shortcut import load_shortcut, resolve_checkpoint
@@ -79,7 +80,7 @@ def main() -> None:
     base = load_base(recipe.base)
     net, _ = load_shortcut(resolve_checkpoint(recipe.shortcut.checkpoint), base)
     sampler = dataclasses.replace(recipe.sampler, steps=args.steps)
-    knobs = PolicyKnobs.of(recipe).hybrid
+    knobs = recipe.knobs_for("hybrid")
     conditions = expand(prompt_sets.load("selection"), args.samples)
     seeds = sample_seeds(0, args.samples)
     merged = defaultdict(lambda: defaultdict(list))

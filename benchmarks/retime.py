@@ -26,7 +26,6 @@ import torch
 
 from migmcut import bench as lib
 from migmcut.base import load_base
-from migmcut.policies import PolicyKnobs
 from migmcut.recipe import load_recipe
 from migmcut.shortcut import load_shortcut
 
@@ -103,7 +102,7 @@ def measure(runs: list[dict], repeats: int) -> dict:
     bs = settings["batch_size"]
     sampler = dataclasses.replace(recipe.sampler, steps=settings["steps"])
     plan = lib.Plan(sampler, list(configs.values()), lib.expand(lib.default_prompts(recipe), bs),
-                    lib.sample_seeds(0, bs), bs, repeats=repeats, warmup=1, knobs=PolicyKnobs.of(recipe))
+                    lib.sample_seeds(0, bs), bs, repeats=repeats, warmup=1, knobs={c.method: recipe.knobs_for(c.method) for c in configs.values()})
     seconds = lib.time_configurations(base, plan, net)
     timing = lib.measure_c(base, net, sampler, bs, repeats=2 * repeats) if net is not None else {}
     return {"seconds": seconds, "timing": timing,

@@ -17,6 +17,7 @@ from migmcut.cli.common import (
     parse_int_list, parse_names, progress, results,
 )
 from migmcut.errors import UserError, arg
+from migmcut.methods import BUILTIN
 
 
 def _short(name: str) -> str:
@@ -89,7 +90,7 @@ def bench(
     shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory, or the paper's released .pth (default: the recipe's).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps N (default: the recipe's bench.steps or sampler.steps).")] = None,
     budgets: Annotated[Optional[str], typer.Option(help="Full-step budgets B, comma-separated, e.g. 2,4,8 (default: the recipe's bench.budgets, 4,6 on tiny-shapes).")] = None,
-    methods: Annotated[Optional[str], typer.Option(help="Comma-separated subset of vanilla,cache,shortcut,recap,mlcache,hybrid, each at --budgets or at its own as NAME:B1/B2 (e.g. shortcut:3/4/6); vanilla always runs: it is the front. Knobs: --set recap.local=K etc., as generate.")] = None,
+    methods: Annotated[Optional[str], typer.Option(help=f"Comma-separated subset of {','.join(BUILTIN)} (or registered methods), each at --budgets or at its own as NAME:B1/B2 (e.g. shortcut:3/4/6); vanilla always runs: it is the front. Knobs: --set recap.local=K etc., as generate.")] = None,
     vanilla_steps: Annotated[Optional[str], typer.Option(help="Vanilla step counts for the front, comma-separated, each in [1, N] (default: N and every budget, then whatever the front needs).")] = None,
     prompts: Annotated[Optional[str], typer.Option(help="Text file, one prompt a line, or bench-set / selection-set (tiny-shapes' shipped held-out sets; default: the recipe's bench.prompts).")] = None,
     classes: Annotated[Optional[str], typer.Option(help="Class ids, comma-separated (class-conditional bases).")] = None,

@@ -12,6 +12,7 @@ from migmcut.cli.common import (
     DeviceOpt, DtypeOpt, JsonOpt, PresetOpt, RecipeOpt, SeedOpt, SetOpt, emit, handle_errors, load, progress, results,
 )
 from migmcut.errors import UserError
+from migmcut.methods import BUILTIN
 
 
 @handle_errors
@@ -20,7 +21,7 @@ def generate(
     class_id: Annotated[Optional[list[int]], typer.Option("--class", help="A class id, for class-conditional bases (repeatable).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Sampling steps N (default: the recipe's).")] = None,
     budget: Annotated[Optional[int], typer.Option(help="Full base steps B out of N for an accelerated method (default: the recipe's shortcut.budget, 6 on tiny-shapes; mlcache: its own warm-up and refresh rule).")] = None,
-    method: Annotated[Optional[str], typer.Option(help="vanilla, cache, shortcut, recap, mlcache or hybrid (default: shortcut when the recipe has a shortcut checkpoint, as tiny-shapes does, else vanilla). Knobs: --set recap.local=K, --set mlcache.cache_ratio=R (also warmup_ratio, refresh_interval), --set hybrid.candidates=C (also refresh_new, context).")] = None,
+    method: Annotated[Optional[str], typer.Option(help=f"{', '.join(BUILTIN)} or a registered one (default: shortcut when the recipe has a shortcut checkpoint, as tiny-shapes does, else vanilla). Knobs: --set recap.local=K, --set mlcache.cache_ratio=R (also warmup_ratio, refresh_interval), --set hybrid.candidates=C (also refresh_new, context).")] = None,
     shortcut: Annotated[Optional[Path], typer.Option(help="Shortcut checkpoint directory, or the paper's released .pth (maskgit-shortcut.pth, dimoo-shortcut.pth).")] = None,
     schedule: Annotated[str, typer.Option(help="Full-step placement: auto (searched when saved beside the shortcut, else uniform), uniform, or searched (saved by migmcut schedule search).")] = "auto",
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Images per prompt.")] = 1,

@@ -22,11 +22,13 @@ from migmcut.base import load_base
 from migmcut.devices import placement
 from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, UserError, arg, check_range
 from migmcut.files import check_writable_dir, writable_dir, write_numbered
-from migmcut.policies import METHODS, NEEDS_SHORTCUT, PARTIAL, FullPolicy, PolicyKnobs, build, full_steps_for
+from migmcut.methods import get_method
+from migmcut.policies import partial_calls
 from migmcut.placement import resolve_schedule
 from migmcut.recipe import Recipe, as_recipe
-from migmcut.sampler import sample, trajectory_seed
-from migmcut.shortcut import load_shortcut, resolve_checkpoint
+from migmcut.runner import resolve_run
+from migmcut.sampler import trajectory_seed
+from migmcut.shortcut import resolve_checkpoint
 
 
 @dataclass
@@ -47,46 +49,6 @@ class Generated:
     @property
     def budget(self) -> int:
         return len(self.full_steps)
-
-
-def make_policy(method: str, steps: int, budget: int | None, shortcut, base, full_steps: list[int] | None = None,
-                rounding: str = "half-up", knobs: PolicyKnobs | None = None, counts: list[int] | None = None):
-    """-> (a factory of fresh per-batch policies, the steps that run the base).
-
-    `full_steps`: an explicit schedule (e.g. a searched one) instead of the method's own placement
-    (`policies.full_steps_for`); `knobs`: the recipe's recap / mlcache / hybrid sections;
-    `counts`: the sampler's tokens fixed per step (recap).
-    """
-    knobs = knobs or PolicyKnobs()
-    if method not in METHODS:
-        raise UserError(f"{arg('method', repr(method))}: choose one of {', '.join(METHODS)}")
-    if method == "vanilla":
-        if budget is not None and budget != steps:
-            raise UserError(f"{arg('budget', budget)} needs an accelerated {arg('method')} (vanilla runs every step)")
-        return FullPolicy, list(range(steps))
-    if budget is None and full_steps is None and method != "mlcache":
-        raise UserError(f"{arg('method', method)} needs {arg('budget', 'B')} (full base steps out of {steps})")
-    if method in PARTIAL:
-        base.require_partial()
-    if full_steps is None:
-        try:
-            full = full_steps_for(method, steps, budget, knobs, rounding)
-        except ValueError as err:
-            raise UserError(str(err)) from None
-    else:
-        full = [int(s) for s in full_steps]
-    n = budget if budget is not None else len(full)
-    if len(full) != n or full[0] != 0 or any(b <= a for a, b in zip(full, full[1:])) or full[-1] >= steps:
-        raise UserError(f"full steps {full}: need {n} increasing steps below {steps}, starting at 0")
-    net = None
-    if method in NEEDS_SHORTCUT:
-        if shortcut is None:
-            raise UserError(f"{arg('method', method)} needs a shortcut checkpoint: pass {arg('shortcut', 'DIR')} "
-                            "(made by migmcut train)")
-        if not isinstance(shortcut, torch.nn.Module):
-            shortcut, _ = load_shortcut(shortcut, base)
-        net = shortcut.to(device=base.device, dtype=next(base.parameters()).dtype)
-    return (lambda: build(method, full, shortcut=net, counts=counts, knobs=knobs)), full
 
 
 def slug(condition) -> str:
@@ -145,9 +107,7 @@ def generate(
     if shortcut is None:
         shortcut = resolve_checkpoint(recipe.shortcut.checkpoint)
     method = method or ("shortcut" if shortcut is not None else "vanilla")
-    if method not in METHODS:
-        raise UserError(f"{arg('method', repr(method))}: choose one of {', '.join(METHODS)}")
-    if budget is None and full_steps is None and method not in ("vanilla", "mlcache"):
+    if budget is None and full_steps is None and get_method(method).budget == "required":
         budget = recipe.shortcut.budget
         if budget is not None and budget > config.steps:
             raise UserError(f"the recipe's default budget ({budget} full steps) does not fit {arg('steps', config.steps)}: "
@@ -155,21 +115,15 @@ def generate(
     if budget is not None and not 1 <= budget <= config.steps:
         raise UserError(f"{arg('budget', budget)} must be between 1 and the step count ({config.steps})")
     if full_steps is None:
-        full_steps = resolve_schedule(schedule, method, config.steps, budget, shortcut)
+        full_steps = resolve_schedule(schedule, get_method(method).searched, config.steps, budget, shortcut)
     device, dtype = placement(device, dtype, base)
     out = check_writable_dir(out) if out is not None else None  # created once the input is known good
     base = base if base is not None else load_base(recipe.base, device, dtype)
     if config.steps > base.num_tokens:
         raise UserError(f"{arg('steps', config.steps)} exceeds the number of image tokens ({base.num_tokens})")
-    try:
-        per_step = config.check(base.num_tokens)
-    except ValueError as err:
-        raise UserError(f"sampler: {err}") from None
     base = base.to(device=device, dtype=dtype)
-    if full_steps is not None and budget is None:
-        budget = len(full_steps)
-    policy_factory, full = make_policy(method, config.steps, budget, shortcut, base, full_steps,
-                                       config.budget_rounding, PolicyKnobs.of(recipe), per_step)
+    run = resolve_run(base, config, method, budget=budget, full_steps=full_steps, shortcut=shortcut,
+                      knobs=recipe.knobs_for(method))
     jobs = [(c, trajectory_seed(seed, i * num_images + j)) for i, c in enumerate(conditions) for j in range(num_images)]
     base.encode_conditions(conditions)  # validate every condition before any work
     if out is not None:
@@ -177,10 +131,9 @@ def generate(
     bs = batch_size or recipe.generate.batch_size
     images, paths, counts, seconds = [], [], {}, 0.0
     load_seconds = time.perf_counter() - loading
-    for lo in range(0, len(jobs), bs):
+    start = time.perf_counter()
+    for lo, result in run.batches([c for c, _ in jobs], [s for _, s in jobs], bs):
         chunk = jobs[lo : lo + bs]
-        start = time.perf_counter()
-        result = sample(base, [c for c, _ in chunk], [s for _, s in chunk], config, policy=policy_factory())
         images.append(base.decode(result.tokens))
         seconds += time.perf_counter() - start
         counts = result.counts
@@ -190,16 +143,17 @@ def generate(
                 paths.append(str(path))
         if on_batch:
             on_batch(images[-1])
+        start = time.perf_counter()
     return Generated(
         images=np.concatenate(images),
         conditions=[c for c, _ in jobs],
         seeds=[s for _, s in jobs],
         method=method,
         steps=config.steps,
-        full_steps=full,
+        full_steps=run.full_steps,
         base_calls=counts.get("full", 0),
         shortcut_calls=counts.get("shortcut", 0),
-        partial_calls=sum(counts.get(k, 0) for k in PARTIAL),
+        partial_calls=partial_calls(counts),
         seconds=seconds,
         load_seconds=load_seconds,
         paths=paths,

@@ -26,10 +26,13 @@ from dataclasses import dataclass
 
 import torch
 
+from migmcut.methods import get_method
+from migmcut.methods.shortcut import BudgetPolicy
 from migmcut.placement import save_schedules, shortcut_schedule
-from migmcut.policies import BudgetPolicy, branch_rows
+from migmcut.policies import branch_rows
 from migmcut.record import conditions_for
-from migmcut.sampler import sample, trajectory_seed
+from migmcut.runner import Run
+from migmcut.sampler import trajectory_seed
 
 ROLLOUT_STREAM = 0x6F6E6C6E  # rollout seeds apart from record's (the same run seed gives other draws)
 
@@ -64,7 +67,7 @@ def rollout_pairs(base, shortcut, conditions: list, seeds: list[int], config, fu
     """Sample `conditions` with the shortcut at `full_steps` (as `generate` does) and return the pairs
     of its shortcut steps and the final tokens."""
     tap = TeacherTap(full_steps, shortcut)
-    result = sample(base, conditions, seeds, config, policy=tap)
+    result = Run(base, config, get_method("shortcut"), full_steps, shortcut).sample(conditions, seeds, policy=tap)
     return tap.pairs, result.tokens
 
 

@@ -5,7 +5,7 @@
   checkpoint in `schedules.json`, keyed by N and B, with the sha256 of the weights it was searched
   for. `load_schedule` is its one reader and `save_schedules` its one writer (merging, and never
   into the installed package).
-- `resolve_schedule(schedule, method, N, B, checkpoint)`: what a run's `schedule` (auto, uniform,
+- `resolve_schedule(schedule, searchable, N, B, checkpoint)`: what a run's `schedule` (auto, uniform,
   searched) asks for: a searched placement, or None for the method's own; `shortcut_schedule` the
   shortcut's full steps, searched where asked and saved, else uniform.
 
@@ -102,15 +102,16 @@ def load_schedule(checkpoint: str | Path, steps: int, budget: int) -> list[int] 
     return full
 
 
-def resolve_schedule(schedule: str, method: str, steps: int, budget: int | None, checkpoint) -> list[int] | None:
+def resolve_schedule(schedule: str, searchable: bool, steps: int, budget: int | None, checkpoint) -> list[int] | None:
     """The full steps `schedule` asks for, or None for the method's own placement.
 
-    auto: the searched placement saved beside a shortcut checkpoint, for the shortcut and the hybrid,
-    where there is one; searched: that placement, required, for any method; uniform: None.
+    auto: the searched placement saved beside a shortcut checkpoint, for a method that takes one
+    (`searchable`: `Method.searched`, the shortcut and the hybrid), where there is one; searched: that
+    placement, required, for any method; uniform: None.
     """
     if schedule not in SCHEDULES:
         raise UserError(f"{arg('schedule', repr(schedule))}: choose auto, uniform or searched")
-    if not (schedule == "searched" or (schedule == "auto" and method in ("shortcut", "hybrid"))):
+    if not (schedule == "searched" or (schedule == "auto" and searchable)):
         return None
     saved = isinstance(checkpoint, (str, Path))  # a loaded module has no schedules beside it
     full = load_schedule(checkpoint, steps, budget) if saved and budget is not None else None
@@ -125,4 +126,4 @@ def resolve_schedule(schedule: str, method: str, steps: int, budget: int | None,
 def shortcut_schedule(schedule: str, steps: int, budget: int, checkpoint, rounding: str) -> list[int]:
     """The shortcut's full steps: the searched placement where `schedule` asks for it and one is saved
     beside `checkpoint`, else the uniform one."""
-    return resolve_schedule(schedule, "shortcut", steps, budget, checkpoint) or budget_schedule(steps, budget, rounding)
+    return resolve_schedule(schedule, True, steps, budget, checkpoint) or budget_schedule(steps, budget, rounding)

@@ -9,7 +9,6 @@ overrides are applied to the parsed YAML before validation, so they are checked 
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import torch
 from migmcut.base import registry
 from migmcut.base.conditions import Conditions
 from migmcut.errors import RecipeError, UserError, arg
+from migmcut.methods import get_method, knob_sections
 from migmcut.placement import ROUNDINGS
 from migmcut.schedule import SCHEDULES, tokens_per_step
 
@@ -182,55 +182,6 @@ class TrainConfig:
 
 
 
-# -- method knobs ----------------------------------------------------------------------------
-@dataclass
-class RecapConfig:
-    """Recipe section `recap`: ReCAP's local steps per full step (K; the paper's runs use 1).
-    None: the fewest that reach the budget, ceil(N / B) - 1 (1 whenever B >= N / 2)."""
-
-    local: int | None = None
-
-    def validate(self) -> None:
-        if self.local is not None and self.local < 1:
-            raise ValueError(f"local must be >= 1 (local steps per full step), got {self.local}")
-
-    def local_for(self, steps: int, budget: int) -> int:
-        return self.local if self.local is not None else max(1, math.ceil(steps / budget) - 1)
-
-
-@dataclass
-class MLCacheConfig:
-    """Recipe section `mlcache`: Lumina-DiMOO's defaults (`--cache_ratio 0.9 --warmup_ratio 0.3
-    --refresh_interval 5`). Without a budget the full steps follow warmup_ratio; with one, the
-    warm-up that gives that many full steps."""
-
-    cache_ratio: float = 0.9  # fraction of positions reused at a partial step
-    warmup_ratio: float = 0.3
-    refresh_interval: int = 5
-
-    def validate(self) -> None:
-        for name in ("cache_ratio", "warmup_ratio"):
-            if not 0 < getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
-        if self.refresh_interval < 1:
-            raise ValueError(f"refresh_interval must be >= 1, got {self.refresh_interval}")
-
-
-@dataclass
-class HybridConfig:
-    """Recipe section `hybrid`: the shortcut with exact evaluation where the sampler is about to fix."""
-
-    candidates: float = 2.0  # positions evaluated exactly per step, as a multiple of the tokens fixed
-    refresh_new: bool = True  # recompute (and write back) the tokens fixed at the step before
-    context: bool = False  # recompute the prompt / condition positions too
-
-    def validate(self) -> None:
-        if not 1 <= self.candidates <= 64:
-            raise ValueError(f"candidates must be between 1 and 64 (a multiple of the tokens fixed), "
-                             f"got {self.candidates}")
-
-
-
 @dataclass
 class GenerateConfig:
     batch_size: int = 16
@@ -290,17 +241,20 @@ class Recipe:
     shortcut: ShortcutSection = field(default_factory=ShortcutSection)
     train: TrainConfig = field(default_factory=TrainConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
-    recap: RecapConfig = field(default_factory=RecapConfig)  # method recap's knobs
-    mlcache: MLCacheConfig = field(default_factory=MLCacheConfig)  # method mlcache's knobs
-    hybrid: HybridConfig = field(default_factory=HybridConfig)  # method hybrid's knobs
     presets: dict[str, list[str]] = field(default_factory=dict)  # named operating points: `--set` overrides (--preset)
     description: str = ""
     source: str = ""  # where it was read from (not a YAML key)
+    # the sections named after a method (`recap:`, `hybrid:` ...): its knobs (`migmcut.methods`), not a YAML key
+    knobs: dict[str, typing.Any] = field(default_factory=dict)
+
+    def knobs_for(self, method: str):
+        """Method `method`'s knobs: the recipe's section, else the method's defaults (None: it has none)."""
+        return self.knobs[method] if method in self.knobs else get_method(method).default_knobs()
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d.pop("source")
-        return d
+        d.pop("source"), d.pop("knobs")
+        return {**d, **{name: dataclasses.asdict(self.knobs_for(name)) for name in knob_sections()}}
 
 
 def builtin_names() -> list[str]:
@@ -360,11 +314,13 @@ def parse_recipe(data: dict, source: str) -> Recipe:
         raise RecipeError(f"{source}: {err.args[0]}") from None
     data = dict(data)
     data["base"] = _build(adapter.config_class, base, "base", source)
-    recipe = _build(Recipe, data, "", source, skip={"base", "source"})
-    recipe.source = source
-    for section in ("sampler", "recap", "mlcache", "hybrid"):
+    sections = knob_sections()  # a method's knobs are the section of its name, checked by its dataclass
+    knobs = {name: _build(sections[name], data.pop(name), name, source) for name in list(data) if name in sections}
+    recipe = _build(Recipe, data, "", source, skip={"base", "source", "knobs"}, also=tuple(sections))
+    recipe.source, recipe.knobs = source, knobs
+    for section, config in [("sampler", recipe.sampler), *knobs.items()]:
         try:
-            getattr(recipe, section).validate()
+            config.validate()
         except ValueError as err:
             raise RecipeError(f"{source}: {section}: {err}") from None
     return recipe
@@ -387,7 +343,7 @@ def _apply_override(data: dict, item: str) -> None:
     node[parts[-1]] = value
 
 
-def _build(cls, data, prefix: str, source: str, skip: set = frozenset()):
+def _build(cls, data, prefix: str, source: str, skip: set = frozenset(), also: tuple = ()):
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: {prefix or 'recipe'} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -395,8 +351,8 @@ def _build(cls, data, prefix: str, source: str, skip: set = frozenset()):
     kwargs = {}
     for key, value in data.items():
         name = f"{prefix}.{key}" if prefix else str(key)
-        if key not in fields or key == "source":
-            known = ", ".join(f for f in fields if f != "source")
+        if key not in fields or key in ("source", "knobs"):
+            known = ", ".join([*(f for f in fields if f not in ("source", "knobs")), *also])
             raise RecipeError(f"{source}: unknown key {name!r} (known here: {known})")
         if key in skip:
             kwargs[key] = value

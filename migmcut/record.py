@@ -30,7 +30,8 @@ from migmcut.distributed import Dist, init
 from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, StoreError, UserError, arg, check_range
 from migmcut.files import is_disk_full
 from migmcut.recipe import Recipe, as_recipe
-from migmcut.sampler import StepEvent, sample, trajectory_seed
+from migmcut.runner import resolve_run
+from migmcut.sampler import StepEvent, trajectory_seed
 from migmcut.store import location
 from migmcut.store.codecs import CODECS, DeltaEncoder, check_tolerance, encode, get_codec
 from migmcut.store.schema import DEFAULT_BLOCK_SIZE, StoreSpec
@@ -249,13 +250,14 @@ def _record_blocks(base, recipe: Recipe, spec: StoreSpec, loc, blocks: list[int]
         on_start(len(indices))
     if not indices:
         return 0
+    run = resolve_run(base, config, "vanilla")  # the teacher: every step a full base call
     with BlockWriter(loc, spec, blocks, clear=clear, kept=kept) as out:  # the crash-safe write order lives there
         for lo in range(0, len(indices), batch_size):
             batch = indices[lo : lo + batch_size]
             conditions = conditions_for(recipe, spec.seed, batch)
             seeds = [trajectory_seed(spec.seed, i) for i in batch]
             rec = _FeatureRecorder(len(batch), spec)
-            result = sample(base, conditions, seeds, config, observers=(rec,))
+            result = run.sample(conditions, seeds, observers=(rec,))
             out.add(batch, rec.values, rec.scale, result.tokens.cpu().numpy(), result.order.cpu().numpy(), seeds,
                     conditions)
             if on_progress:

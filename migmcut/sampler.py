@@ -12,7 +12,7 @@ Partial evaluation narrows that: a proposal `at` positions (B, n) holds logits t
 sampler fixes k_t of those (ReCAP's local steps); a proposal with `refine` has the sampler rank
 every masked position as above, then hand the ceil(refine_factor * k_t) best to `refine`, which returns
 exact logits there, and draw and fix among them with the same random numbers (the hybrid).
-After each step a policy with an `after(event)` method sees the event, whose `ranked` lists the
+After each step the policy's `after(event)` sees the event, whose `ranked` lists the
 positions the sampler scored, most confident first.
 
 How each of these is computed is a named setting of `SamplerConfig`; the defaults are the
@@ -156,8 +156,7 @@ def sample(
         whole = out.features is not None and out.at is None  # a feature map over the whole grid
         features = _split_branches(out.features, config.branches) if whole else None
         event = StepEvent(t, out.kind, features, tokens, fixed, state.mask_ratio, where, conf)
-        if hasattr(policy, "after"):
-            policy.after(event)
+        policy.after(event)
         for obs in observers:
             obs(event)
     return SampleResult(tokens, order, counts, time.perf_counter() - start)

@@ -17,10 +17,10 @@ from migmcut.base.maskgit import write_random_checkpoint as maskgit_checkpoint
 from migmcut.base.maskgit_shortcut import MaskGITShortcut
 from migmcut.base.tiny_shapes import IMAGE_OFFSET, MASK, NULL, tokenize_prompts
 from migmcut.errors import CheckpointError, UserError
-from migmcut.generate import make_policy
+from migmcut.methods.shortcut import BudgetPolicy
 from migmcut.placement import budget_schedule, load_schedule
-from migmcut.policies import BudgetPolicy
 from migmcut.recipe import load_recipe
+from migmcut.runner import resolve_run
 from migmcut.sampler import sample
 from migmcut.schedule import tokens_per_step
 from migmcut.shortcut import Shortcut, ShortcutConfig, load_shortcut, resolve_checkpoint
@@ -187,9 +187,10 @@ def test_maskgit_loop_with_the_released_shortcut_equals_the_sampler(tmp_path):
 
     with migmcut.attach(base.net, RELEASE, steps=8, budget=3, base=base) as hook:
         got = plain_loop(logits_of, B, base.num_tokens, base.codebook_size, seeds, recipe.sampler)
-    factory, full = make_policy("shortcut", 8, 3, RELEASE, base, rounding="half-even")
-    assert hook.full_steps == full == [0, 3, 5] and hook.reads_sequence
-    assert torch.equal(got, sample(base, labels, seeds, recipe.sampler, policy=factory()).tokens)
+    run = resolve_run(base, dataclasses.replace(recipe.sampler, steps=8, budget_rounding="half-even"), "shortcut",
+                      budget=3, shortcut=RELEASE)
+    assert hook.full_steps == run.full_steps == [0, 3, 5] and hook.reads_sequence
+    assert torch.equal(got, sample(base, labels, seeds, recipe.sampler, policy=run.policy()).tokens)
     assert torch.equal(base.net(torch.full((1, h, w), base.mask_id), torch.tensor([3]), torch.tensor([False])),
                        base(torch.full((1, h * w), base.mask_id), base.encode_conditions([3]))[0])
 

@@ -130,7 +130,7 @@ def test_unexpected_errors_exit_1_with_the_traceback_only_under_debug(tmp_path, 
 
 
 def test_each_batch_is_written_as_it_finishes_so_an_interrupt_keeps_them(tmp_path, monkeypatch):
-    import migmcut.generate as lib
+    import migmcut.runner as lib  # the one batch loop
 
     real, calls = lib.sample, []
 

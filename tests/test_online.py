@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from migmcut.cli.main import app
 from migmcut.online import rollout_pairs
-from migmcut.policies import BudgetPolicy, branch_rows
+from migmcut.methods.shortcut import BudgetPolicy
+from migmcut.policies import branch_rows
 from migmcut.sampler import sample
 from migmcut.placement import load_schedule
 from migmcut.shortcut import Shortcut, ShortcutConfig

@@ -6,8 +6,10 @@ import math
 import pytest
 import torch
 
-from migmcut.policies import (HybridPolicy, MLCachePolicy, Proposal, RecapPolicy, mlcache_schedule,
-                              recap_schedule)
+from migmcut.methods.hybrid import HybridPolicy
+from migmcut.methods.mlcache import MLCachePolicy, mlcache_schedule
+from migmcut.methods.recap import RecapPolicy, recap_schedule
+from migmcut.policies import Policy, Proposal
 from migmcut.sampler import sample
 from migmcut.schedule import tokens_per_step
 from migmcut.shortcut import Shortcut, ShortcutConfig
@@ -106,7 +108,7 @@ def test_mlcache_recomputes_the_lowest_max_logit_tenth_writing_its_keys_back(bas
     assert (result.tokens != base.mask_id).all()
 
 
-class Pinned:
+class Pinned(Policy):
     """A policy that proposes the base's own logits, and a refine that makes token 0 certain."""
 
     def __init__(self, factor):

@@ -67,7 +67,7 @@ def test_a_run_resolves_searched_where_saved_else_its_own_placement(checkpoint):
     assert shortcut_schedule("auto", 16, 4, checkpoint, "half-up") == [0, 3, 6, 10]
     assert shortcut_schedule("uniform", 16, 4, checkpoint, "half-up") == [0, 4, 8, 12]
     assert shortcut_schedule("auto", 16, 5, checkpoint, "half-up") == budget_schedule(16, 5)
-    assert resolve_schedule("auto", "cache", 16, 4, checkpoint) is None  # the cache keeps its own placement
-    assert resolve_schedule("searched", "cache", 16, 4, checkpoint) == [0, 3, 6, 10]
+    assert resolve_schedule("auto", False, 16, 4, checkpoint) is None  # the cache keeps its own placement
+    assert resolve_schedule("searched", False, 16, 4, checkpoint) == [0, 3, 6, 10]
     with pytest.raises(UserError, match="no searched schedule for N=16, B=5"):
-        resolve_schedule("searched", "shortcut", 16, 5, checkpoint)
+        resolve_schedule("searched", True, 16, 5, checkpoint)

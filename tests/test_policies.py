@@ -3,7 +3,7 @@ import dataclasses
 import torch
 
 from migmcut.placement import budget_schedule
-from migmcut.policies import BudgetPolicy
+from migmcut.methods.shortcut import BudgetPolicy
 from migmcut.sampler import sample
 from migmcut.shortcut import Shortcut, ShortcutConfig
 

@@ -23,8 +23,8 @@ from migmcut.base.maskgit_shortcut import MaskGITShortcut
 from migmcut.base.statedict import load_into
 from migmcut.cli.main import app
 from migmcut.errors import CheckpointError
-from migmcut.generate import make_policy
 from migmcut.recipe import load_recipe
+from migmcut.runner import resolve_run
 from migmcut.sampler import sample
 from migmcut.shortcut import load_shortcut
 
@@ -147,9 +147,8 @@ def test_sampling_equals_the_reference_loop_token_for_token(twin, key):
     config = dataclasses.replace(recipe.sampler, steps=steps)
     assert (config.cfg, config.temperature, config.r_temp) == (FIX["cfg"], FIX["temperature"], FIX["temperature"])
     method = "vanilla" if budget is None else "shortcut"
-    factory, full = make_policy(method, steps, budget, None if budget is None else PTH, base,
-                                rounding=recipe.sampler.budget_rounding)
-    policy = factory()
+    resolved = resolve_run(base, config, method, budget=budget, shortcut=None if budget is None else PTH)
+    full, policy = resolved.full_steps, resolved.policy()
     counts = []
     if budget is not None:
         def spy(module, args, kwargs):
@@ -278,5 +277,6 @@ def test_train_init_fine_tunes_the_release_on_a_store(twin, tmp_path):
     tuned, meta = load_shortcut(tmp_path / "sc", base)
     assert isinstance(tuned, DiMOOShortcut) and meta["shortcut"]["arch"] == "dimoo-shortcut"
     assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), released_net.state_dict().values()))
-    factory, _ = make_policy("shortcut", 6, 2, tmp_path / "sc", base, rounding="half-even")
-    assert sample(base, FIX["prompts"][:1], [3], recipe.sampler, policy=factory()).counts == {"full": 2, "shortcut": 4}
+    config = dataclasses.replace(recipe.sampler, steps=6, budget_rounding="half-even")
+    policy = resolve_run(base, config, "shortcut", budget=2, shortcut=tmp_path / "sc").policy()
+    assert sample(base, FIX["prompts"][:1], [3], recipe.sampler, policy=policy).counts == {"full": 2, "shortcut": 4}

@@ -6,6 +6,7 @@ a random-weight twin with migmcut's random draws injected.
 """
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from migmcut.base.maskgit import write_random_checkpoint
 from migmcut.base.maskgit_shortcut import MaskGITShortcut
 from migmcut.cli.main import app
 from migmcut.errors import CheckpointError, UserError
-from migmcut.generate import make_policy
 from migmcut.recipe import load_recipe
+from migmcut.runner import resolve_run
 from migmcut.sampler import sample
 from migmcut.shortcut import load_shortcut
 
@@ -28,6 +29,11 @@ FIXTURES = Path(__file__).parent / "fixtures" / "released"
 SAMPLING = json.loads((FIXTURES / "maskgit_sampling.json").read_text())
 RELEASE = FIXTURES / "maskgit-shortcut.pth"
 RECIPE = "maskgit-imagenet512"
+
+
+def _half_even(steps: int):
+    """The MaskGIT recipe's sampler at `steps`, full steps placed as the paper's `eval.sh` runs place them."""
+    return dataclasses.replace(load_recipe(RECIPE).sampler, steps=steps, budget_rounding="half-even")
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +74,10 @@ def test_sampling_equals_the_reference_loop_token_for_token(twin, run):
     assert (recipe.sampler.cfg, recipe.sampler.r_temp, recipe.sampler.temperature) == (
         SAMPLING["cfg_w"], SAMPLING["r_temp"], SAMPLING["sm_temp"])
     method = "vanilla" if run["budget"] is None else "shortcut"
-    factory, full = make_policy(method, run["steps"], run["budget"], RELEASE, base,
-                                rounding=recipe.sampler.budget_rounding)
+    resolved = resolve_run(base, recipe.sampler, method, budget=run["budget"], shortcut=RELEASE)
+    full = resolved.full_steps
     kinds = []
-    result = sample(base, SAMPLING["labels"], run["seeds"], recipe.sampler, policy=factory(),
+    result = sample(base, SAMPLING["labels"], run["seeds"], recipe.sampler, policy=resolved.policy(),
                     observers=(lambda e: kinds.append(e.kind),))
     assert kinds == run["calls"]  # the reference's refresh_steps: the same steps full and shortcut
     assert [t for t, k in enumerate(kinds) if k == "full"] == full
@@ -161,7 +167,7 @@ def test_generate_with_a_released_pth_from_the_command_line(twin, tmp_path):
 def test_hybrid_refuses_a_released_shortcut(twin):
     _, base = twin
     with pytest.raises(UserError, match="use method shortcut"):
-        make_policy("hybrid", 8, 3, RELEASE, base, rounding="half-even")[0]()
+        resolve_run(base, _half_even(8), "hybrid", budget=3, shortcut=RELEASE).policy()
 
 
 # -- fine-tuning a release on a migmcut store (train --init released.pth) ---------------------------
@@ -203,8 +209,8 @@ def test_train_init_fine_tunes_a_release_and_the_result_loads_anywhere(twin, sto
     assert isinstance(tuned, MaskGITShortcut) and meta["shortcut"]["arch"] == "maskgit-shortcut"
     assert tuned.state_dict().keys() == released.state_dict().keys()
     assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), released.state_dict().values()))
-    factory, _ = make_policy("shortcut", 8, 3, tmp_path / "sc", base, rounding="half-even")
-    assert sample(base, [1, 2], [5, 6], recipe.sampler, policy=factory()).counts == {"full": 3, "shortcut": 5}
+    policy = resolve_run(base, _half_even(8), "shortcut", budget=3, shortcut=tmp_path / "sc").policy()
+    assert sample(base, [1, 2], [5, 6], recipe.sampler, policy=policy).counts == {"full": 3, "shortcut": 5}
     with pytest.raises(UserError, match="fine-tune a released one"):
         train(recipe, None, tmp_path / "online", max_steps=2, init=str(RELEASE), online=True, base=base)
 

@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 from migmcut.cli.main import app
 from migmcut.errors import UserError
-from migmcut.generate import generate, make_policy
+from migmcut.generate import generate
 from migmcut.placement import budget_schedule
-from migmcut.policies import BudgetPolicy
+from migmcut.methods.shortcut import BudgetPolicy
 from migmcut.recipe import load_recipe
+from migmcut.runner import resolve_run
 from migmcut.sampler import sample
 from migmcut.schedule import tokens_per_step
 
@@ -50,14 +51,13 @@ def test_default_settings_sample_the_tokens_they_always_did(debug_base, debug_re
 ])
 def test_shipped_tiny_shapes_policies_sample_the_tokens_they_always_did(method, budget, expected):
     from migmcut.base import load_base
-    from migmcut.policies import build, full_steps_for
     from migmcut.shortcut import load_shortcut, resolve_checkpoint
 
     recipe = load_recipe("tiny-shapes")
     base = load_base(recipe.base)
     shortcut, _ = load_shortcut(resolve_checkpoint(recipe.shortcut.checkpoint), base)
-    counts = tokens_per_step(base.num_tokens, 16, recipe.sampler.schedule)
-    policy = build(method, full_steps_for(method, 16, budget), shortcut=shortcut, counts=counts)
+    assert tokens_per_step(base.num_tokens, 16, recipe.sampler.schedule) == recipe.sampler.check(base.num_tokens)
+    policy = resolve_run(base, recipe.sampler, method, budget=budget, shortcut=shortcut).policy()
     assert _digest(sample(base, PROMPTS, [3, 4], recipe.sampler, policy=policy)) == expected
 
 
@@ -148,9 +148,10 @@ def test_budget_placement_on_exact_halves(N, B):
 
 
 def test_generate_places_full_steps_with_the_recipes_rounding(debug_base):
-    _, full = make_policy("cache", 5, 2, None, debug_base, rounding="half-even")
-    assert full == [0, 2]
-    assert make_policy("cache", 5, 2, None, debug_base)[1] == [0, 3]
+    config = dataclasses.replace(load_recipe("debug").sampler, steps=5)
+    half_even = dataclasses.replace(config, budget_rounding="half-even")
+    assert resolve_run(debug_base, half_even, "cache", budget=2).full_steps == [0, 2]
+    assert resolve_run(debug_base, config, "cache", budget=2).full_steps == [0, 3]
 
 
 # -- the settings change what the sampler does -------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 from typer.testing import CliRunner
 
 from migmcut.cli.main import app
-from migmcut.policies import BudgetPolicy
+from migmcut.methods.shortcut import BudgetPolicy
 from migmcut.sampler import StepState
 from migmcut.shortcut import Shortcut, ShortcutConfig, ShortcutInputs
 from migmcut.store.reader import TrajectoryStore, collate_pairs

@@ -42,7 +42,7 @@ from migmcut.bench.plan import (
     name_list, read_prompts_file, sample_seeds, split_methods,
 )
 from migmcut.bench.report import (
-    COLORS, CSV_COLUMNS, BenchResult, bench_result, bound, csv_text, label_box, pareto_figure, pareto_front, pareto_png,
+    CSV_COLUMNS, BenchResult, bench_result, bound, csv_text, label_box, pareto_figure, pareto_front, pareto_png,
     place_labels, rollout_png, write_outputs, write_rollout,
 )
 from migmcut.bench.run import generate_images, measure_c, run_bench, sampler_for, time_configurations, timing_runs
@@ -54,7 +54,7 @@ __all__ = [
     "bench", "BenchRun",
     "SCHEDULE_MODES", "Configuration", "Plan", "check_plan", "configurations", "default_prompts", "expand",
     "int_list", "metric_settings", "name_list", "read_prompts_file", "sample_seeds", "split_methods",
-    "COLORS", "CSV_COLUMNS", "BenchResult", "bench_result", "bound", "csv_text", "label_box", "pareto_figure",
+    "CSV_COLUMNS", "BenchResult", "bench_result", "bound", "csv_text", "label_box", "pareto_figure",
     "pareto_front", "pareto_png", "place_labels", "rollout_png", "write_outputs", "write_rollout",
     "generate_images", "measure_c", "run_bench", "sampler_for", "time_configurations", "timing_runs",
     "RESULT_FILES", "STATE_DIR", "BenchState",

@@ -23,9 +23,9 @@ from migmcut.bench.store import open_store, store_samples, validation_indices
 from migmcut.devices import placement
 from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, UserError, arg, check_range
 from migmcut.files import check_writable_dir, dir_lock
+from migmcut.methods import get_method
 from migmcut.placement import load_schedule
 from migmcut.metrics import REGISTRY, build_metrics, default_metric_names
-from migmcut.policies import NEEDS_SHORTCUT, PARTIAL, PolicyKnobs
 from migmcut.recipe import as_recipe
 from migmcut.shortcut import load_shortcut, resolve_checkpoint
 
@@ -112,16 +112,16 @@ def bench(
     base = base if base is not None else load_base(rec.base, dev, dt)
     if N > base.num_tokens:
         raise UserError(f"{arg('steps', N)} exceeds the number of image tokens ({base.num_tokens})")
-    need_shortcut = any(m in NEEDS_SHORTCUT for m in method_budgets)
-    if any(m in PARTIAL for m in method_budgets):
+    with_shortcut = [m for m in method_budgets if get_method(m).needs_shortcut]
+    if any(get_method(m).needs_partial for m in method_budgets):
         base.require_partial()
     net, meta = None, {}
-    if checkpoint is not None and (need_shortcut or store is not None):
+    if checkpoint is not None and (with_shortcut or store is not None):
         net, meta = load_shortcut(checkpoint, base)
         net = net.to(device=dev, dtype=next(base.parameters()).dtype)
-    elif need_shortcut:
-        raise UserError(f"method {next(m for m in method_budgets if m in NEEDS_SHORTCUT)} needs a shortcut checkpoint: "
-                        f"pass {arg('shortcut', 'DIR')} (made by migmcut train) or drop shortcut / hybrid from "
+    elif with_shortcut:
+        raise UserError(f"method {with_shortcut[0]} needs a shortcut checkpoint: "
+                        f"pass {arg('shortcut', 'DIR')} (made by migmcut train) or drop {' / '.join(with_shortcut)} from "
                         f"{arg('methods')}")
 
     opened = open_store(store, base, rec, N) if store is not None else None
@@ -129,9 +129,10 @@ def bench(
 
     searched: dict[int, list[int]] = {}
     errors = None
-    if any(m in NEEDS_SHORTCUT for m in method_budgets) and mode in ("auto", "searched", "both"):
+    searchable = [m for m in method_budgets if get_method(m).searched]
+    if searchable and mode in ("auto", "searched", "both"):
         missing = []
-        for B in sorted({b for m in NEEDS_SHORTCUT for b in method_budgets.get(m, ())}):
+        for B in sorted({b for m in searchable for b in method_budgets[m]}):
             full = load_schedule(checkpoint, N, B)
             if full is None:
                 missing.append(B)
@@ -143,7 +144,8 @@ def bench(
                                 f"run migmcut schedule search --store STORE (or pass {arg('store')} to bench)")
             found, _, errors = search_and_save(opened, val_idx, base, net, checkpoint, missing, store, dev)
             searched.update({r.budget: r.full_steps for r in found})
-    knobs = PolicyKnobs.of(rec)
+    knobs = {m: rec.knobs_for(m) for m in method_budgets}
+    knob_settings = {m: dataclasses.asdict(k) for m, k in knobs.items() if k is not None}
     configs = configurations(N, budget_list, method_list, mode, searched, front_steps, rec.sampler.budget_rounding, knobs)
 
     reference = None
@@ -166,7 +168,7 @@ def bench(
                 repeats=reps, warmup=cfg.warmup, bootstrap=cfg.bootstrap, refine=front_steps is None, knobs=knobs)
     identity = {  # everything the figures depend on: a re-run continues only the same plan
         "format": 1, "base": base.fingerprint, "sampler": dataclasses.asdict(sampler_for(plan, configs[0])),
-        "knobs": dataclasses.asdict(knobs), "shortcut": _file_digest(checkpoint) if net is not None else None,
+        "knobs": knob_settings, "shortcut": _file_digest(checkpoint) if net is not None else None,
         "configurations": [[c.label, c.full_steps] for c in configs], "refine": plan.refine,
         "conditions": conditions, "seeds": seeds, "batch_size": bs, "repeats": reps, "warmup": plan.warmup,
         "bootstrap": plan.bootstrap, "level": plan.level, "store": store,
@@ -190,7 +192,7 @@ def bench(
         result.settings.update({"recipe": rec.name, "seed": seed, "store": store,
                                 "shortcut": str(checkpoint) if checkpoint else None,
                                 "metrics": [m.name for m in metric_list], "device": str(dev),
-                                "knobs": dataclasses.asdict(knobs)})
+                                "knobs": knob_settings})
         files = write_outputs(out_dir, result)
         if errors is not None:
             files.update(write_rollout(out_dir, errors, {"store": store, "val_trajectories": int(len(val_idx)),

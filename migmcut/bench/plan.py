@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from migmcut.errors import UserError, arg
+from migmcut.methods import get_method, method_names
 from migmcut.metrics import MetricSettings
-from migmcut.policies import METHODS, NEEDS_SHORTCUT, PolicyKnobs, full_steps_for
 from migmcut.recipe import SamplerConfig
 from migmcut.sampler import trajectory_seed
 from migmcut.world import prompt_sets
@@ -61,19 +61,19 @@ def split_methods(methods: list[str], budgets: list[int]) -> dict[str, list[int]
     """Method entries -> {method: its budgets}: `name` takes `budgets`, `name:B1/B2` its own
     (e.g. shortcut:3/4/6); vanilla's are empty (its step counts are the front's)."""
     if not methods:
-        raise UserError(f"{arg('methods')} is empty: choose from {', '.join(METHODS)}")
+        raise UserError(f"{arg('methods')} is empty: choose from {', '.join(method_names())}")
     out: dict[str, list[int]] = {}
     for entry in methods:
         name, sep, own = entry.partition(":")
         name = name.strip()
-        if name not in METHODS:
-            raise UserError(f"unknown method {name!r}: choose from {', '.join(METHODS)}")
-        if sep and name == "vanilla":
-            raise UserError(f"{arg('methods', entry)}: vanilla takes no budgets (its step counts: {arg('vanilla_steps')})")
+        if name not in method_names():
+            raise UserError(f"unknown method {name!r}: choose from {', '.join(method_names())}")
+        if sep and get_method(name).budget == "none":
+            raise UserError(f"{arg('methods', entry)}: {name} takes no budgets (vanilla's step counts: {arg('vanilla_steps')})")
         mine = [int(b) for b in own.split("/")] if sep and all(b.strip().isdigit() for b in own.split("/")) else None
         if sep and mine is None:
             raise UserError(f"{arg('methods', repr(entry))}: expected NAME or NAME:B1/B2, e.g. shortcut:3/4/6")
-        out[name] = [] if name == "vanilla" else list(dict.fromkeys(mine if sep else budgets))
+        out[name] = [] if get_method(name).budget == "none" else list(dict.fromkeys(mine if sep else budgets))
     return out
 
 
@@ -97,35 +97,37 @@ def check_plan(steps: int, budgets: list[int], methods: list[str], schedule: str
 def configurations(steps: int, budgets: list[int], methods: list[str], schedule: str = "uniform",
                    searched: dict[int, list[int]] | None = None,
                    vanilla_steps: list[int] | None = None, rounding: str = "half-up",
-                   knobs: PolicyKnobs | None = None) -> list[Configuration]:
+                   knobs: dict | None = None) -> list[Configuration]:
     """The bench plan: vanilla-N first, then vanilla at the other front step counts (default: every
-    budget), then per budget each accelerated method of `methods` at (N, B), in METHODS' order
+    budget), then per budget each accelerated method of `methods` at (N, B), in `method_names()` order
     (an entry `name:B1/B2` runs that method at its own budgets instead of `budgets`).
 
     Vanilla runs whatever `methods` says: it is what every accelerated row is judged against.
-    The shortcut and the hybrid take the `schedule` mode: auto the searched placement where
-    `searched` has one for B (as generate does), the uniform one otherwise, which follows the
-    sampler's `budget_rounding` as generate's does. The cache is uniform; recap and mlcache place
-    their full steps by their own rules (`policies.full_steps_for`, with `knobs`).
+    The methods that take a searched placement (`Method.searched`: the shortcut and the hybrid) take
+    the `schedule` mode: auto the searched placement where `searched` has one for B (as generate
+    does), the uniform one otherwise, which follows the sampler's `budget_rounding` as generate's
+    does. The others place their full steps by their own rules (`Method.full_steps`, with `knobs`:
+    method name -> its recipe section), uniform where they have none of their own.
     """
     plan = check_plan(steps, budgets, methods, schedule, vanilla_steps)
     every = sorted({b for bs in plan.values() for b in bs}) or sorted(set(budgets))
     out = [Configuration("vanilla", steps, steps, reference=True)]
     out += [Configuration("vanilla", n, n) for n in sorted(set(vanilla_steps or every) - {steps})]
     for B in every:
-        for method in (m for m in METHODS[1:] if B in plan.get(m, ())):
-            if method not in NEEDS_SHORTCUT:
+        for method in (m for m in method_names() if B in plan.get(m, ())):
+            m = get_method(method)
+            if not m.searched:
                 try:
-                    full = full_steps_for(method, steps, B, knobs, rounding)
+                    full = m.full_steps(steps, B, (knobs or {}).get(method, m.default_knobs()), rounding)
                 except ValueError as err:
                     raise UserError(f"{arg('budgets', B)}: {err}") from None
-                out.append(Configuration(method, steps, B, full, "uniform" if method == "cache" else None))
+                out.append(Configuration(method, steps, B, full, None if m.own_placement else "uniform"))
                 continue
             found = (searched or {}).get(B)
             modes = {"both": ("uniform", "searched"), "auto": ("searched" if found else "uniform",)}.get(schedule, (schedule,))
             for mode in modes:
                 if mode == "uniform":
-                    out.append(Configuration(method, steps, B, full_steps_for(method, steps, B, rounding=rounding), "uniform"))
+                    out.append(Configuration(method, steps, B, m.full_steps(steps, B, None, rounding), "uniform"))
                 elif found is None:
                     raise UserError(f"no searched schedule for N={steps}, B={B}: run migmcut schedule search")
                 else:
@@ -184,7 +186,7 @@ class Plan:
     bootstrap: int = 1000  # paired resamples for the intervals (0: none)
     refine: bool = True  # add vanilla step counts until each row's front vanilla is pinned
     level: float = 0.95
-    knobs: PolicyKnobs = field(default_factory=PolicyKnobs)  # the recipe's recap / mlcache / hybrid
+    knobs: dict = field(default_factory=dict)  # method name -> its recipe section (Recipe.knobs_for)
 
 
 def metric_settings(recipe, device):

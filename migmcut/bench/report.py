@@ -18,7 +18,8 @@ import numpy as np
 from migmcut import front
 from migmcut.bench.plan import Configuration, Plan
 from migmcut.files import atomic_write_bytes
-from migmcut.policies import PARTIAL
+from migmcut.methods import get_method
+from migmcut.policies import partial_calls
 
 
 def bound(steps: int, budget: int, c: float) -> float:
@@ -67,7 +68,7 @@ def bench_result(plan: Plan, configs: list[Configuration], sampled: dict[str, di
             "budget": cfg.budget,
             "base_calls": calls,
             "shortcut_calls": got["counts"].get("shortcut", 0),
-            "partial_calls": sum(got["counts"].get(k, 0) for k in PARTIAL),
+            "partial_calls": partial_calls(got["counts"]),
             "schedule": cfg.schedule,
             "full_steps": cfg.full_steps,
             "label": cfg.label,
@@ -131,10 +132,6 @@ def csv_text(rows: list[dict]) -> str:
         w.writerow([blank(r.get(c)) for c in CSV_COLUMNS] + [blank(r["quality"].get(m)) for m in metrics]
                    + [blank(iv[m][j]) if m in iv else "" for m in compared for j in (0, 1)])
     return buf.getvalue()
-
-
-COLORS = {"vanilla": "tab:blue", "cache": "tab:orange", "shortcut": "tab:green", "recap": "tab:purple",
-          "mlcache": "tab:brown", "hybrid": "tab:red"}
 
 
 def place_labels(ax, points: list[tuple[float, float, str]], fontsize: int = 7) -> list:
@@ -207,13 +204,13 @@ def pareto_figure(result: BenchResult):
             iv = r.get("interval", {}).get(metric)
             yerr = [[max(y - iv[0], 0)], [max(iv[1] - y, 0)]] if iv else None
             ax.errorbar([x], [y], yerr=yerr, fmt="s" if r.get("schedule") == "searched" else "o",
-                        color=COLORS.get(r["method"], "gray"), ms=5, capsize=3, lw=1)
+                        color=get_method(r["method"]).colour, ms=5, capsize=3, lw=1)
             pts.append((x, y, r["label"]))
         van = [r for r in rows if r["method"] == "vanilla" and r["quality"].get(metric) is not None]
         van = [van[i] for i in pareto_front([r["seconds_per_image"] for r in van], [r["quality"][metric] for r in van], up)]
         if van:
             ax.plot([r["seconds_per_image"] for r in van], [r["quality"][metric] for r in van], "--",
-                    color=COLORS["vanilla"], lw=1, label="vanilla front")
+                    color=get_method("vanilla").colour, lw=1, label="vanilla front")
             ax.legend(loc="lower right" if up else "upper right", fontsize=8)
         ax.set_xlabel("seconds per image (sampler)")
         ax.set_ylabel(f"{metric or 'quality'} ({'higher' if up else 'lower'} is better)")

@@ -18,16 +18,20 @@ from migmcut.bench.plan import Configuration, Plan
 from migmcut.bench.report import BenchResult, bench_result
 from migmcut.bench.state import BenchState
 from migmcut.errors import UserError
+from migmcut.methods import get_method
 from migmcut.metrics import measure_resampled
-from migmcut.policies import BudgetPolicy, FullPolicy, build
+from migmcut.methods.shortcut import BudgetPolicy
+from migmcut.policies import FullPolicy
 from migmcut.recipe import SamplerConfig
-from migmcut.sampler import StepState, sample
+from migmcut.runner import Run, resolve_run
+from migmcut.sampler import StepState
 
 
-def _policy(base, plan: Plan, cfg: Configuration, shortcut):
-    counts = sampler_for(plan, cfg).check(base.num_tokens) if cfg.method == "recap" else None
-    return build(cfg.method, cfg.full_steps or list(range(cfg.steps)), shortcut=shortcut, counts=counts,
-                 knobs=plan.knobs)
+def run_for(base, plan: Plan, cfg: Configuration, shortcut) -> Run:
+    """The configuration's run: its method at its full steps (`shortcut` already on the base's device)."""
+    return resolve_run(base, sampler_for(plan, cfg), cfg.method, full_steps=cfg.full_steps,
+                       shortcut=shortcut if get_method(cfg.method).needs_shortcut else None,
+                       knobs=plan.knobs.get(cfg.method))
 
 
 def sampler_for(plan: Plan, cfg: Configuration) -> SamplerConfig:
@@ -36,13 +40,11 @@ def sampler_for(plan: Plan, cfg: Configuration) -> SamplerConfig:
 
 def generate_images(base, plan: Plan, cfg: Configuration, shortcut, on_batch=None) -> tuple[np.ndarray, dict]:
     images, counts = [], {}
-    for lo in range(0, len(plan.conditions), plan.batch_size):
-        conds, seeds = plan.conditions[lo : lo + plan.batch_size], plan.seeds[lo : lo + plan.batch_size]
-        result = sample(base, conds, seeds, sampler_for(plan, cfg), policy=_policy(base, plan, cfg, shortcut))
+    for _, result in run_for(base, plan, cfg, shortcut).batches(plan.conditions, plan.seeds, plan.batch_size):
         images.append(base.decode(result.tokens))
         counts = result.counts
         if on_batch:
-            on_batch(len(conds))
+            on_batch(len(result.tokens))
     return np.concatenate(images), counts
 
 
@@ -56,16 +58,17 @@ def time_configurations(base, plan: Plan, shortcut, on_run=None, done: dict[str,
     """
     conds, seeds = plan.conditions[: plan.batch_size], plan.seeds[: plan.batch_size]
     times: dict[str, list[float]] = {c.label: list((done or {}).get(c.label, []))[: plan.repeats] for c in plan.configs}
+    runs = {c.label: run_for(base, plan, c, shortcut) for c in plan.configs}
     for cfg in (c for c in plan.configs if len(times[c.label]) < plan.repeats):
         for _ in range(plan.warmup):
-            sample(base, conds, seeds, sampler_for(plan, cfg), policy=_policy(base, plan, cfg, shortcut))
+            runs[cfg.label].sample(conds, seeds)
             if on_run:
                 on_run()
     for r in range(plan.repeats):
         for cfg in (c for c in plan.configs if len(times[c.label]) <= r):
-            policy, scfg = _policy(base, plan, cfg, shortcut), sampler_for(plan, cfg)
+            policy = runs[cfg.label].policy()
             t0 = time.perf_counter()
-            sample(base, conds, seeds, scfg, policy=policy)
+            runs[cfg.label].sample(conds, seeds, policy=policy)
             times[cfg.label].append(time.perf_counter() - t0)
             if on_time:
                 on_time(cfg.label, times[cfg.label][-1])
