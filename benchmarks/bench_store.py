@@ -36,7 +36,7 @@ def log(msg: str) -> None:
 
 
 def vanilla(base, recipe, num: int, batch: int, seed: int) -> float:
-    from migmcut.record import conditions_for
+    from migmcut.recording import conditions_for
     from migmcut.sampler import sample, trajectory_seed
 
     start = time.perf_counter()
@@ -47,7 +47,7 @@ def vanilla(base, recipe, num: int, batch: int, seed: int) -> float:
 
 
 def record_once(base, recipe, out: Path, num: int, batch: int, codec: str, seed: int) -> float:
-    from migmcut.record import record
+    from migmcut.recording import record
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
@@ -66,7 +66,7 @@ def write_cost(src: Path, out: Path, codec: str, batch: int) -> float:
 
     import numpy as np
 
-    from migmcut.record import _FeatureRecorder
+    from migmcut.recording import _FeatureRecorder
     from migmcut.sampler import StepEvent
     from migmcut.store import TrajectoryStore, location
     from migmcut.store.writer import StoreWriter, create_store, write_batch
@@ -119,7 +119,7 @@ def trainer_rate(base, store: Path, batch: int, iters: int) -> float | None:
     try:
         from migmcut.shortcut import Shortcut, ShortcutConfig, ShortcutInputs
         from migmcut.store import PairDataset, collate_pairs
-        from migmcut.train import masked_mse
+        from migmcut.training import masked_mse
     except ImportError:
         return None
     pairs = []

@@ -16,7 +16,7 @@ import json
 import torch
 
 from migmcut.base import load_base
-from migmcut.bench import bound, measure_c
+from migmcut.benchmark import bound, measure_c
 from migmcut.recipe import load_recipe
 from migmcut.shortcut import Shortcut, ShortcutConfig
 

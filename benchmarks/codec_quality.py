@@ -23,7 +23,7 @@ import sys
 import numpy as np
 import torch
 
-from migmcut import bench as lib
+from migmcut import benchmark as lib
 from migmcut import front
 from migmcut.base import load_base
 from migmcut.cli.common import parse_int_list
@@ -32,7 +32,7 @@ from migmcut.placement import budget_schedule
 from migmcut.recipe import load_recipe
 from migmcut.shortcut import ShortcutInputs, load_shortcut, resolve_checkpoint
 from migmcut.store import PairDataset, TrajectoryStore, pair_loader
-from migmcut.train import evaluate
+from migmcut.training import evaluate
 
 
 def log(msg: str) -> None:

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from migmcut.base import dimoo, maskgit
-from migmcut.bench import bound, measure_c
+from migmcut.benchmark import bound, measure_c
 from migmcut.recipe import load_recipe
-from migmcut.record import record
+from migmcut.recording import record
 from migmcut.shortcut import Shortcut, ShortcutConfig
 
 WORDS = ["a", "large", "red", "circle", "fox", "in", "snow"]  # measure_c's prompt, among others

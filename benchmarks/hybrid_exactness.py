@@ -21,7 +21,7 @@ from collections import defaultdict
 import torch
 
 from migmcut.base import load_base
-from migmcut.bench import expand, sample_seeds
+from migmcut.benchmark import expand, sample_seeds
 from migmcut.placement import budget_schedule
 from migmcut.methods.hybrid import HybridPolicy
 from migmcut.policies import branch_count, branch_rows

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from migmcut import bench as lib
+from migmcut import benchmark as lib
 from migmcut.base import load_base
 from migmcut.recipe import load_recipe
 from migmcut.shortcut import load_shortcut

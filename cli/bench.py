@@ -112,8 +112,8 @@ def bench(
     json_: JsonOpt = False,
 ):
     """Measure speed and quality of vanilla and accelerated sampling side by side."""
-    from migmcut.bench import bench as run_bench
-    from migmcut.bench.search import search_schedules
+    from migmcut.benchmark import bench as run_bench
+    from migmcut.benchmark.search import search_schedules
 
     if search_schedule:
         console.print("--search-schedule is deprecated: use migmcut schedule search", highlight=False, soft_wrap=True)

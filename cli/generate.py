@@ -36,7 +36,7 @@ def generate(
     json_: JsonOpt = False,
 ):
     """Generate images with the recipe's base model, vanilla or accelerated."""
-    from migmcut.generate import generate as run_generate
+    from migmcut.generation import generate as run_generate
 
     started = time.perf_counter()
     if prompt and class_id:

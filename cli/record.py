@@ -32,7 +32,7 @@ def record(
 ):
     """Record base-model feature trajectories (resumable; under torchrun every rank writes its share)."""
     from migmcut import distributed
-    from migmcut.record import dry_run as plan_record, record as run_record
+    from migmcut.recording import dry_run as plan_record, record as run_record
 
     rank = distributed.env_rank()  # under torchrun only rank 0 speaks
     try:

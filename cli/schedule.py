@@ -54,7 +54,7 @@ def search(
     json_: JsonOpt = False,
 ):
     """Search where the full steps go for each budget and save it beside the shortcut (schedules.json)."""
-    from migmcut.bench.search import search_schedules
+    from migmcut.benchmark.search import search_schedules
 
     rec = load(recipe, set_, preset)
     run = search_schedules(rec, store, shortcut=shortcut, steps=steps, budgets=parse_int_list(budgets, "budgets"),

@@ -34,7 +34,7 @@ def train(
 ):
     """Train a shortcut for the recipe's base model from recorded trajectories."""
     from migmcut.distributed import env_rank
-    from migmcut.train import train as run_train
+    from migmcut.training import train as run_train
 
     rec = load(recipe, set_)
     main_rank = env_rank() == 0  # under torchrun only rank 0 reports

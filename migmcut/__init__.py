@@ -9,40 +9,25 @@
     rows = migmcut.bench(recipe, shortcut="runs/sc", budgets=[4, 6], out="runs/bench").result.rows
 
 Names are imported on first use, so `import migmcut` (and `migmcut --help`) loads no torch.
-`generate`, `record`, `train` and `bench` are also the modules that hold them: calling the module
-calls the function of its name, and `migmcut.bench.Configuration` etc. stay reachable.
+Each is a plain function of the module that holds its job: `generation`, `recording`, `training`,
+`benchmark`, `hook` (e.g. `migmcut.benchmark.Configuration`).
 """
 
 from __future__ import annotations
 
 import importlib
-import types
 
-_API = {"load_recipe": "recipe", "load_base": "base", "load_shortcut": "shortcut", "attach": "attach",
-        "generate": "generate", "record": "record", "train": "train", "bench": "bench"}
+_API = {"load_recipe": "recipe", "load_base": "base", "load_shortcut": "shortcut", "attach": "hook",
+        "generate": "generation", "record": "recording", "train": "training", "bench": "benchmark"}
 __all__ = list(_API)
-
-
-class CallableModule(types.ModuleType):
-    """A module that is also its main function: `migmcut.bench(...)` is `migmcut.bench.bench(...)`."""
-
-    def __call__(self, *args, **kwargs):
-        from migmcut.errors import check_call
-
-        fn = self.__wrapped__
-        check_call(fn, args, kwargs)  # the API's one argument check: a UserError, not a TypeError inside
-        return fn(*args, **kwargs)
-
-    @property
-    def __wrapped__(self):  # what inspect.signature and help() show
-        return getattr(self, self.__name__.rpartition(".")[2])
 
 
 def __getattr__(name: str):
     if name not in _API:
         raise AttributeError(f"module 'migmcut' has no attribute {name!r}")
-    module = importlib.import_module(f"migmcut.{_API[name]}")
-    return module if isinstance(module, CallableModule) else getattr(module, name)
+    value = getattr(importlib.import_module(f"migmcut.{_API[name]}"), name)
+    globals()[name] = value  # imported once
+    return value
 
 
 def __dir__() -> list[str]:

@@ -11,9 +11,12 @@ library never speaks of flags and the command line still does:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import numbers
 import re
 import types
+import typing
 from collections.abc import Callable
 
 _ARG = re.compile("\x00([^\x00\x01]*)\x01([^\x00]*)\x00")
@@ -109,8 +112,6 @@ def check_call(fn: Callable, args: tuple, kwargs: dict) -> None:
     runs: a missing, extra or unknown argument, or None where the parameter takes no None, is a
     UserError naming it, never a TypeError from deep inside. (Numbers: `check_range`; values: each
     function's own checks.)"""
-    import inspect
-
     signature = inspect.signature(fn)
     try:
         bound = signature.bind(*args, **kwargs)
@@ -123,11 +124,20 @@ def check_call(fn: Callable, args: tuple, kwargs: dict) -> None:
             raise UserError(f"{arg(name, 'None')}: {fn.__name__} needs a value here" + (f" ({wanted})" if wanted else ""))
 
 
+def api(fn: Callable) -> Callable:
+    """Marks a public API function (`migmcut.generate` & co): its arguments are checked by `check_call`
+    before it runs, so a wrong call is a UserError naming the argument."""
+
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        check_call(fn, args, kwargs)
+        return fn(*args, **kwargs)
+
+    return checked
+
+
 def _takes_none(fn: Callable, param) -> bool:
     """Whether `param`'s annotation admits None (no annotation, or one that cannot be read: yes)."""
-    import inspect
-    import typing
-
     hint = param.annotation
     if hint is inspect.Parameter.empty:
         return True

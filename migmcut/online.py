@@ -30,7 +30,7 @@ from migmcut.methods import get_method
 from migmcut.methods.shortcut import BudgetPolicy
 from migmcut.placement import save_schedules, shortcut_schedule
 from migmcut.policies import branch_rows
-from migmcut.record import conditions_for
+from migmcut.recording import conditions_for
 from migmcut.runner import Run
 from migmcut.sampler import trajectory_seed
 

@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import migmcut
-from migmcut.bench.search import search_schedules
+from migmcut.benchmark.search import search_schedules
 from migmcut.cli.common import cli_arg
 from migmcut.cli.main import app
 from migmcut.errors import CheckpointError, UserError
@@ -24,14 +24,14 @@ def test_the_notebook_flow_returns_results(tmp_path):
     run = migmcut.bench(recipe, shortcut=trained.out, budgets=[2], methods=["shortcut"], num_samples=2, repeats=1,
                         out=tmp_path / "bench", device="cpu")
 
-    assert isinstance(stored, migmcut.record.RecordResult) and (stored.trajectories, stored.written) == (6, 6)
-    assert isinstance(trained, migmcut.train.TrainResult) and (trained.steps, trained.start_step) == (3, 0)
+    assert isinstance(stored, migmcut.recording.RecordResult) and (stored.trajectories, stored.written) == (6, 6)
+    assert isinstance(trained, migmcut.training.TrainResult) and (trained.steps, trained.start_step) == (3, 0)
     assert {"val_mse", "val_mse_identity"} <= set(trained.validation)
     assert (Path(trained.out) / "shortcut.safetensors").is_file()
-    assert isinstance(made, migmcut.generate.Generated) and made.images.dtype == np.uint8 and len(made.images) == 2
+    assert isinstance(made, migmcut.generation.Generated) and made.images.dtype == np.uint8 and len(made.images) == 2
     assert (made.method, made.full_steps, made.base_calls, made.shortcut_calls) == ("shortcut", [0, 4], 2, 6)
     assert made.paths == []  # nothing written without `out`
-    assert isinstance(run.result, migmcut.bench.BenchResult) and run.rollout is None
+    assert isinstance(run.result, migmcut.benchmark.BenchResult) and run.rollout is None
     labels = [r["label"] for r in run.result.rows]
     assert labels[0] == "vanilla-8" and labels[-1] == "shortcut-8/2"
     assert {Path(p).name for p in run.files.values()} == {"bench.json", "bench.csv", "pareto.png"}
@@ -82,9 +82,11 @@ def test_a_refused_train_out_names_the_switches(debug_recipe, tmp_path):
     assert "pass --resume to continue it, --overwrite to replace it" in err.value.render(cli_arg)
 
 
-def test_import_is_light_and_the_modules_stay_reachable():
-    code = ("import sys, migmcut, migmcut.cli.main; assert 'torch' not in sys.modules, 'torch'; "
-            "from migmcut import bench as lib; assert lib.Configuration and callable(migmcut.bench); "
+def test_import_is_light_and_the_api_is_plain_functions():
+    code = ("import sys, types, migmcut, migmcut.cli.main; assert 'torch' not in sys.modules, 'torch'; "
+            "from migmcut import benchmark as lib; assert lib.Configuration; "
+            "assert all(type(getattr(migmcut, n)) is types.FunctionType for n in migmcut.__all__); "
+            "import migmcut.generation; assert type(migmcut.generate) is types.FunctionType; "
             "import inspect; assert 'budgets' in inspect.signature(migmcut.bench).parameters")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr

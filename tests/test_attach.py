@@ -1,4 +1,4 @@
-"""migmcut.attach: the shortcut inside sampling loops migmcut did not write, token for token against
+"""migmcut.hook: the shortcut inside sampling loops migmcut did not write, token for token against
 migmcut's own sampler (same shortcut, placement and random draws); with the hook off, the loop is
 untouched; what the hook cannot follow is one UserError naming what it saw."""
 

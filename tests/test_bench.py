@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from migmcut.bench import configurations, pareto_front
+from migmcut.benchmark import configurations, pareto_front
 from migmcut.cli.main import app
 
 runner = CliRunner()
@@ -253,7 +253,7 @@ def test_explicit_vanilla_steps_are_exactly_the_front_and_the_default_schedule_i
 
 
 def test_plot_labels_do_not_overlap():
-    from migmcut.bench import BenchResult, label_box, pareto_figure
+    from migmcut.benchmark import BenchResult, label_box, pareto_figure
 
     rows = []
     for i in range(12):  # points crowded into one corner, as real bench runs put them

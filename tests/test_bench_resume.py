@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import migmcut.bench.run as lib
+import migmcut.benchmark.run as lib
 from migmcut.cli.main import app
 
 runner = CliRunner()
@@ -92,7 +92,7 @@ def test_a_process_killed_mid_run_loses_at_most_the_configuration_in_flight(whol
     out = tmp_path / "b"
     # the real command, slowed after each configuration so that the kill lands mid-run
     code = ("import sys, time\n"
-            "import migmcut.bench.run as lib\n"
+            "import migmcut.benchmark.run as lib\n"
             "real = lib.generate_images\n"
             "def slow(*a, **k):\n"
             "    r = real(*a, **k)\n"

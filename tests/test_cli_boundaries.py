@@ -112,7 +112,7 @@ def _full_disk(*args, **kwargs):
 
 
 @pytest.mark.parametrize("target, args", [
-    ("migmcut.bench.state.atomic_write_bytes", lambda s, ck, t: ["bench", *COMMON, "--methods", "vanilla", "--budgets", "2",
+    ("migmcut.benchmark.state.atomic_write_bytes", lambda s, ck, t: ["bench", *COMMON, "--methods", "vanilla", "--budgets", "2",
                                                 "--num-samples", "2", "--batch-size", "2", "--repeats", "1",
                                                 "--out", str(t / "b")]),
     ("pathlib.Path.write_text", lambda s, ck, t: ["schedule", "search", *COMMON, "--shortcut", str(ck), "--store",

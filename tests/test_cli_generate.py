@@ -113,12 +113,12 @@ def test_shortcut_for_another_base_is_refused(tmp_path):
 
 
 def test_unexpected_errors_exit_1_with_the_traceback_only_under_debug(tmp_path, monkeypatch):
-    import migmcut.generate
+    import migmcut.generation
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(migmcut.generate, "generate", broken)
+    monkeypatch.setattr(migmcut.generation, "generate", broken)
     monkeypatch.delenv("MIGMCUT_DEBUG", raising=False)
     args = ["generate", "--recipe", "debug", "--prompt", "a red circle", "--out", str(tmp_path)]
     quiet = runner.invoke(app, args)

@@ -35,7 +35,7 @@ def test_no_import_cycle_among_migmcuts_modules():
     imports the library inside its commands so that --help loads no torch, is a leaf and left out."""
     known = {name: path for name, path in modules().items() if not name.startswith("migmcut.cli")}
     graph = {name: module_imports(name, path, known) for name, path in known.items()}
-    assert {"migmcut.recipe", "migmcut.train", "migmcut.placement", "migmcut.bench.job"} <= set(graph)
+    assert {"migmcut.recipe", "migmcut.training", "migmcut.placement", "migmcut.benchmark.job"} <= set(graph)
     done, cycles = set(), []
 
     def visit(name, path):
@@ -55,6 +55,8 @@ def test_no_import_cycle_among_migmcuts_modules():
 def test_the_recipe_module_imports_no_job():
     known = modules()
     deps = module_imports("migmcut.recipe", known["migmcut.recipe"], known)
-    jobs = {"migmcut.train", "migmcut.record", "migmcut.generate", "migmcut.online", "migmcut.sampler",
-            "migmcut.policies", "migmcut.shortcut"} | {m for m in known if m.startswith("migmcut.bench")}
+    jobs = {"migmcut.training", "migmcut.recording", "migmcut.generation", "migmcut.online", "migmcut.sampler",
+            "migmcut.policies", "migmcut.shortcut", "migmcut.runner", "migmcut.hook"}
+    jobs |= {m for m in known if m.startswith("migmcut.benchmark")}
     assert not deps & jobs, deps & jobs
+

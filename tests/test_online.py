@@ -68,7 +68,7 @@ def test_online_training_needs_no_store_and_saves_the_schedules_it_trained_on(tm
 
 
 def test_online_training_continues_from_an_init_checkpoint(tmp_path, debug_base, shortcut):
-    from migmcut.train import save_checkpoint
+    from migmcut.training import save_checkpoint
 
     init = tmp_path / "init"
     opt = torch.optim.AdamW(shortcut.parameters())

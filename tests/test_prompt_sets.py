@@ -1,4 +1,4 @@
-from migmcut.bench import default_prompts
+from migmcut.benchmark import default_prompts
 from migmcut.recipe import load_recipe
 from migmcut.world import prompt_sets, shapes
 

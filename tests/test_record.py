@@ -14,7 +14,7 @@ from test_store_helpers import BATCH, BLOCK, NUM, assert_same_store, contents, o
 from typer.testing import CliRunner
 
 from migmcut.cli.main import app
-from migmcut.record import record
+from migmcut.recording import record
 from migmcut.store import TrajectoryStore, location
 from migmcut.store.writer import StoreWriter
 

@@ -257,10 +257,10 @@ def test_the_dimoo_release_given_to_a_maskgit_base_is_refused(tmp_path):
 def test_train_init_fine_tunes_the_release_on_a_store(twin, tmp_path):
     """A store keeps image rows only: the base rebuilds each pair's sequence (prompt rows included) from
     its token state, whose image rows are the recorded h_t; the result loads as the released architecture."""
-    from migmcut.record import record
+    from migmcut.recording import record
     from migmcut.shortcut import SequenceInputs
     from migmcut.store.reader import TrajectoryStore, pair_loader
-    from migmcut.train import train
+    from migmcut.training import train
 
     recipe, base, _ = twin
     recipe = dataclasses.replace(recipe, sampler=dataclasses.replace(recipe.sampler, steps=6),

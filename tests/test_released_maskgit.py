@@ -173,7 +173,7 @@ def test_hybrid_refuses_a_released_shortcut(twin):
 # -- fine-tuning a release on a migmcut store (train --init released.pth) ---------------------------
 @pytest.fixture(scope="module")
 def store(twin, tmp_path_factory):
-    from migmcut.record import record
+    from migmcut.recording import record
 
     sets, _ = twin
     path = tmp_path_factory.mktemp("released") / "store"
@@ -198,7 +198,7 @@ def test_a_pair_rebuilt_by_the_base_has_the_stored_image_rows(twin, store):
 
 
 def test_train_init_fine_tunes_a_release_and_the_result_loads_anywhere(twin, store, tmp_path):
-    from migmcut.train import train
+    from migmcut.training import train
 
     sets, base = twin
     recipe = load_recipe(RECIPE, sets + ["sampler.steps=8"])

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from migmcut.cli.main import app
 from migmcut.errors import UserError
-from migmcut.generate import generate
+from migmcut.generation import generate
 from migmcut.placement import budget_schedule
 from migmcut.methods.shortcut import BudgetPolicy
 from migmcut.recipe import load_recipe

@@ -120,7 +120,7 @@ def test_saved_schedules_round_trip_and_go_stale_with_new_weights(store, debug_b
 
 
 def test_generate_takes_an_explicit_schedule(debug_recipe, debug_base):
-    from migmcut.generate import generate
+    from migmcut.generation import generate
 
     out = generate(debug_recipe, ["a large red circle"], method="cache", full_steps=[0, 5], base=debug_base)
     assert out.budget == 2 and out.base_calls == 2

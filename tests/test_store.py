@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from migmcut.cli.main import app
 from migmcut.errors import StoreError
-from migmcut.record import record
+from migmcut.recording import record
 from migmcut.sampler import trajectory_seed
 from migmcut.store import PairDataset, TrajectoryStore, collate_pairs, pair_loader
 from migmcut.store.codecs import CODECS, decode, encode, is_fill
@@ -170,7 +170,7 @@ def test_store_schema_with_plain_zarr(store_dir, debug_recipe, debug_base):
 
 
 def test_store_matches_a_direct_sampler_run(store_dir, debug_recipe, debug_base):
-    from migmcut.record import conditions_for
+    from migmcut.recording import conditions_for
     from migmcut.sampler import sample
 
     g = zarr.open_group(str(store_dir), mode="r")
@@ -187,7 +187,7 @@ def test_store_matches_a_direct_sampler_run(store_dir, debug_recipe, debug_base)
 
 
 def test_prompts_depend_only_on_run_seed_and_index(debug_recipe):
-    from migmcut.record import conditions_for
+    from migmcut.recording import conditions_for
     from migmcut.world import shapes
 
     a = conditions_for(debug_recipe, 0, range(40))
@@ -342,7 +342,7 @@ def test_reader_skips_incomplete_and_reports_damage(store_dir, tmp_path):
 
 
 def test_int8_store_reads_back_within_the_bound(int8_store, debug_recipe, debug_base):
-    from migmcut.record import conditions_for
+    from migmcut.recording import conditions_for
     from migmcut.sampler import sample
 
     g = zarr.open_group(str(int8_store), mode="r")
@@ -456,10 +456,10 @@ def test_one_rule_judges_a_store_in_record_train_and_bench(tmp_path):
     from typer.testing import CliRunner
 
     from migmcut.cli.main import app
-    from migmcut.record import record
+    from migmcut.recording import record
     from migmcut.recipe import load_recipe
     from migmcut.store.reader import TrajectoryStore
-    from migmcut.train import train
+    from migmcut.training import train
 
     store = tmp_path / "store"
     record(load_recipe("debug", ["sampler.budget_rounding=half-even"]), str(store), num=4, batch_size=4)

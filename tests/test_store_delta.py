@@ -18,7 +18,7 @@ from test_store_helpers import contents, one_thread
 from typer.testing import CliRunner
 
 from migmcut.cli.main import app
-from migmcut.record import record
+from migmcut.recording import record
 from migmcut.store import PairDataset, TrajectoryStore
 from migmcut.store.codecs import CODECS, DeltaEncoder, decode, encode_steps
 from migmcut.store.inspect import info, verify
@@ -130,7 +130,7 @@ def test_plain_zarr_decodes_a_delta_store_in_ten_lines(stores):
 
 
 def test_the_store_holds_the_direct_runs_features_coded_and_reads_back_within_the_bound(stores, debug_recipe, debug_base):
-    from migmcut.record import conditions_for
+    from migmcut.recording import conditions_for
     from migmcut.sampler import sample, trajectory_seed
 
     s = TrajectoryStore(stores / "delta")

@@ -80,7 +80,7 @@ def test_heldout_evaluation_reports_every_attribute(debug_recipe, tmp_path):
 
 def test_shipped_model_draws_held_out_prompts(shipped):
     """The floor of the shipped base (0.91 measured on 256 images), checked on 32 held-out captions."""
-    from migmcut.generate import generate
+    from migmcut.generation import generate
     from migmcut.world.evaluate import heldout_prompts
 
     prompts = heldout_prompts(32, 1, seed=0)

@@ -68,7 +68,7 @@ def test_unrolled_balanced_training_beats_the_cache_over_chained_calls(store, tm
 def test_rollout_chains_each_call_from_the_previous_prediction():
     """train.unroll's module: call j reads call j-1's output, not the recorded h of its own step."""
     from migmcut.shortcut import Shortcut, ShortcutConfig
-    from migmcut.train import Rollout
+    from migmcut.training import Rollout
 
     torch.manual_seed(0)
     net = Shortcut(ShortcutConfig(feature_dim=8, heads=2)).eval()
@@ -84,7 +84,7 @@ def test_rollout_chains_each_call_from_the_previous_prediction():
 
 
 def test_balanced_mse_weighs_every_pair_by_its_cache_error():
-    from migmcut.train import balanced_mse, masked_mse
+    from migmcut.training import balanced_mse, masked_mse
 
     g = torch.Generator().manual_seed(0)
     h = torch.randn(3, 5, 4, generator=g)

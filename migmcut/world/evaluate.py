@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from migmcut.base import load_base
-from migmcut.generate import generate
+from migmcut.generation import generate
 from migmcut.metrics import tiny_shapes_quality
 from migmcut.recipe import load_recipe
 from migmcut.world import shapes

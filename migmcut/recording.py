@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,13 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-import migmcut
 from migmcut.base import load_base
 from migmcut.base.condition_sources import ConditionSource
 from migmcut.base.registry import resolve
 from migmcut.devices import placement
 from migmcut.distributed import Dist, init
-from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, StoreError, UserError, arg, check_range
+from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, StoreError, UserError, api, arg, check_range
 from migmcut.files import is_disk_full
 from migmcut.recipe import Recipe, as_recipe
 from migmcut.runner import resolve_run
@@ -162,6 +160,7 @@ class _FeatureRecorder:
             self.scale[:, :, event.t] = scale
 
 
+@api
 def record(
     recipe: Recipe | str,
     out: str,
@@ -263,6 +262,3 @@ def _record_blocks(base, recipe: Recipe, spec: StoreSpec, loc, blocks: list[int]
             if on_progress:
                 on_progress(len(batch))
     return len(indices)
-
-
-sys.modules[__name__].__class__ = migmcut.CallableModule  # migmcut.record(...) calls record() above

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,10 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-import migmcut
 from migmcut.base import load_base
 from migmcut.devices import placement
-from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, UserError, arg, check_range
+from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, UserError, api, arg, check_range
 from migmcut.files import check_writable_dir, writable_dir, write_numbered
 from migmcut.methods import get_method
 from migmcut.policies import partial_calls
@@ -56,6 +54,7 @@ def slug(condition) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(condition).lower()).strip("-")[:60] or "image"
 
 
+@api
 def generate(
     recipe: Recipe | str,
     conditions: list,
@@ -158,6 +157,3 @@ def generate(
         load_seconds=load_seconds,
         paths=paths,
     )
-
-
-sys.modules[__name__].__class__ = migmcut.CallableModule  # migmcut.generate(...) calls generate() above

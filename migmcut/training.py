@@ -33,7 +33,6 @@ import json
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -43,14 +42,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import migmcut
 from migmcut import distributed
 from migmcut.base import load_base
 from migmcut.devices import placement
 from migmcut.online import OnlineBatches
 from migmcut.store.reader import PairDataset, TrajectoryStore, pair_loader
 from migmcut.errors import (
-    BATCH_MAX, COUNT_MAX, SEED_MAX, CheckpointError, Interrupted, StoreError, UserError, arg, check_range,
+    BATCH_MAX, COUNT_MAX, SEED_MAX, CheckpointError, Interrupted, StoreError, UserError, api, arg, check_range,
 )
 from migmcut.recipe import TrainConfig, as_recipe
 from migmcut.files import atomic_write, dir_lock, is_disk_full, writable_dir
@@ -187,6 +185,7 @@ class TrainResult:
                 **({"sampler_warning": self.sampler_warning} if self.sampler_warning else {})}
 
 
+@api
 def train(
     recipe,
     store: str | None,
@@ -489,6 +488,3 @@ def store_batches(loader, inputs: ShortcutInputs | SequenceInputs, device):
         window = batch if isinstance(batch, list) else [batch]
         yield ([inputs(b) for b in window], [b["h_next"].to(device) for b in window],
                [b["loss_mask"].to(device) for b in window])
-
-
-sys.modules[__name__].__class__ = migmcut.CallableModule  # migmcut.train(...) calls train() above

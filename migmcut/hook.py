@@ -31,17 +31,15 @@ settings (N, B, placement) are the ones `generate` already takes by those names.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-import migmcut
 from migmcut.base.conditions import Conditions
 from migmcut.base.interface import BaseModel
 from migmcut.base.registry import kind_name
-from migmcut.errors import COUNT_MAX, CheckpointError, UserError, arg
+from migmcut.errors import COUNT_MAX, CheckpointError, UserError, api, arg
 from migmcut.placement import ROUNDINGS, SCHEDULES, shortcut_schedule
 from migmcut.shortcut import ShortcutInputs, load_shortcut
 _MARK = "_migmcut_shortcut_hook"
@@ -62,6 +60,7 @@ class _Slot:
         return self.tokens.shape[0]
 
 
+@api
 def attach(model, shortcut, *, steps: int, budget: int, base, schedule: str = "auto",
            rounding: str | None = None) -> "ShortcutHook":
     """Run `shortcut` inside whatever loop calls `model` (the base's network: `base.attach_network()`),
@@ -384,6 +383,3 @@ class ShortcutHook:
                     out = logits.new_empty(R, L, logits.shape[-1])
                 out[rows].scatter_(1, where[..., None].expand(-1, -1, logits.shape[-1]), logits)
         return out
-
-
-sys.modules[__name__].__class__ = migmcut.CallableModule  # migmcut.attach(...) calls attach() above

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from migmcut import front
-from migmcut.bench.plan import Configuration, Plan
+from migmcut.benchmark.plan import Configuration, Plan
 from migmcut.files import atomic_write_bytes
 from migmcut.methods import get_method
 from migmcut.policies import partial_calls

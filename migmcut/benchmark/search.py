@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from migmcut import schedule_search as ss
 from migmcut.base import load_base
-from migmcut.bench.plan import check_plan, int_list
-from migmcut.bench.store import open_store, validation_indices
+from migmcut.benchmark.plan import check_plan, int_list
+from migmcut.benchmark.store import open_store, validation_indices
 from migmcut.devices import placement
 from migmcut.errors import UserError, arg
 from migmcut.placement import check_writable, save_schedules

@@ -12,16 +12,16 @@ from typing import Callable
 
 from migmcut import schedule_search as ss
 from migmcut.base import load_base
-from migmcut.bench.plan import (
+from migmcut.benchmark.plan import (
     Plan, check_plan, configurations, default_prompts, expand, int_list, metric_settings, name_list, sample_seeds,
 )
-from migmcut.bench.report import BenchResult, write_outputs, write_rollout
-from migmcut.bench.run import run_bench, sampler_for
-from migmcut.bench.search import search_and_save
-from migmcut.bench.state import BenchState
-from migmcut.bench.store import open_store, store_samples, validation_indices
+from migmcut.benchmark.report import BenchResult, write_outputs, write_rollout
+from migmcut.benchmark.run import run_bench, sampler_for
+from migmcut.benchmark.search import search_and_save
+from migmcut.benchmark.state import BenchState
+from migmcut.benchmark.store import open_store, store_samples, validation_indices
 from migmcut.devices import placement
-from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, UserError, arg, check_range
+from migmcut.errors import BATCH_MAX, COUNT_MAX, SEED_MAX, UserError, api, arg, check_range
 from migmcut.files import check_writable_dir, dir_lock
 from migmcut.methods import get_method
 from migmcut.placement import load_schedule
@@ -37,6 +37,7 @@ class BenchRun:
     rollout: dict | None = None  # {"shortcut": ..., "cache": ...} rollout errors on the store's validation trajectories
 
 
+@api
 def bench(
     recipe,
     *,
@@ -70,7 +71,7 @@ def bench(
     `shortcut`: a checkpoint directory (default: the recipe's). `store`: a trajectory store whose
     validation trajectories give the samples, vanilla-N's images (the recorded ones) and a rollout
     error report; searched schedules missing for `schedule` searched / both are searched there first
-    (`migmcut.bench.search`). `progress(what, done, total)` follows the work; `warn(line)` gets a
+    (`migmcut.benchmark.search`). `progress(what, done, total)` follows the work; `warn(line)` gets a
     line per metric skipped for missing weights.
 
     Each configuration is kept in `out`/state/ as it finishes (`BenchState`): the same call again

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from migmcut import front
-from migmcut.bench.plan import Configuration, Plan
-from migmcut.bench.report import BenchResult, bench_result
-from migmcut.bench.state import BenchState
+from migmcut.benchmark.plan import Configuration, Plan
+from migmcut.benchmark.report import BenchResult, bench_result
+from migmcut.benchmark.state import BenchState
 from migmcut.errors import UserError
 from migmcut.methods import get_method
 from migmcut.metrics import measure_resampled

@@ -33,22 +33,19 @@ The modules, by concern: `plan` (the configurations, prompts, seeds), `run` (sam
 
 from __future__ import annotations
 
-import sys
-
-import migmcut
-from migmcut.bench.job import BenchRun, bench
-from migmcut.bench.plan import (
+from migmcut.benchmark.job import BenchRun, bench
+from migmcut.benchmark.plan import (
     SCHEDULE_MODES, Configuration, Plan, check_plan, configurations, default_prompts, expand, int_list, metric_settings,
     name_list, read_prompts_file, sample_seeds, split_methods,
 )
-from migmcut.bench.report import (
+from migmcut.benchmark.report import (
     CSV_COLUMNS, BenchResult, bench_result, bound, csv_text, label_box, pareto_figure, pareto_front, pareto_png,
     place_labels, rollout_png, write_outputs, write_rollout,
 )
-from migmcut.bench.run import generate_images, measure_c, run_bench, sampler_for, time_configurations, timing_runs
-from migmcut.bench.search import SearchRun, search_and_save, search_schedules
-from migmcut.bench.state import RESULT_FILES, STATE_DIR, BenchState
-from migmcut.bench.store import open_store, store_samples, validation_indices
+from migmcut.benchmark.run import generate_images, measure_c, run_bench, sampler_for, time_configurations, timing_runs
+from migmcut.benchmark.search import SearchRun, search_and_save, search_schedules
+from migmcut.benchmark.state import RESULT_FILES, STATE_DIR, BenchState
+from migmcut.benchmark.store import open_store, store_samples, validation_indices
 
 __all__ = [
     "bench", "BenchRun",
@@ -61,5 +58,3 @@ __all__ = [
     "open_store", "store_samples", "validation_indices",
     "SearchRun", "search_and_save", "search_schedules",
 ]
-
-sys.modules[__name__].__class__ = migmcut.CallableModule  # migmcut.bench(...) calls bench() (job.py)
