@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -120,7 +122,6 @@ def dir_lock(path: Path, busy: str, name: str = "out", error: type[UserError] = 
     a stale lock. A directory created here is removed again if it is still empty on the way out
     (a refused or failed job leaves nothing behind). `busy`: the message when another process holds it.
     """
-    import fcntl
 
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -178,7 +179,6 @@ def write_numbered(directory: Path, name: str, write) -> Path:
     on the directory, and the file appears under it whole, by a hard link that cannot overwrite).
     On any failure nothing is left behind.
     """
-    import fcntl
 
     directory = Path(directory)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
@@ -208,7 +208,6 @@ def _claim(fd: int, directory: Path, fcntl, wait_s: float = 10.0) -> None:
     """An exclusive `flock` on `directory` (open as `fd`), released when `fd` is closed or the process
     dies. Numbering holds it for a moment; a job lock (`dir_lock`: record, train, bench writing
     there) holds it for the whole job: refused after `wait_s` rather than waiting for that."""
-    import time
 
     deadline = time.monotonic() + wait_s
     while True:

@@ -27,14 +27,26 @@ metric name is a `UserError`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
+from PIL import Image
 
+from migmcut.base.registry import resolve
 from migmcut.errors import UserError, arg
 from migmcut.world import shapes
+from migmcut.world.checker import check, score, summarize
+from migmcut.world.classifier import (
+    WEIGHTS,
+    fd,
+    frechet_distance,
+    image_features,
+    load_classifier,
+)
 
 
 def reference_images(prompts: list[str], seed: int = 12345) -> np.ndarray:
@@ -44,8 +56,6 @@ def reference_images(prompts: list[str], seed: int = 12345) -> np.ndarray:
 
 
 def tiny_shapes_quality(images: np.ndarray, prompts: list[str], classifier=None) -> dict:
-    from migmcut.world.checker import score
-    from migmcut.world.classifier import fd
 
     out = dict(score(images, prompts))
     out["fd"] = float(fd(images, reference_images(prompts), classifier=classifier))
@@ -111,7 +121,6 @@ class PromptAccuracy(_ShapesMetric):
     higher_is_better = True
 
     def evaluate(self, images, conditions):
-        from migmcut.world.checker import check, summarize
 
         results = [check(im, p) for im, p in zip(images, _prompts(conditions, self.name), strict=True)]
         ok = np.array([r.ok for r in results], dtype=np.float64)
@@ -124,7 +133,6 @@ class ShapesFD(_ShapesMetric):
     higher_is_better = False
 
     def missing(self):
-        from migmcut.world.classifier import WEIGHTS
 
         path = Path(self.settings.classifier).expanduser() if self.settings.classifier else WEIGHTS
         if not (path / "model.safetensors").is_file():
@@ -132,7 +140,6 @@ class ShapesFD(_ShapesMetric):
         return None
 
     def evaluate(self, images, conditions):
-        from migmcut.world.classifier import frechet_distance, image_features, load_classifier
 
         prompts = _prompts(conditions, self.name)
         classifier = load_classifier(self.settings.classifier) if self.settings.classifier else None
@@ -145,7 +152,6 @@ class ShapesFD(_ShapesMetric):
 
 
 def _load_reference_images(path: Path) -> np.ndarray:
-    from PIL import Image
 
     if path.suffix == ".npz":
         with np.load(path) as data:
@@ -156,9 +162,7 @@ def _load_reference_images(path: Path) -> np.ndarray:
 
 def inception_extractor(path: str | Path):
     """A torch module around a TorchScript Inception file: uint8 (N, 3, H, W) -> features (N, F)."""
-    import warnings
 
-    import torch
 
     with warnings.catch_warnings():  # TorchScript is deprecated, but it is the format FID Inceptions ship in
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -197,7 +201,6 @@ class FID(Metric):
         return None
 
     def evaluate(self, images, conditions):
-        import torch
         from torchmetrics.image.fid import FrechetInceptionDistance
 
         s = self.settings
@@ -229,7 +232,6 @@ class CLIPScoreMetric(Metric):
         return None
 
     def evaluate(self, images, conditions):
-        import torch
         from torchmetrics.multimodal.clip_score import CLIPScore
         from transformers import CLIPModel, CLIPProcessor
 
@@ -257,7 +259,6 @@ REGISTRY: dict[str, type[Metric]] = {
 
 def default_metric_names(base_kind: str) -> list[str]:
     """The metrics `bench` runs unless told: the base adapter's `default_metrics`."""
-    from migmcut.base.registry import resolve
 
     return list(resolve(base_kind).default_metrics)
 

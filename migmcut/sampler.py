@@ -48,12 +48,14 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from migmcut.base.conditions import Conditions
 from migmcut.base.interface import BaseModel
 from migmcut.policies import FullPolicy, Proposal
 from migmcut.recipe import SamplerConfig
+
 
 @dataclass
 class StepState:
@@ -220,6 +222,5 @@ def _draw(config: SamplerConfig, t: int, logits: torch.Tensor, where: torch.Tens
 
 def trajectory_seed(run_seed: int, index: int) -> int:
     """The seed of trajectory `index` of a run: independent of batch size and process count."""
-    import numpy as np
 
     return int(np.random.SeedSequence([int(run_seed), int(index)]).generate_state(1, np.uint32)[0])

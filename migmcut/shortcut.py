@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 from torch import nn
 
 from migmcut.base import released
@@ -266,7 +268,6 @@ def save_shortcut(net: nn.Module, directory: Path, extra: dict | None = None) ->
     """`shortcut.safetensors` + `config.json` (the architecture, `config_of`; `extra`; and the tensors'
     checksum, `CHECKSUM_KEY`, that `load_shortcut` verifies): every shortcut checkpoint, migmcut's own
     or a released network's, is written here."""
-    from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     meta = {"shortcut": config_of(net), **(extra or {}), CHECKSUM_KEY: tensors_checksum(tensors)}
@@ -350,8 +351,6 @@ def convert_released(path: str | Path, base, out: str | Path, overwrite: bool = 
 def load_shortcut(directory: str | Path, base=None) -> tuple[nn.Module, dict]:
     """Load `shortcut.safetensors` + `config.json`, or one of the paper's released `.pth` files for
     `base` (`migmcut.base.released`); refuse a checkpoint made for another base."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
 
     directory = Path(directory).expanduser()

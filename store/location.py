@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import fsspec
+from zarr.storage import FsspecStore, LocalStore
+
 from migmcut.errors import StoreError
 from migmcut.files import dir_lock
 
@@ -47,7 +50,6 @@ def resolve(url: str | os.PathLike) -> Location:
 
 
 def zarr_store(loc: Location, read_only: bool):
-    from zarr.storage import FsspecStore, LocalStore
 
     if loc.local:
         return LocalStore(loc.path, read_only=read_only)
@@ -58,7 +60,6 @@ def zarr_store(loc: Location, read_only: bool):
 
 
 def _fs(loc: Location):
-    import fsspec
 
     try:
         fs, path = fsspec.core.url_to_fs(loc.url)

@@ -29,18 +29,19 @@ multiprocessing context (`pair_loader` does): zarr's event-loop thread does not 
 from __future__ import annotations
 
 import dataclasses
+import signal
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-
-from migmcut.errors import StoreError, UserError, arg
-from migmcut.recipe import behaviour_difference, parse_recipe
 from migmcut.store import location
 from migmcut.store.codecs import decode, delta_levels, from_levels, get_codec, is_fill
 from migmcut.store.schema import open_arrays, quiet, read_spec
 from migmcut.store.writer import read_complete
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from migmcut.errors import StoreError, UserError, arg
+from migmcut.recipe import behaviour_difference, parse_recipe
 
 _SPLIT_STREAM = 0x73706C6974
 
@@ -401,7 +402,6 @@ def pair_loader(dataset: PairDataset, batch_size: int, num_workers: int = 0, **k
 
 
 def _ignore_stop_signals(worker_id: int) -> None:
-    import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

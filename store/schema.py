@@ -15,10 +15,17 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from migmcut.errors import StoreError
+import zarr
+from migmcut.store import location
 from migmcut.store.codecs import CODECS, DEFAULT_TOLERANCE, check_tolerance, get_codec
 from migmcut.store.location import Location, zarr_store
+from zarr import Array
+from zarr.codecs import BloscCodec, Crc32cCodec, TransposeCodec, ZstdCodec
+from zarr.core.sync import sync
+from zarr.errors import GroupNotFoundError
+
+from migmcut.errors import StoreError
+from migmcut.recipe import sampler_behaviour
 
 FORMAT = "migmcut-trajectories"
 SCHEMA_VERSION = 1
@@ -91,7 +98,6 @@ class StoreSpec:
     def identity(self) -> dict:
         """What must match for a run to add to (resume) an existing store. The sampler counts by
         its behaviour: a setting a store predates reads as its default, one without effect is left out."""
-        from migmcut.recipe import sampler_behaviour
 
         recipe = {k: v for k, v in self.recipe.items() if k in ("name", "base")}
         recipe["sampler"] = sampler_behaviour(self.sampler)
@@ -130,7 +136,6 @@ class StoreSpec:
         return range(block * self.block_size, min(self.num, (block + 1) * self.block_size))
 
     def arrays(self) -> list["ArrayDef"]:
-        from zarr.codecs import BloscCodec, Crc32cCodec, TransposeCodec, ZstdCodec
 
         n, B, N, L, D, S = self.num, self.branches, self.steps, self.num_tokens, self.feature_dim, self.block_size
         c = get_codec(self.codec)
@@ -284,7 +289,6 @@ def quiet():
 
 
 def open_group(loc: Location, mode: str = "r"):
-    import zarr
 
     with quiet():
         return zarr.open_group(zarr_store(loc, read_only=mode == "r"), mode=mode)
@@ -295,8 +299,6 @@ def open_arrays(group, spec: StoreSpec, loc: Location, problems: list[str] | Non
     once. The one place array metadata is read: an unreadable `NAME/zarr.json` (damaged, truncated,
     not an array's) is a StoreError naming it (or, given `problems`, a line added there and the array
     left out). An array without its zarr.json is missing (not in the dict), as zarr sees it."""
-    from zarr import Array
-    from zarr.core.sync import sync
 
     arrays = {}
     for a in spec.arrays():
@@ -326,9 +328,7 @@ def _first_line(err: Exception, limit: int = 120) -> str:
 
 def read_spec(loc: Location, group=None) -> tuple[object, StoreSpec]:
     """Open an existing store: (group, spec). StoreError when it is missing or not a migmcut store."""
-    from zarr.errors import GroupNotFoundError
 
-    from migmcut.store import location
 
     if not location.exists(loc):
         raise StoreError(f"{loc}: no such store (record one with `migmcut record --out {loc}`)")

@@ -18,12 +18,22 @@ import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
-
-from migmcut.errors import StoreError, arg
+import zarr
 from migmcut.store import location
 from migmcut.store.codecs import get_codec
 from migmcut.store.location import Location
-from migmcut.store.schema import ATTR, FORMAT, StoreSpec, open_arrays, open_group, quiet, read_spec
+from migmcut.store.schema import (
+    ATTR,
+    FORMAT,
+    StoreSpec,
+    open_arrays,
+    open_group,
+    quiet,
+    read_spec,
+)
+from zarr.core.sync import sync
+
+from migmcut.errors import StoreError, arg
 
 
 def check_target(loc: Location, spec: StoreSpec, overwrite: bool = False) -> str:
@@ -135,7 +145,6 @@ def _existing_spec(loc: Location, overwrite: bool) -> StoreSpec | None:
 
 
 def create_store(loc: Location, spec: StoreSpec):
-    import zarr
 
     if loc.local:
         try:
@@ -244,7 +253,6 @@ class StoreWriter:
         trajectories stay: only the others' shards go (the block's small arrays and flags are
         written whole again when it is finished).
         """
-        from zarr.core.sync import sync
 
         r = self.spec.block_range(block)
         for key in self._shard_keys(range(r.start + keep, r.stop)) if keep else self._keys(block):

@@ -60,3 +60,27 @@ def test_the_recipe_module_imports_no_job():
     jobs |= {m for m in known if m.startswith("migmcut.benchmark")}
     assert not deps & jobs, deps & jobs
 
+# optional or heavy dependencies a module may import where it needs them, so that `import migmcut`,
+# `migmcut --help` and the tiny-shapes path stay light (each is one adapter's, the plots' or a metric's)
+HEAVY = {"diffusers", "transformers", "tokenizers", "matplotlib", "torchmetrics"}
+
+
+def test_no_function_level_import_but_optional_heavy_dependencies():
+    """Every import at module level, where a reader looks for them, except the heavy optional ones
+    above. (The CLI, which imports the library inside its commands so that --help loads no torch,
+    is left out.)"""
+    found = []
+    for name, path in modules().items():
+        if name.startswith("migmcut.cli"):
+            continue
+        tree = ast.parse(path.read_text())
+        for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for stmt in ast.walk(fn):
+                if isinstance(stmt, ast.Import):
+                    names = [a.name for a in stmt.names]
+                elif isinstance(stmt, ast.ImportFrom):
+                    names = [stmt.module or ""]
+                else:
+                    continue
+                found += [f"{name}.{fn.name}: {n}" for n in names if n.split(".")[0] not in HEAVY]
+    assert not found, found

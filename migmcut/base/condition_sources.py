@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from migmcut.errors import UserError
+from migmcut.world import shapes
 
 _CONDITION_STREAM = 0x636F6E64  # keeps condition draws apart from the sampler's streams
 
@@ -34,7 +35,6 @@ def condition_rng(run_seed: int, index: int) -> np.random.Generator:
 
 def tiny_shapes_prompts(recipe, run_seed: int, indices) -> list[str]:
     """Captions of the training split, half one-shape and half two-shape (as the base was trained)."""
-    from migmcut.world import shapes
 
     singles, pairs = _training_split(1), _training_split(2)
     out = []
@@ -47,7 +47,6 @@ def tiny_shapes_prompts(recipe, run_seed: int, indices) -> list[str]:
 
 @functools.cache
 def _training_split(num_objects: int) -> list:
-    from migmcut.world import shapes
 
     return shapes.split_specs(False, num_objects)
 

@@ -30,14 +30,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from migmcut.base.condition_sources import ConditionSource, recipe_prompts
 from migmcut.base.conditions import Conditions
 from migmcut.base.interface import BaseModel, call_arguments, fingerprint_of
 from migmcut.base.partial import Sequence, split_heads
 from migmcut.base.statedict import KeyMap, load_into, require_path
 from migmcut.errors import CheckpointError, UserError, quote
-from migmcut.base.condition_sources import ConditionSource, recipe_prompts
 
 PAD = -1  # prompt padding inside condition tensors (never a vocabulary id)
 
@@ -124,7 +125,11 @@ class BidirectionalLlama(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+        from transformers.models.llama.modeling_llama import (
+            LlamaDecoderLayer,
+            LlamaRMSNorm,
+            LlamaRotaryEmbedding,
+        )
 
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
@@ -177,7 +182,6 @@ def read_llada_config(folder: Path) -> dict:
 
 
 def read_shards(folder: Path, dtype: torch.dtype | None = None) -> dict:
-    from safetensors.torch import load_file
 
     files = sorted(folder.glob("*.safetensors"))
     if not files:
@@ -418,7 +422,6 @@ SPECIAL_WORDS = ["<system>", "</system>", "<user>", "</user>", "<uncondition>"]
 def write_shards(folder: Path, tensors: dict, shards: int) -> None:
     """`tensors` as the Hub lays out a large checkpoint: `model-0000k-of-0000n.safetensors` files and
     `model.safetensors.index.json` mapping each name to its file (twins in the published layout)."""
-    from safetensors.torch import save_file
 
     names = sorted(tensors)
     per = math.ceil(len(names) / shards)

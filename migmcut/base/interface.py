@@ -34,6 +34,7 @@ and checkpoints record it and refuse to pair with another base.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 
 import torch
@@ -255,7 +256,6 @@ def fingerprint_of(meta: dict, module: torch.nn.Module) -> str:
 def call_arguments(function, args: tuple, kwargs: dict) -> dict:
     """The arguments of a call of `function` (an unbound `forward`) by parameter name, defaults filled
     in; a call it does not bind to is a UserError."""
-    import inspect
 
     sig = _SIGNATURES.get(function)
     if sig is None:

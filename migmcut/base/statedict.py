@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from migmcut.errors import CheckpointError, UserError
-
 
 WHERE_FROM = "docs/real-models.md (in the migmcut repository)"  # how to get each real model's weights
 
@@ -43,8 +44,6 @@ def read_tensors(path: Path, *, entry: str | None = None, trust_pickle: bool = F
         raise CheckpointError(f"cannot read {path}: the file is empty (0 bytes), truncated by an interrupted download "
                               "or copy: fetch it again")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
 
         try:
             return load_file(str(path))

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from migmcut.base import tiny_shapes as ts
 from migmcut.world import shapes
 from migmcut.world import tokenizer as tok
+from migmcut.world.classifier import train_classifier
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "tiny-shapes"
 
@@ -118,7 +120,6 @@ class BaseBatches(torch.utils.data.Dataset):
         return self.steps
 
     def __getitem__(self, step: int) -> dict:
-        from migmcut.base import tiny_shapes as ts
 
         rng = np.random.default_rng([self.seed, step])
         B, L, half = self.B, self.L, self.B // 2
@@ -140,7 +141,6 @@ def build_base(args) -> None:
     stop at any checkpoint (or after `--minutes`) and resume later. On CUDA the forward runs
     under bf16 autocast; the weights, the optimizer and the EMA stay fp32.
     """
-    from migmcut.base import tiny_shapes as ts
 
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -269,7 +269,6 @@ def main() -> None:
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.stage == "classifier":
-        from migmcut.world.classifier import train_classifier
 
         torch.set_num_threads(1)  # the shipped weights were made on one thread
         train_classifier(args.work, args.seed, args.steps, args.batch_size, args.lr, WEIGHTS / "classifier")

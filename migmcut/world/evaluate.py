@@ -13,6 +13,7 @@ import json
 
 import numpy as np
 import torch
+from PIL import Image
 
 from migmcut.base import load_base
 from migmcut.generation import generate
@@ -41,7 +42,6 @@ def evaluate(recipe, num: int = 256, steps: int = 16, batch_size: int = 16, seed
         report[name] = tiny_shapes_quality(out.images, prompts)
         report[name]["seconds_per_image"] = out.seconds / len(prompts)  # sampling + decoding, not scoring
         if save:
-            from PIL import Image
 
             rows = [np.concatenate(out.images[r * 8 : r * 8 + 8], 1) for r in range(min(4, len(out.images) // 8))]
             if rows:
