@@ -27,7 +27,7 @@ from migmcut.recording import record
 from migmcut.shortcut import Shortcut, ShortcutConfig
 
 WORDS = ["a", "large", "red", "circle", "fox", "in", "snow"]  # measure_c's prompt, among others
-# the official architectures (tests/test_maskgit.py and tests/test_dimoo.py check the key layouts)
+# the official architectures (tests/base/test_maskgit.py and tests/base/test_dimoo.py check the key layouts)
 FULL = {
     "maskgit": dict(hidden_size=768, depth=24, heads=16, mlp_dim=3072, grid=32, codebook_size=1024, num_classes=1000),
     "dimoo": dict(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288, vocab_size=134548,

@@ -1,6 +1,6 @@
 """A real full disk (a tiny tmpfs, mounted in a user + mount namespace of its own) in every command
 that writes: one line, exit 2, no traceback, nothing half-written. Skipped where such a namespace
-cannot be made; tests/test_cli_boundaries.py, test_record.py and test_train.py inject ENOSPC instead.
+cannot be made; tests/cli/test_cli_boundaries.py, test_record.py and test_train.py inject ENOSPC instead.
 (`store verify --repair` needs no new space on a full disk: zarr deletes a chunk set to all-false flags;
 test_cli_boundaries.py injects ENOSPC there.)"""
 

@@ -28,7 +28,7 @@ from migmcut.runner import resolve_run
 from migmcut.sampler import sample
 from migmcut.shortcut import load_shortcut
 
-HERE = Path(__file__).parent / "fixtures" / "released"
+HERE = Path(__file__).parents[1] / "fixtures" / "released"
 PTH = HERE / "dimoo-shortcut.pth"
 FIX = json.loads((HERE / "dimoo.json").read_text())
 FEATURES = load_file(str(HERE / "dimoo-features.safetensors"))

@@ -27,7 +27,7 @@ from migmcut.recipe import load_recipe
 from migmcut.sampler import sample
 from migmcut.schedule import tokens_per_step
 
-FIXTURES = Path(__file__).parent / "fixtures" / "mmada"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "mmada"
 SAMPLING = json.loads((FIXTURES / "mmada_sampling.json").read_text())
 RECIPE = "mmada-t2i"
 runner = CliRunner()

@@ -15,7 +15,7 @@ import sys
 import time
 
 import pytest
-from test_store_helpers import assert_same_store, one_thread
+from store_helpers import assert_same_store, one_thread
 from typer.testing import CliRunner
 
 from migmcut.cli.main import app

@@ -6,9 +6,10 @@ import dataclasses
 
 import pytest
 import torch
-from test_amused import RECIPE as AMUSED
-from test_amused import _pipeline
-from test_amused import _twin as amused_twin
+from twins import AMUSED_RECIPE as AMUSED
+from twins import MASKGIT_RELEASE as RELEASE
+from twins import MASKGIT_SAMPLING as SAMPLING
+from twins import amused_pipeline, amused_twin
 
 import migmcut
 from migmcut.base import load_base
@@ -24,7 +25,6 @@ from migmcut.runner import resolve_run
 from migmcut.sampler import sample
 from migmcut.schedule import tokens_per_step
 from migmcut.shortcut import Shortcut, ShortcutConfig, load_shortcut, resolve_checkpoint
-from test_released_maskgit import RELEASE, SAMPLING
 
 
 def random_shortcut(base, recipe, seed: int = 0, scale: float = 0.5) -> Shortcut:
@@ -71,7 +71,7 @@ def plain_loop(logits_of, rows: int, L: int, K: int, seeds: list[int], config) -
 @pytest.fixture(scope="module")
 def amused(tmp_path_factory):
     base = load_base(load_recipe(AMUSED, amused_twin(tmp_path_factory.mktemp("amused"))).base)
-    return base, _pipeline(base), random_shortcut(base, load_recipe(AMUSED))
+    return base, amused_pipeline(base), random_shortcut(base, load_recipe(AMUSED))
 
 
 def _latents(pipe, steps, seed, output_type="latent"):

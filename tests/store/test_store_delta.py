@@ -14,7 +14,7 @@ import torch
 import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_store_helpers import contents, one_thread
+from store_helpers import contents, one_thread
 from typer.testing import CliRunner
 
 from migmcut.cli.main import app

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 import torch
 import zarr
-from test_store_helpers import BATCH, BLOCK, NUM, assert_same_store, contents, one_thread
+from store_helpers import BATCH, BLOCK, NUM, assert_same_store, contents, one_thread
 from typer.testing import CliRunner
 
 from migmcut.cli.main import app

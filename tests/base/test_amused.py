@@ -7,10 +7,11 @@ import shutil
 import pytest
 import torch
 from pipeline import run_pipeline
+from twins import AMUSED_RECIPE, amused_pipeline, amused_twin
 from typer.testing import CliRunner
 
 from migmcut.base import load_base
-from migmcut.base.amused import COMPONENTS, write_random_checkpoint
+from migmcut.base.amused import COMPONENTS
 from migmcut.cli.main import app
 from migmcut.errors import UserError
 from migmcut.recipe import load_recipe
@@ -18,20 +19,12 @@ from migmcut.sampler import sample
 from migmcut.shortcut import Shortcut, ShortcutConfig
 
 runner = CliRunner()
-RECIPE = "amused-256"
-WORDS = ["a", "red", "fox", "in", "snow", "blue", "car"]
-
-
-def _twin(folder, **kw) -> list[str]:
-    sets = write_random_checkpoint(folder, words=WORDS, **kw)
-    # 4x4 tokens (diffusers' aMUSEd test size: sample_size 4; the twin's VQ downsamples 2x)
-    sets |= {"base.height": 8, "base.width": 8, "sampler.steps": 6, "shortcut.heads": 2, "generate.prompts": "[a red fox, a fox in snow]"}
-    return [f"{k}={v}" for k, v in sets.items()]
+RECIPE = AMUSED_RECIPE
 
 
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory):
-    return _twin(tmp_path_factory.mktemp("amused"))
+    return amused_twin(tmp_path_factory.mktemp("amused"))
 
 
 @pytest.fixture(scope="module")
@@ -43,21 +36,11 @@ def _sets(sets):
     return [a for s in sets for a in ("--set", s)]
 
 
-def _pipeline(base):
-    from diffusers import AmusedPipeline, AmusedScheduler
-
-    scheduler = AmusedScheduler.from_pretrained(base.cfg.model, subfolder="scheduler")
-    pipe = AmusedPipeline(vqvae=base.vq, tokenizer=base.tokenizer, text_encoder=base.text_encoder,
-                          transformer=base.transformer, scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @pytest.mark.parametrize("guidance_scale", [10.0, 4.0, 1.0])  # 1: the pipeline runs no unconditional branch
 def test_sampler_gives_the_pipelines_tokens(base, guidance_scale):
     """AmusedPipeline(prompt, N, guidance_scale, generator(seed), output_type="latent") == migmcut's
     sample with the recipe's settings, seed s and cfg = guidance_scale - 1 (None when it is <= 1)."""
-    pipe, config = _pipeline(base), load_recipe(RECIPE).sampler
+    pipe, config = amused_pipeline(base), load_recipe(RECIPE).sampler
     cfg = guidance_scale - 1 if guidance_scale > 1 else None
     seen = set()
     for steps in (1, 3, 6, 12):
@@ -72,7 +55,7 @@ def test_sampler_gives_the_pipelines_tokens(base, guidance_scale):
 
 def test_sampler_gives_the_pipelines_tokens_on_a_larger_grid(base):
     """8x8 tokens (16x16 pixels: the micro-conditions carry the size), N = 12, the recipe's CFG."""
-    pipe, config = _pipeline(base), load_recipe(RECIPE).sampler
+    pipe, config = amused_pipeline(base), load_recipe(RECIPE).sampler
     big = load_base(load_recipe(RECIPE, [f"base.model={base.cfg.model}", "base.height=16", "base.width=16"]).base)
     assert big.grid == (8, 8) and big.fingerprint != base.fingerprint  # the size is part of the condition
     for seed in (2, 3):
@@ -131,7 +114,7 @@ def test_features_are_the_mlm_layer_input_and_head_gives_the_logits(base):
 
 def test_fingerprint_is_stable_and_names_the_weights(twin, base, tmp_path):
     assert load_base(load_recipe(RECIPE, twin).base).fingerprint == base.fingerprint
-    other = load_base(load_recipe(RECIPE, _twin(tmp_path / "m", seed=1)).base)
+    other = load_base(load_recipe(RECIPE, amused_twin(tmp_path / "m", seed=1)).base)
     assert other.fingerprint != base.fingerprint
 
 
@@ -174,7 +157,7 @@ def test_amused_record_train_generate_bench_end_to_end(tmp_path):
     """On a twin whose CLIP width (12) is not the feature width (8): the shortcut projects the prompt."""
     import json
 
-    sets = _twin(tmp_path / "wide", encoder_hidden_size=12)
+    sets = amused_twin(tmp_path / "wide", encoder_hidden_size=12)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red fox\na blue car\n")
     _, rows = run_pipeline(["--recipe", RECIPE, "--device", "cpu", *_sets(sets)], tmp_path,

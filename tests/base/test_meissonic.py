@@ -23,7 +23,7 @@ from migmcut.errors import UserError
 from migmcut.recipe import load_recipe
 from migmcut.sampler import sample
 
-FIXTURES = Path(__file__).parent / "fixtures" / "meissonic"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "meissonic"
 SAMPLING = json.loads((FIXTURES / "meissonic_sampling.json").read_text())
 RECIPE = "meissonic-1024"
 TWINS = {"twin-1024": [f"base.model={FIXTURES / 'twin-1024'}"],

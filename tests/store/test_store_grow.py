@@ -7,7 +7,7 @@ import json
 import shutil
 
 import pytest
-from test_store_helpers import BATCH, BLOCK, NUM, assert_same_store, contents, one_thread
+from store_helpers import BATCH, BLOCK, NUM, assert_same_store, contents, one_thread
 from typer.testing import CliRunner
 
 from migmcut.cli.main import app

@@ -8,11 +8,11 @@ a random-weight twin with migmcut's random draws injected.
 import argparse
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from twins import MASKGIT_RELEASE, MASKGIT_SAMPLING, RELEASED
 from typer.testing import CliRunner
 
 from migmcut.base import load_base
@@ -25,9 +25,9 @@ from migmcut.runner import resolve_run
 from migmcut.sampler import sample
 from migmcut.shortcut import load_shortcut
 
-FIXTURES = Path(__file__).parent / "fixtures" / "released"
-SAMPLING = json.loads((FIXTURES / "maskgit_sampling.json").read_text())
-RELEASE = FIXTURES / "maskgit-shortcut.pth"
+FIXTURES = RELEASED
+SAMPLING = MASKGIT_SAMPLING
+RELEASE = MASKGIT_RELEASE
 RECIPE = "maskgit-imagenet512"
 
 

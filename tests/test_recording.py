@@ -10,7 +10,7 @@ import shutil
 
 import fsspec
 import pytest
-from test_store_helpers import BATCH, BLOCK, NUM, assert_same_store, contents, one_thread
+from store_helpers import BATCH, BLOCK, NUM, assert_same_store, contents, one_thread
 from typer.testing import CliRunner
 
 from migmcut.cli.main import app
@@ -164,7 +164,7 @@ def test_overwrite_replaces_a_store(reference, tmp_path):
     assert not (path / "features" / "c" / "5").exists()  # nothing of the old store is left
 
 
-# -- crash safety (in-process faults; tests/test_record_processes.py kills a real process) -------
+# -- crash safety (in-process faults; tests/test_recording_processes.py kills a real process) -------
 class Boom(RuntimeError):
     pass
 
