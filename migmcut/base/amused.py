@@ -36,7 +36,7 @@ import torch
 
 from migmcut.base.condition_sources import ConditionSource, recipe_prompts
 from migmcut.base.conditions import Conditions
-from migmcut.base.interface import BaseModel, call_arguments, fingerprint_of
+from migmcut.base.interface import BaseModel, call_arguments, decode_codes, fingerprint_of
 from migmcut.base.statedict import load_component, require_path
 from migmcut.errors import CheckpointError, UserError
 
@@ -75,28 +75,61 @@ def clip_conditions(tokenizer, text_encoder, texts: list[str], max_length: int, 
     return Conditions(hidden=hidden, pooled=out.text_embeds, micro=row[None].expand(len(texts), -1).clone())
 
 
-class AmusedBase(BaseModel):
-    config_class = AmusedConfig
-    condition_source = ConditionSource("prompts", "recipe-prompts/uniform/v1", recipe_prompts)
-    supports_partial = False  # UViT's conv + attention stack: no partial evaluation (recap, mlcache, hybrid)
+class ClipVQBase(BaseModel):
+    """A base made of a token transformer, a CLIP text encoder and diffusers' VQModel (aMUSEd and its
+    descendant Meissonic): its components, its conditions (the base defines `encode_prompts(texts)`;
+    the unconditional branch is `negative_prompt`, encoded once per device and dtype) and its decode."""
 
-    def __init__(self, transformer, text_encoder, tokenizer, vq, mask_token_id: int, cfg: AmusedConfig, meta: dict):
+    negative_prompt = ""  # the pipelines' default
+
+    def __init__(self, transformer, text_encoder, tokenizer, vq, codebook_size: int, mask_token_id: int, cfg):
         super().__init__()
         self.transformer = transformer.eval().requires_grad_(False)
         self.text_encoder = text_encoder.eval().requires_grad_(False)
         self.vq = vq.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.cfg = cfg
-        c = transformer.config
-        self.codebook_size = int(c.codebook_size)
+        self.codebook_size = int(codebook_size)
         self.mask_id = self.codebook_size
         self.mask_token_id = int(mask_token_id)
-        self.vae_scale = 2 ** (len(vq.config.block_out_channels) - 1)  # AmusedPipeline.vae_scale_factor
+        self.vae_scale = 2 ** (len(vq.config.block_out_channels) - 1)  # the pipelines' vae_scale_factor
+        self.null_cache = None
+
+    def encode_prompts(self, texts: list[str]) -> Conditions:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode_conditions(self, conditions: list) -> Conditions:
+        if not all(isinstance(c, str) for c in conditions):
+            raise UserError(f"{self.cfg.kind} is text-conditioned: give --prompt TEXT, not --class")
+        if any(not c.strip() for c in conditions):
+            raise UserError("empty prompt: give a description of the image")
+        return self.encode_prompts(list(conditions))
+
+    @torch.no_grad()
+    def null_conditions(self, n: int) -> Conditions:
+        hidden = None if self.null_cache is None else self.null_cache["hidden"]
+        if hidden is None or hidden.device != self.device or hidden.dtype != self.text_encoder.dtype:
+            self.null_cache = self.encode_prompts([self.negative_prompt])  # again after a move
+        return Conditions(**{k: v.expand(n, *v.shape[1:]).clone() for k, v in self.null_cache.tensors.items()})
+
+    def decode(self, tokens: torch.Tensor) -> np.ndarray:
+        """As the pipelines' VQ decode (VaeImageProcessor's round to uint8 after it)."""
+        return decode_codes(self.vq, tokens, self.grid, self.codebook_size)
+
+
+class AmusedBase(ClipVQBase):
+    config_class = AmusedConfig
+    condition_source = ConditionSource("prompts", "recipe-prompts/uniform/v1", recipe_prompts)
+    supports_partial = False  # UViT's conv + attention stack: no partial evaluation (recap, mlcache, hybrid)
+
+    def __init__(self, transformer, text_encoder, tokenizer, vq, mask_token_id: int, cfg: AmusedConfig, meta: dict):
+        c = transformer.config
+        super().__init__(transformer, text_encoder, tokenizer, vq, c.codebook_size, mask_token_id, cfg)
         self.height = cfg.height or c.sample_size * self.vae_scale
         self.width = cfg.width or c.sample_size * self.vae_scale
         self.grid = (self.height // self.vae_scale, self.width // self.vae_scale)
         self.feature_dim = int(c.block_out_channels)
-        self._null = None
         self.fingerprint = fingerprint_of(meta, self)
 
     @property
@@ -149,27 +182,12 @@ class AmusedBase(BaseModel):
         return cls(transformer, text_encoder, tokenizer, vq, mask, cfg, meta)
 
     # -- conditions -------------------------------------------------------------------------
-    def _encode(self, texts: list[str]) -> Conditions:
-        """As AmusedPipeline.__call__ encodes a prompt (and its negative prompt)."""
+    def encode_prompts(self, texts: list[str]) -> Conditions:
+        """As AmusedPipeline.__call__ encodes a prompt (and its negative prompt): Conditions(hidden=(B, P,
+        encoder_hidden_size), pooled=(B, projection_dim), micro=(B, 5)), P the tokenizer's
+        model_max_length (77 for CLIP)."""
         return clip_conditions(self.tokenizer, self.text_encoder, texts, self.tokenizer.model_max_length,
                                (self.width, self.height, *self.cfg.crop_coords, self.cfg.aesthetic_score))
-
-    @torch.no_grad()
-    def encode_conditions(self, conditions: list) -> Conditions:
-        """Conditions(hidden=(B, P, encoder_hidden_size), pooled=(B, projection_dim), micro=(B, 5)),
-        P the tokenizer's model_max_length (77 for CLIP)."""
-        if not all(isinstance(c, str) for c in conditions):
-            raise UserError("amused is text-conditioned: give --prompt TEXT, not --class")
-        if any(not c.strip() for c in conditions):
-            raise UserError("empty prompt: give a description of the image")
-        return self._encode(list(conditions))
-
-    @torch.no_grad()
-    def null_conditions(self, n: int) -> Conditions:
-        hidden = None if self._null is None else self._null["hidden"]
-        if hidden is None or hidden.device != self.device or hidden.dtype != self.text_encoder.dtype:
-            self._null = self._encode([""])  # the pipeline's default negative prompt, again after a move
-        return Conditions(**{k: v.expand(n, *v.shape[1:]).clone() for k, v in self._null.tensors.items()})
 
     # -- the model --------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,15 +228,6 @@ class AmusedBase(BaseModel):
         # padding positions are not empty: CLIP attends causally, so every "<|endoftext|>" after
         # the prompt carries a summary of it (the pooled embedding itself is read at the first one).
         return None
-
-    @torch.no_grad()
-    def decode(self, tokens: torch.Tensor) -> np.ndarray:
-        """As the pipeline's VQ decode (force_not_quantize, clipped to [0, 1]) -> uint8 (B, H, W, 3)."""
-        h, w = self.grid
-        codes = tokens.to(self.device).clamp(0, self.codebook_size - 1)
-        shape = (codes.shape[0], h, w, self.vq.config.latent_channels)
-        x = self.vq.decode(codes, force_not_quantize=True, shape=shape).sample.float().clip(0, 1)
-        return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
     # -- attach (migmcut.attach): AmusedPipeline calls `transformer` once per step, CFG rows batched ----
     budget_rounding = "half-even"  # the recipes' placement (amused-256/512 `sampler.budget_rounding`)

@@ -35,7 +35,7 @@ from torch import nn
 
 from migmcut.base.condition_sources import ConditionSource, recipe_prompts
 from migmcut.base.conditions import Conditions
-from migmcut.base.interface import BaseModel, call_arguments, fingerprint_of
+from migmcut.base.interface import BaseModel, call_arguments, decode_codes, fingerprint_of
 from migmcut.base.partial import Sequence, split_heads
 from migmcut.base.statedict import KeyMap, load_into, require_path
 from migmcut.errors import CheckpointError, UserError, quote
@@ -356,13 +356,8 @@ class DiMOOBase(BaseModel):
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         return c.num_hidden_layers, self.prompt_length + len(self.tail), c.num_key_value_heads * head_dim
 
-    @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> np.ndarray:
-        h, w = self.grid
-        codes = tokens.to(self.device).clamp(0, self.codebook_size - 1)
-        shape = (codes.shape[0], h, w, self.vq.config.latent_channels)
-        x = self.vq.decode(codes, force_not_quantize=True, shape=shape).sample.float().clamp(0, 1)
-        return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return decode_codes(self.vq, tokens, self.grid, self.codebook_size)
 
     # -- attach (migmcut.attach): `generate_image` calls `model(ids, infer=True).logits`, one branch a call --
     budget_rounding = "half-even"  # the reference's refresh_steps (Python's round)

@@ -37,6 +37,7 @@ import hashlib
 import inspect
 import json
 
+import numpy as np
 import torch
 
 from migmcut.base.conditions import Conditions
@@ -269,3 +270,14 @@ def call_arguments(function, args: tuple, kwargs: dict) -> dict:
 
 
 _SIGNATURES: dict = {}
+
+
+@torch.no_grad()
+def decode_codes(vq, tokens: torch.Tensor, grid: tuple[int, int], codebook_size: int) -> np.ndarray:
+    """Image tokens -> uint8 (B, H, W, 3) through diffusers' VQModel as the pipelines decode them
+    (force_not_quantize, clipped to [0, 1]; aMUSEd, Meissonic, Lumina-DiMOO)."""
+    h, w = grid
+    codes = tokens.to(vq.device).clamp(0, codebook_size - 1)
+    shape = (codes.shape[0], h, w, vq.config.latent_channels)
+    x = vq.decode(codes, force_not_quantize=True, shape=shape).sample.float().clip(0, 1)
+    return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

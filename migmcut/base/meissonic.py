@@ -39,14 +39,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from migmcut.base.condition_sources import ConditionSource, recipe_prompts
-from migmcut.base.amused import clip_conditions
+from migmcut.base.amused import ClipVQBase, clip_conditions
 from migmcut.base.conditions import Conditions
-from migmcut.base.interface import BaseModel, fingerprint_of
+from migmcut.base.interface import fingerprint_of
 from migmcut.base.statedict import load_component, load_into, read_tensors, require_path
 from migmcut.errors import CheckpointError, UserError
 
@@ -170,7 +169,7 @@ def check_transformer_config(c: dict, path: Path) -> None:
         raise CheckpointError(f"{path}: unsupported Meissonic settings: {', '.join(bad)}")
 
 
-class MeissonicBase(BaseModel):
+class MeissonicBase(ClipVQBase):
     config_class = MeissonicConfig
     condition_source = ConditionSource("prompts", "recipe-prompts/uniform/v1", recipe_prompts)
     # no partial evaluation (recap, mlcache, hybrid): docs/real-models.md says why
@@ -178,17 +177,7 @@ class MeissonicBase(BaseModel):
 
     def __init__(self, transformer: MeissonicTransformer, text_encoder, tokenizer, vq, mask_token_id: int,
                  cfg: MeissonicConfig, meta: dict):
-        super().__init__()
-        self.transformer = transformer.eval().requires_grad_(False)
-        self.text_encoder = text_encoder.eval().requires_grad_(False)
-        self.vq = vq.eval().requires_grad_(False)
-        self.tokenizer = tokenizer
-        self.cfg = cfg
-        c = transformer.config
-        self.codebook_size = int(c["codebook_size"])
-        self.mask_id = self.codebook_size
-        self.mask_token_id = int(mask_token_id)
-        self.vae_scale = 2 ** (len(vq.config.block_out_channels) - 1)  # Pipeline.vae_scale_factor
+        super().__init__(transformer, text_encoder, tokenizer, vq, transformer.config["codebook_size"], mask_token_id, cfg)
         self.grid = (cfg.height // self.vae_scale, cfg.width // self.vae_scale)
         self.feature_dim = transformer.inner_dim
         h, w = self.grid
@@ -198,7 +187,7 @@ class MeissonicBase(BaseModel):
         img_ids[..., 2] += torch.arange(cols)[None, :]
         self.register_buffer("img_ids", img_ids.reshape(rows * cols, 3), persistent=False)
         self.register_buffer("txt_ids", torch.zeros(MAX_LENGTH, 3), persistent=False)
-        self._null = None
+        self.negative_prompt = cfg.negative_prompt
         self.fingerprint = fingerprint_of(meta, self)
 
     @property
@@ -277,28 +266,13 @@ class MeissonicBase(BaseModel):
         return cls(transformer, text_encoder, tokenizer, vq, mask, cfg, meta)
 
     # -- conditions -------------------------------------------------------------------------
-    def _encode(self, texts: list[str]) -> Conditions:
-        """As Pipeline.__call__ encodes a prompt (and its negative prompt)."""
+    def encode_prompts(self, texts: list[str]) -> Conditions:
+        """As Pipeline.__call__ encodes a prompt (and its negative prompt): Conditions(hidden=(B, 77,
+        joint_attention_dim), pooled=(B, pooled_projection_dim), micro=(B, 5)); the sampler adds
+        `timestep` (B,) under `sampler.timestep: countdown`."""
         c = self.cfg
         return clip_conditions(self.tokenizer, self.text_encoder, texts, MAX_LENGTH,
                                (c.width, c.height, *c.crop_coords, c.aesthetic_score))
-
-    @torch.no_grad()
-    def encode_conditions(self, conditions: list) -> Conditions:
-        """Conditions(hidden=(B, 77, joint_attention_dim), pooled=(B, pooled_projection_dim), micro=(B, 5));
-        the sampler adds `timestep` (B,) under `sampler.timestep: countdown`."""
-        if not all(isinstance(c, str) for c in conditions):
-            raise UserError("meissonic is text-conditioned: give --prompt TEXT, not --class")
-        if any(not c.strip() for c in conditions):
-            raise UserError("empty prompt: give a description of the image")
-        return self._encode(list(conditions))
-
-    @torch.no_grad()
-    def null_conditions(self, n: int) -> Conditions:
-        hidden = None if self._null is None else self._null["hidden"]
-        if hidden is None or hidden.device != self.device or hidden.dtype != self.text_encoder.dtype:
-            self._null = self._encode([self.cfg.negative_prompt])
-        return Conditions(**{k: v.expand(n, *v.shape[1:]).clone() for k, v in self._null.tensors.items()})
 
     # -- the model --------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,13 +301,3 @@ class MeissonicBase(BaseModel):
 
     def condition_mask(self, cond: Conditions) -> None:
         return None  # every one of the 77 text positions, as the transformer's joint attention sees them
-
-    @torch.no_grad()
-    def decode(self, tokens: torch.Tensor) -> np.ndarray:
-        """As the pipeline's VQ decode (force_not_quantize, clipped to [0, 1], then VaeImageProcessor's
-        round to uint8) -> (B, H, W, 3)."""
-        h, w = self.grid
-        codes = tokens.to(self.device).clamp(0, self.codebook_size - 1)
-        shape = (codes.shape[0], h, w, self.vq.config.latent_channels)
-        x = self.vq.decode(codes, force_not_quantize=True, shape=shape).sample.float().clip(0, 1)
-        return (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -74,7 +74,7 @@ def test_conditions_are_the_pipelines(base):
     out = base.text_encoder(ids, output_hidden_states=True)
     assert torch.equal(cond["hidden"], out.hidden_states[-2]) and torch.equal(cond["pooled"], out.text_embeds)
     null = base.null_conditions(3)
-    assert len(null) == 3 and torch.equal(null["hidden"][0], base._encode([""])["hidden"][0])
+    assert len(null) == 3 and torch.equal(null["hidden"][0], base.encode_prompts([""])["hidden"][0])
     assert base.condition_mask(cond) is None and base.embed_positions(torch.arange(4)) is None
     assert base.embed_conditions(cond).shape == (2, P, base.condition_dim)
     with pytest.raises(UserError, match="--prompt"):
