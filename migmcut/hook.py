@@ -41,6 +41,7 @@ from migmcut.base.interface import BaseModel
 from migmcut.base.registry import kind_name
 from migmcut.errors import COUNT_MAX, CheckpointError, UserError, api, arg
 from migmcut.placement import ROUNDINGS, SCHEDULES, shortcut_schedule
+from migmcut.policies import rows_of
 from migmcut.shortcut import ShortcutInputs, load_shortcut
 _MARK = "_migmcut_shortcut_hook"
 
@@ -54,6 +55,7 @@ class _Slot:
     t: int = 0  # steps taken
     features: torch.Tensor | None = None  # (R, L, D) the head's input after the last step
     sequence: torch.Tensor | None = None  # (R, T, D) a released shortcut's whole sequence
+    image_rows: torch.Tensor | None = None  # (R, L) where the image tokens sit in that sequence (found once)
 
     @property
     def rows(self) -> int:
@@ -335,9 +337,9 @@ class ShortcutHook:
                                 "reads the whole sequence cannot follow")
             ratio = masked[0].float().mean().item()
             slot.sequence = self.shortcut.advance(base, slot.sequence, tokens, cond, new, ratio)
-            grid = torch.arange(base.num_tokens, device=tokens.device).expand(tokens.shape[0], -1)
-            rows = base.image_rows(grid)
-            slot.features = slot.sequence.gather(1, rows[..., None].expand(-1, -1, slot.sequence.shape[-1]))
+            if slot.image_rows is None:
+                slot.image_rows = base.image_rows(torch.arange(base.num_tokens, device=tokens.device).expand(slot.rows, -1))
+            slot.features = rows_of(slot.sequence, slot.image_rows)
         else:
             slot.features = self.shortcut(slot.features, **self._inputs_for(slot.features, tokens, new, cond))
         self.counts["shortcut"] += 1
