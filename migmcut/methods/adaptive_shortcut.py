@@ -110,18 +110,28 @@ class AdaptiveStepPolicy(BudgetPolicy):
 
     def signal(self, base, state, h: torch.Tensor, pred: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(R,) the configured signal of each running row, from the conditional branch's features."""
-        masked = state.tokens == base.mask_id
-        if self.config.signal == "change":
-            step = (pred - h).float().norm(dim=-1) / h.float().norm(dim=-1).clamp_min(1e-6)
-            return self.drift[rows] + (step * masked).sum(1) / masked.sum(1).clamp_min(1)
-        grid = torch.arange(base.num_tokens, device=pred.device).expand(pred.shape[0], -1)
-        probs = torch.softmax(base.head_at(pred, grid).float(), dim=-1)
-        top, top1 = probs.max(-1)
-        k = max(1, min(self.counts[state.t], int(masked.sum(1).min())))
-        about = top.masked_fill(~masked, -1.0).topk(k, dim=-1)  # the positions about to be fixed
-        if self.config.signal == "confidence":
-            return 1 - about.values.mean(1)
-        return (top1.gather(1, about.indices) != self.top1[rows].gather(1, about.indices)).float().mean(1)
+        k = self.counts[state.t]
+        return step_signal(self.config.signal, base, state.tokens, h, pred, self.drift[rows], self.top1[rows], k)
+
+
+def step_signal(name: str, base, tokens: torch.Tensor, h: torch.Tensor, pred: torch.Tensor, drift: torch.Tensor,
+                top1: torch.Tensor, k: int) -> torch.Tensor:
+    """Signal `name` (`SIGNALS`) of each row (R,), before a base call: `tokens` (R, L) the step's
+    state, h / pred (R, L, D) the features the shortcut predicted from and its prediction, `drift`
+    (R,) the change summed since the last full step, `top1` (R, L) that step's top-1 codes, k the
+    tokens the step fixes."""
+    masked = tokens == base.mask_id
+    if name == "change":
+        step = (pred - h).float().norm(dim=-1) / h.float().norm(dim=-1).clamp_min(1e-6)
+        return drift + (step * masked).sum(1) / masked.sum(1).clamp_min(1)
+    grid = torch.arange(base.num_tokens, device=pred.device).expand(pred.shape[0], -1)
+    probs = torch.softmax(base.head_at(pred, grid).float(), dim=-1)
+    top, best = probs.max(-1)
+    k = max(1, min(k, int(masked.sum(1).min())))
+    about = top.masked_fill(~masked, -1.0).topk(k, dim=-1)  # the positions about to be fixed
+    if name == "confidence":
+        return 1 - about.values.mean(1)
+    return (best.gather(1, about.indices) != top1.gather(1, about.indices)).float().mean(1)
 
 
 class AdaptiveShortcut(Method):
