@@ -37,7 +37,7 @@ class Generated:
     method: str
     steps: int
     full_steps: list[int]  # the steps that ran the base
-    base_calls: int  # full base steps per image
+    base_calls: int  # full base steps per image (an adaptive method: the base forwards of its last batch; see per_sample)
     shortcut_calls: int  # shortcut steps per image
     seconds: float  # sampling and decoding, every batch (not `on_batch`)
     load_seconds: float = 0.0  # loading the base and the shortcut, checking the conditions
