@@ -23,11 +23,11 @@ from migmcut.recipe import load_recipe
 from migmcut.shortcut import resolve_checkpoint
 
 SWEEPS = [  # method entries (NAME@KNOB=V1/V2): the grid each method is chosen from
-    "adaptive@threshold=0.5/0.7/0.8/0.9/0.95",
-    "adaptive-shortcut@signal=change@threshold=0.05/0.1/0.2/0.3/0.5",
+    "adaptive@threshold=0.7/0.8/0.9/0.95/0.98/0.99",
+    "adaptive-shortcut@signal=change@threshold=0.05/0.1/0.2/0.3/0.5@max_skip=3/5",
     "adaptive-shortcut@signal=confidence@threshold=0.1/0.2/0.3/0.5",
     "adaptive-shortcut@signal=disagreement@threshold=0.05/0.1/0.2/0.4",
-    "adaptive-combined@tokens=0.8/0.9/0.95@threshold=0.1/0.2/0.3",
+    "adaptive-combined@tokens=0.9/0.95/0.98/0.99@threshold=0.1/0.2/0.3",
 ]
 
 
