@@ -176,6 +176,8 @@ def sample(
             pads = ~valid
             logits = _logits_at(base, out, where.clamp(max=L - 1).repeat(config.branches, 1))
         candidate, conf, prob = _draw_scored(config, t, logits, where.clamp(max=L - 1), u_tok, u_conf)
+        if out.refine is not None and pads is not None:
+            raise ValueError(f"step {t}: a proposal with `refine` needs rows with the same number of masked positions")
         if out.refine is not None:  # exact logits where the proposal ranks best, then draw again there
             m = min(max(math.ceil(out.refine_factor * k), k), where.shape[1])
             where = where.gather(1, conf.topk(m, dim=-1).indices)
@@ -187,7 +189,8 @@ def sample(
             chosen = torch.ones_like(pick, dtype=torch.bool)
         else:  # at least k_t, and every position as confident as the threshold, within what is left
             confident = (prob >= threshold) if pads is None else (prob >= threshold) & ~pads
-            take = confident.sum(1).clamp(min=k).minimum(left)
+            scored = where.shape[1] - (0 if pads is None else pads.sum(1))  # the row's masked positions in `where`
+            take = confident.sum(1).clamp(min=k).minimum(torch.as_tensor(scored, device=where.device))
             pick = conf.topk(int(take.max()), dim=-1).indices
             chosen = torch.arange(pick.shape[1], device=pick.device) < take[:, None]
         fixed = _scatter(torch.zeros_like(masked), where.gather(1, pick), chosen)
