@@ -100,9 +100,11 @@ def generate(
     """Generate `num_images` images per condition; image j of condition i uses seed index i*num_images+j.
 
     `recipe`: a Recipe or a recipe name / YAML path. `method`: vanilla, cache, shortcut, recap,
-    mlcache or hybrid (default: shortcut when there is a shortcut checkpoint, else vanilla).
+    mlcache, hybrid, adaptive, adaptive-shortcut or adaptive-combined (`migmcut.methods`; default:
+    shortcut when there is a shortcut checkpoint, else vanilla).
     `shortcut`: a checkpoint directory or a loaded `Shortcut` (default: the recipe's).
-    `budget`: full base steps out of `steps` (default: the recipe's `shortcut.budget`).
+    `budget`: full base steps out of `steps` (default: the recipe's `shortcut.budget`; for
+    adaptive-shortcut / adaptive-combined a cap on base calls per image, none by default).
     `schedule`: where those go (auto, uniform or searched; see `placement.resolve_schedule`); `full_steps`
     places them explicitly instead. `out`: a directory to write each image to as a PNG
     (NNNN-caption.png), batch by batch, numbered on from the highest number already there, so that
