@@ -1,7 +1,6 @@
 """Adaptive compute (issue 31): adaptive tokens per step on ragged rows, adaptive full steps with the
 shortcut on sub-batches, per-sample counts, and their refusals."""
 
-import dataclasses
 import json
 
 import pytest
@@ -14,7 +13,7 @@ from migmcut.errors import RecipeError, UserError
 from migmcut.methods.adaptive import AdaptiveConfig, AdaptiveTokens
 from migmcut.methods.adaptive_combined import AdaptiveCombinedConfig
 from migmcut.methods.adaptive_shortcut import AdaptiveShortcutConfig, AdaptiveStepPolicy
-from migmcut.methods.shortcut import BudgetPolicy, new_token_inputs
+from migmcut.methods.shortcut import new_token_inputs
 from migmcut.policies import FullPolicy
 from migmcut.recipe import load_recipe
 from migmcut.runner import resolve_run
@@ -144,8 +143,6 @@ def test_the_padded_shortcut_inputs_predict_what_the_unpadded_ones_do(debug_base
     # rows that fixed the same number of tokens take the unpadded inputs, as the shortcut policy always did
     same = new.clone()
     same[1] = new[0]
-    policy = BudgetPolicy([0], net)
-    policy.features = h
     assert new_token_inputs(debug_base, inputs, StepState(1, tokens, cond, same, 0.5), 2)["new_mask"].all()
 
 
@@ -179,7 +176,7 @@ def test_bad_thresholds_and_budgets_are_refused_in_one_line(debug_base, debug_re
     with pytest.raises(UserError, match="budget=1 cannot be honoured"):
         resolve_run(debug_base, debug_recipe.sampler, "adaptive-combined", shortcut=net,
                     knobs=AdaptiveCombinedConfig(budget=1))
-    r = resolve_run(debug_base, dataclasses.replace(debug_recipe.sampler), "adaptive-shortcut", budget=2, shortcut=net)
+    r = resolve_run(debug_base, debug_recipe.sampler, "adaptive-shortcut", budget=2, shortcut=net)
     assert r.knobs.budget == 2 and r.full_steps == [0]
 
 
