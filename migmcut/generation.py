@@ -37,16 +37,39 @@ class Generated:
     method: str
     steps: int
     full_steps: list[int]  # the steps that ran the base
-    base_calls: int  # full base steps per image
+    base_calls: int  # full base steps per image (an adaptive method: the base forwards of its last batch; see per_sample)
     shortcut_calls: int  # shortcut steps per image
     seconds: float  # sampling and decoding, every batch (not `on_batch`)
     load_seconds: float = 0.0  # loading the base and the shortcut, checking the conditions
     partial_calls: int = 0  # recap / mlcache / hybrid steps per image
     paths: list[str] = field(default_factory=list)  # the PNG files written (with `out`)
+    # per image: "steps" run, "base_calls", "shortcut_calls" (adaptive methods differ from image to image)
+    per_sample: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def budget(self) -> int:
         return len(self.full_steps)
+
+    @property
+    def mean_base_calls(self) -> float:
+        return float(np.mean(self.per_sample["base_calls"]))
+
+    @property
+    def mean_shortcut_calls(self) -> float:
+        return float(np.mean(self.per_sample["shortcut_calls"]))
+
+    @property
+    def mean_steps(self) -> float:
+        return float(np.mean(self.per_sample["steps"]))
+
+
+PER_SAMPLE = {"steps": "steps", "base_calls": "full", "shortcut_calls": "shortcut"}  # name -> SampleResult.per_sample key
+
+
+def per_sample_figures(results: list) -> dict[str, list[int]]:
+    """Steps, base calls and shortcut calls of each sample of `results` (SampleResults, in order)."""
+    return {name: [int(v) for r in results for v in r.per_sample.get(key, torch.zeros(len(r.tokens), dtype=torch.long))]
+            for name, key in PER_SAMPLE.items()}
 
 
 def slug(condition) -> str:
@@ -77,9 +100,11 @@ def generate(
     """Generate `num_images` images per condition; image j of condition i uses seed index i*num_images+j.
 
     `recipe`: a Recipe or a recipe name / YAML path. `method`: vanilla, cache, shortcut, recap,
-    mlcache or hybrid (default: shortcut when there is a shortcut checkpoint, else vanilla).
+    mlcache, hybrid, adaptive, adaptive-shortcut or adaptive-combined (`migmcut.methods`; default:
+    shortcut when there is a shortcut checkpoint, else vanilla).
     `shortcut`: a checkpoint directory or a loaded `Shortcut` (default: the recipe's).
-    `budget`: full base steps out of `steps` (default: the recipe's `shortcut.budget`).
+    `budget`: full base steps out of `steps` (default: the recipe's `shortcut.budget`; for
+    adaptive-shortcut / adaptive-combined a cap on base calls per image, none by default).
     `schedule`: where those go (auto, uniform or searched; see `placement.resolve_schedule`); `full_steps`
     places them explicitly instead. `out`: a directory to write each image to as a PNG
     (NNNN-caption.png), batch by batch, numbered on from the highest number already there, so that
@@ -128,7 +153,7 @@ def generate(
     if out is not None:
         out = writable_dir(out)
     bs = batch_size or recipe.generate.batch_size
-    images, paths, counts, seconds = [], [], {}, 0.0
+    images, paths, counts, seconds, results = [], [], {}, 0.0, []
     load_seconds = time.perf_counter() - loading
     start = time.perf_counter()
     for lo, result in run.batches([c for c, _ in jobs], [s for _, s in jobs], bs):
@@ -136,6 +161,7 @@ def generate(
         images.append(base.decode(result.tokens))
         seconds += time.perf_counter() - start
         counts = result.counts
+        results.append(result)
         if out is not None:  # each batch as it finishes: an interrupted run keeps what it made
             for image, (c, _) in zip(images[-1], chunk):  # numbered on from the files there: nothing replaced
                 path = write_numbered(out, f"{slug(c)}.png", lambda p: Image.fromarray(image).save(p, format="PNG"))
@@ -156,4 +182,5 @@ def generate(
         seconds=seconds,
         load_seconds=load_seconds,
         paths=paths,
+        per_sample=per_sample_figures(results),
     )

@@ -25,6 +25,8 @@ class Proposal:
     positions the sampler ranks first from this proposal's logits.
     calls: what the step ran, each counted once in `SampleResult.counts` (default: its kind alone);
     a hybrid step runs the shortcut and a partial evaluation: ("shortcut", "hybrid").
+    ran: call -> (B,) bool, the rows that made that call where not every row did (an adaptive step:
+    some rows run the base, the others take the shortcut); `SampleResult.per_sample` counts them.
     """
 
     kind: str  # "full" | "shortcut" | "cache" | "recap" | "mlcache" | "hybrid"
@@ -34,6 +36,7 @@ class Proposal:
     refine: Callable[[torch.Tensor], torch.Tensor] | None = None
     refine_factor: float = 1.0
     calls: tuple[str, ...] | None = None
+    ran: dict[str, torch.Tensor] | None = None
 
     @property
     def counted(self) -> tuple[str, ...]:
@@ -41,7 +44,13 @@ class Proposal:
 
 
 class Policy:
-    """Where step t's logits and features come from (a fresh one per sampled batch)."""
+    """Where step t's logits and features come from (a fresh one per sampled batch).
+
+    `threshold` (adaptive tokens): each row fixes at least every masked position whose candidate's
+    probability is >= it (None: the schedule's k_t). Rows then finish at different steps, and the
+    states the policy sees hold the rows still running only (`StepState.rows`)."""
+
+    threshold: float | None = None
 
     def step(self, base, state) -> Proposal:
         raise NotImplementedError
@@ -73,6 +82,20 @@ def branch_count(state) -> int:
 def branch_rows(state) -> torch.Tensor:
     """The base's input rows: the token state once per CFG branch."""
     return state.tokens.repeat(branch_count(state), 1)
+
+
+def branch_index(rows: torch.Tensor, batch: int, branches: int) -> torch.Tensor:
+    """The rows (R,) of a batch of `batch` as rows of its branches' (branches * batch) layout, branch by branch."""
+    return torch.cat([rows + b * batch for b in range(branches)])
+
+
+def padded_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's True positions of mask (R, L), ascending, padded with L to the longest row:
+    (positions (R, M), valid (R, M))."""
+    L = mask.shape[1]
+    grid = torch.arange(L, device=mask.device).expand_as(mask)
+    where = torch.where(mask, grid, L).sort(dim=1).values[:, : int(mask.sum(1).max())]
+    return where, where < L
 
 
 def rows_of(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

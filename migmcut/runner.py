@@ -61,6 +61,13 @@ def resolve_run(base, sampler: SamplerConfig, method: str, *, budget: int | None
     except ValueError as err:
         raise UserError(f"sampler: {err}") from None
     knobs = knobs if knobs is not None else m.default_knobs()
+    if m.adaptive and budget is not None and knobs is not None and hasattr(knobs, "budget"):
+        knobs = dataclasses.replace(knobs, budget=budget)  # an adaptive method's budget is a cap
+    if knobs is not None and hasattr(knobs, "validate"):
+        try:
+            knobs.validate()
+        except ValueError as err:
+            raise UserError(f"{m.name}: {err}") from None
     if m.budget == "none":
         if budget is not None and budget != steps:
             raise UserError(f"{arg('budget', budget)} needs an accelerated {arg('method')} ({m.name} runs every step)")
@@ -76,7 +83,7 @@ def resolve_run(base, sampler: SamplerConfig, method: str, *, budget: int | None
             raise UserError(str(err)) from None
     else:
         full = [int(s) for s in full_steps]
-    n = budget if budget is not None else len(full)
+    n = budget if budget is not None and not m.adaptive else len(full)
     if len(full) != n or full[0] != 0 or any(b <= a for a, b in zip(full, full[1:])) or full[-1] >= steps:
         raise UserError(f"full steps {full}: need {n} increasing steps below {steps}, starting at 0")
     net = None

@@ -38,6 +38,15 @@ reference's settings (docs/real-models.md):
   `timestep` row tensor N - 1 - t, the scheduler timestep `arange(N).flip(0)[t]` that Meissonic's
   transformer is conditioned on; the base reads `cond["timestep"]`).
 
+Adaptive tokens per step (a policy with a `threshold`, e.g. method `adaptive`): each row fixes
+max(k_t, n_t) positions, n_t the masked positions whose candidate's probability (the guided, tempered
+softmax it was drawn from, without the noise) is >= the threshold, still the top ones by noisy
+confidence; rows then hold different numbers of masked positions (the sampler pads `where` and scores
+the pads -inf) and a row with nothing masked is finished: from then on the policy sees only the rows
+still running (`StepState.rows`), so a finished row costs nothing. Without a threshold every row
+fixes k_t and the steps compute exactly what they did before. `SampleResult.per_sample` counts, per
+row, the steps it ran and each call it made.
+
 Every random draw of trajectory i comes from its own generator seeded with `seeds[i]`, so a
 trajectory does not depend on the batch it ran in.
 """
@@ -53,7 +62,7 @@ import torch
 
 from migmcut.base.conditions import Conditions
 from migmcut.base.interface import BaseModel
-from migmcut.policies import FullPolicy, Proposal
+from migmcut.policies import FullPolicy, Proposal, branch_index, padded_positions
 from migmcut.recipe import SamplerConfig
 
 
@@ -65,7 +74,8 @@ class StepState:
     tokens: torch.Tensor  # (B, L) current state, mask_id where masked
     cond: Conditions  # B * branches rows, conditional branch first
     new_tokens: torch.Tensor | None  # (B, L) bool: positions fixed at step t-1 (None at t=0)
-    mask_ratio: float  # fraction of positions masked at this step's input
+    mask_ratio: float  # fraction of positions masked at this step's input (its first row's)
+    rows: torch.Tensor | None = None  # (B,) the sampled batch's rows these are (None: all of them; adaptive tokens)
 
 
 @dataclass
@@ -79,7 +89,8 @@ class StepEvent:
     fixed: torch.Tensor  # (B, L) bool: positions fixed at this step
     mask_ratio: float
     scored: torch.Tensor | None = None  # (B, n) the positions the sampler scored (drew candidates at)
-    confidence: torch.Tensor | None = None  # (B, n) their noisy confidence
+    confidence: torch.Tensor | None = None  # (B, n) their noisy confidence (-inf at pads)
+    rows: torch.Tensor | None = None  # the rows that ran (`StepState.rows`): features, scored and confidence are theirs
 
     @property
     def ranked(self) -> torch.Tensor:
@@ -93,6 +104,7 @@ class SampleResult:
     order: torch.Tensor  # (B, L) step at which each position was fixed
     counts: dict = field(default_factory=dict)  # what ran (Proposal.counted: full, shortcut, recap ...) -> steps it ran in
     seconds: float = 0.0
+    per_sample: dict = field(default_factory=dict)  # "steps" and each call kind -> (B,) how many each row ran
 
 
 def _split_branches(x: torch.Tensor, branches: int) -> torch.Tensor:
@@ -122,13 +134,25 @@ def sample(
     order = torch.full((B, L), -1, dtype=torch.long, device=device)
     new_tokens = None
     counts: dict[str, int] = {}
+    per_sample = {"steps": torch.zeros(B, dtype=torch.long)}
+    threshold = getattr(policy, "threshold", None)  # adaptive tokens: fix at least the confident positions
     start = time.perf_counter()
     for t, k in enumerate(counts_per_step):
-        masked = tokens == base.mask_id
-        state = StepState(t, tokens, config.step_conditions(cond, t), new_tokens, masked[0].float().mean().item())
+        left = (tokens == base.mask_id).sum(1)
+        if not left.any():
+            break  # every row finished early (adaptive tokens)
+        rows = None if left.all() else left.nonzero()[:, 0]  # the rows still running
+        now, left = _rows(tokens, rows), _rows(left, rows)
+        masked = now == base.mask_id
+        cond_t = config.step_conditions(cond if rows is None else cond[branch_index(rows, B, config.branches)], t)
+        state = StepState(t, now, cond_t, _rows(new_tokens, rows), masked[0].float().mean().item(), rows)
         out = policy.step(base, state)
+        ran = slice(None) if rows is None else rows.cpu()
+        per_sample["steps"][ran] += 1
         for call in out.counted:  # a hybrid step counts as a shortcut call and a partial one
             counts[call] = counts.get(call, 0) + 1
+            hit = out.ran[call].long().cpu() if out.ran and call in out.ran else 1
+            per_sample.setdefault(call, torch.zeros(B, dtype=torch.long))[ran] += hit
         # per-trajectory noise: one uniform per position for the candidate (inverse-CDF draw; for the
         # multinomial draw an Exp(1) per position and code) and one for the confidence, so a
         # trajectory's draws do not depend on its batch
@@ -138,30 +162,67 @@ def sample(
         else:
             u_tok = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device)
         u_conf = torch.stack([torch.rand(L, generator=g) for g in gens]).to(device)
+        u_tok, u_conf = _rows(u_tok, rows), _rows(u_conf, rows)
+        R, pads = now.shape[0], None
         if out.at is not None:
             where, logits = out.at, out.logits
-            if where.shape[0] != B or where.shape[1] < k or not masked.gather(1, where).all():
+            if where.shape[0] != R or where.shape[1] < k or not masked.gather(1, where).all():
                 raise ValueError(f"step {t}: a proposal's `at` must hold >= {k} masked positions per row")
-        else:  # every row has the same number of masked positions: the sampler reads logits only there
-            where = masked.nonzero()[:, 1].view(B, -1)  # (B, M), ascending
+        elif (left == left[0]).all():  # every row has the same number of masked positions: no pads
+            where = masked.nonzero()[:, 1].view(R, -1)  # (R, M), ascending
             logits = _logits_at(base, out, where.repeat(config.branches, 1))
-        candidate, conf = _draw(config, t, logits, where, u_tok, u_conf)
+        else:  # ragged rows: each row's masked positions, then pads (at L) that are never fixed
+            where, valid = padded_positions(masked)
+            pads = ~valid
+            logits = _logits_at(base, out, where.clamp(max=L - 1).repeat(config.branches, 1))
+        candidate, conf, prob = _draw_scored(config, t, logits, where.clamp(max=L - 1), u_tok, u_conf)
+        if out.refine is not None and pads is not None:
+            raise ValueError(f"step {t}: a proposal with `refine` needs rows with the same number of masked positions")
         if out.refine is not None:  # exact logits where the proposal ranks best, then draw again there
             m = min(max(math.ceil(out.refine_factor * k), k), where.shape[1])
             where = where.gather(1, conf.topk(m, dim=-1).indices)
-            candidate, conf = _draw(config, t, out.refine(where), where, u_tok, u_conf)
-        pick = where.gather(1, conf.topk(k, dim=-1).indices)
-        fixed = torch.zeros_like(masked).scatter_(1, pick, True)
-        tokens = tokens.scatter(1, where, candidate).where(fixed, tokens)
+            candidate, conf, prob = _draw_scored(config, t, out.refine(where), where, u_tok, u_conf)
+        if pads is not None:
+            conf = conf.masked_fill(pads, -math.inf)
+        if threshold is None:
+            pick = conf.topk(k, dim=-1).indices
+            chosen = torch.ones_like(pick, dtype=torch.bool)
+        else:  # at least k_t, and every position as confident as the threshold, within what is left
+            confident = (prob >= threshold) if pads is None else (prob >= threshold) & ~pads
+            scored = where.shape[1] - (0 if pads is None else pads.sum(1))  # the row's masked positions in `where`
+            take = confident.sum(1).clamp(min=k).minimum(torch.as_tensor(scored, device=where.device))
+            pick = conf.topk(int(take.max()), dim=-1).indices
+            chosen = torch.arange(pick.shape[1], device=pick.device) < take[:, None]
+        fixed = _scatter(torch.zeros_like(masked), where.gather(1, pick), chosen)
+        now = _scatter(now, where, candidate).where(fixed, now)
+        tokens, fixed = _put_rows(tokens, rows, now), _put_rows(torch.zeros_like(tokens, dtype=torch.bool), rows, fixed)
         order = torch.where(fixed, t, order)
         new_tokens = fixed
         whole = out.features is not None and out.at is None  # a feature map over the whole grid
         features = _split_branches(out.features, config.branches) if whole else None
-        event = StepEvent(t, out.kind, features, tokens, fixed, state.mask_ratio, where, conf)
+        event = StepEvent(t, out.kind, features, tokens, fixed, state.mask_ratio, where, conf, rows)
         policy.after(event)
         for obs in observers:
             obs(event)
-    return SampleResult(tokens, order, counts, time.perf_counter() - start)
+    return SampleResult(tokens, order, counts, time.perf_counter() - start, per_sample)
+
+
+def _rows(x: torch.Tensor | None, rows: torch.Tensor | None) -> torch.Tensor | None:
+    """x at the rows still running (all of x when `rows` is None)."""
+    return x if x is None or rows is None else x[rows]
+
+
+def _put_rows(x: torch.Tensor, rows: torch.Tensor | None, values: torch.Tensor) -> torch.Tensor:
+    """x with `values` at the rows still running (values itself when `rows` is None)."""
+    if rows is None:
+        return values
+    return x.index_put((rows,), values)
+
+
+def _scatter(x: torch.Tensor, where: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """x (R, L) with values (R, n) written at where (R, n); pads (where == L) are dropped."""
+    L = x.shape[1]
+    return torch.cat([x, x[:, :1]], 1).scatter(1, where, values)[:, :L]
 
 
 def _logits_at(base: BaseModel, out: Proposal, at: torch.Tensor) -> torch.Tensor:
@@ -188,9 +249,16 @@ def guided(config: SamplerConfig, t: int, logits: torch.Tensor) -> torch.Tensor:
 
 def _draw(config: SamplerConfig, t: int, logits: torch.Tensor, where: torch.Tensor, u_tok: torch.Tensor,
           u_conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A candidate token and its noisy confidence at each of `where` (B, n), from the branches'
-    logits there (B * branches, n, K) and the step's random numbers over the whole grid: u_tok (B, L),
-    or (B, L, K) Exp(1) for the multinomial draw, and u_conf (B, L)."""
+    """`_draw_scored` without the probability: a candidate and its noisy confidence."""
+    return _draw_scored(config, t, logits, where, u_tok, u_conf)[:2]
+
+
+def _draw_scored(config: SamplerConfig, t: int, logits: torch.Tensor, where: torch.Tensor, u_tok: torch.Tensor,
+                 u_conf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A candidate token, its noisy confidence and its probability (the tempered softmax it was drawn
+    from) at each of `where` (B, n), from the branches' logits there (B * branches, n, K) and the
+    step's random numbers over the whole grid: u_tok (B, L), or (B, L, K) Exp(1) for the multinomial
+    draw, and u_conf (B, L)."""
     logits = guided(config, t, logits)
     u_conf = u_conf.gather(1, where)
     if u_tok.dim() == 3:
@@ -217,7 +285,8 @@ def _draw(config: SamplerConfig, t: int, logits: torch.Tensor, where: torch.Tens
     # Gumbel noise as AmusedScheduler's gumbel_noise computes it; the outer clamp never binds for
     # u < 1 (-log u >= 6e-8), so the other samplers' noise is unchanged bit for bit
     noise = -torch.log((-torch.log(u_conf.clamp(1e-20))).clamp(1e-20))
-    return candidate, conf + config.noise_scale(t) * noise
+    prob = logp.gather(-1, candidate[..., None]).squeeze(-1).exp()
+    return candidate, conf + config.noise_scale(t) * noise, prob
 
 
 def trajectory_seed(run_seed: int, index: int) -> int:

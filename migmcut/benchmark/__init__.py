@@ -35,12 +35,12 @@ from __future__ import annotations
 
 from migmcut.benchmark.job import BenchRun, bench
 from migmcut.benchmark.plan import (
-    SCHEDULE_MODES, Configuration, Plan, check_plan, configurations, default_prompts, expand, int_list, metric_settings,
-    name_list, read_prompts_file, sample_seeds, split_methods,
+    SCHEDULE_MODES, Configuration, Plan, check_plan, configurations, default_prompts, expand, int_list, method_knobs,
+    metric_settings, name_list, read_prompts_file, sample_seeds, split_entry, split_methods, with_knobs,
 )
 from migmcut.benchmark.report import (
-    CSV_COLUMNS, BenchResult, bench_result, bound, csv_text, label_box, pareto_figure, pareto_front, pareto_png,
-    place_labels, rollout_png, write_outputs, write_rollout,
+    CSV_COLUMNS, LATER_COLUMNS, BenchResult, bench_result, bound, csv_text, label_box, pareto_figure, pareto_front,
+    pareto_png, per_sample_summary, place_labels, spread_columns, rollout_png, write_outputs, write_rollout,
 )
 from migmcut.benchmark.run import generate_images, measure_c, run_bench, sampler_for, time_configurations, timing_runs
 from migmcut.benchmark.search import SearchRun, search_and_save, search_schedules
@@ -50,8 +50,9 @@ from migmcut.benchmark.store import open_store, store_samples, validation_indice
 __all__ = [
     "bench", "BenchRun",
     "SCHEDULE_MODES", "Configuration", "Plan", "check_plan", "configurations", "default_prompts", "expand",
-    "int_list", "metric_settings", "name_list", "read_prompts_file", "sample_seeds", "split_methods",
-    "CSV_COLUMNS", "BenchResult", "bench_result", "bound", "csv_text", "label_box", "pareto_figure",
+    "int_list", "method_knobs", "metric_settings", "name_list", "read_prompts_file", "sample_seeds", "split_entry",
+    "split_methods", "with_knobs",
+    "CSV_COLUMNS", "LATER_COLUMNS", "per_sample_summary", "spread_columns", "BenchResult", "bench_result", "bound", "csv_text", "label_box", "pareto_figure",
     "pareto_front", "pareto_png", "place_labels", "rollout_png", "write_outputs", "write_rollout",
     "generate_images", "measure_c", "run_bench", "sampler_for", "time_configurations", "timing_runs",
     "RESULT_FILES", "STATE_DIR", "BenchState",

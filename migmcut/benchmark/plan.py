@@ -6,8 +6,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from migmcut.errors import UserError, arg
 from migmcut.methods import get_method, method_names
@@ -27,13 +31,18 @@ class Configuration:
     full_steps: list[int] | None = None  # the steps that run the base (accelerated methods)
     schedule: str | None = None  # uniform | searched (the shortcut's placements: cache, shortcut, hybrid)
     reference: bool = False  # vanilla at N: the speedup reference
+    knobs: dict | None = None  # the entry's own knob values (NAME@KNOB=V), over the recipe's section
+    adaptive: bool = False  # an adaptive method: `budget` is a cap (None: none), its full steps differ per sample
 
     @property
     def label(self) -> str:
         if self.method == "vanilla":
             return f"vanilla-{self.steps}"
+        own = "" if not self.knobs else f" ({', '.join(f'{k}={v}' for k, v in self.knobs.items())})"
+        if self.adaptive:
+            return f"{self.method}-{self.steps}{'' if self.budget is None else f'/{self.budget}'}{own}"
         tag = "" if self.schedule in (None, "uniform") else f" ({self.schedule})"
-        return f"{self.method}-{self.steps}/{self.budget}{tag}"
+        return f"{self.method}-{self.steps}/{self.budget}{tag}{own}"
 
 
 def int_list(values: list[int], name: str) -> list[int]:
@@ -57,23 +66,68 @@ def name_list(values: list[str], name: str) -> list[str]:
     return [m.strip() for m in values if m.strip()]
 
 
+def split_entry(entry: str) -> tuple[str, list[int] | None, list[dict]]:
+    """A methods entry NAME[:B1/B2][@KNOB=V1/V2]... -> (the method, its own budgets or None, its knob
+    values: one dict per combination, [{}] without any), e.g. adaptive@threshold=0.8/0.9,
+    adaptive-shortcut:6@signal=change@threshold=0.1/0.2. Knobs are checked by the method's section."""
+    head, *knob_parts = entry.split("@")
+    name, sep, own = head.partition(":")
+    name = name.strip()
+    if name not in method_names():
+        raise UserError(f"unknown method {name!r}: choose from {', '.join(method_names())}")
+    m = get_method(name)
+    if sep and m.budget == "none":
+        raise UserError(f"{arg('methods', entry)}: {name} takes no budgets (vanilla's step counts: {arg('vanilla_steps')})")
+    mine = [int(b) for b in own.split("/")] if sep and all(b.strip().isdigit() for b in own.split("/")) else None
+    if sep and mine is None:
+        raise UserError(f"{arg('methods', repr(entry))}: expected NAME or NAME:B1/B2, e.g. shortcut:3/4/6")
+    fields = [f.name for f in dataclasses.fields(m.knobs)] if m.knobs is not None else []
+    choices = {}
+    for part in knob_parts:
+        key, eq, values = (x.strip() for x in part.partition("="))
+        if key not in fields or not eq or not values:
+            raise UserError(f"{arg('methods', repr(entry))}: expected @KNOB=V1/V2 with a knob of {name} "
+                            f"({', '.join(fields) or 'it has none'}), e.g. adaptive@threshold=0.8/0.9")
+        choices[key] = [yaml.safe_load(v) for v in values.split("/")]
+    variants = [dict(zip(choices, combo)) for combo in itertools.product(*choices.values())]
+    for over in variants:
+        try:
+            with_knobs(m.default_knobs(), over)
+        except (ValueError, TypeError) as err:
+            raise UserError(f"{arg('methods', repr(entry))}: {name}: {err}") from None
+    return name, mine, variants
+
+
+def with_knobs(knobs, over: dict | None):
+    """A method's knobs with an entry's own values over them, checked (ValueError)."""
+    if not over:
+        return knobs
+    knobs = dataclasses.replace(knobs, **over)
+    knobs.validate()
+    return knobs
+
+
 def split_methods(methods: list[str], budgets: list[int]) -> dict[str, list[int]]:
     """Method entries -> {method: its budgets}: `name` takes `budgets`, `name:B1/B2` its own
-    (e.g. shortcut:3/4/6); vanilla's are empty (its step counts are the front's)."""
+    (e.g. shortcut:3/4/6); vanilla's are empty (its step counts are the front's), and so are an
+    adaptive method's without its own (no cap: `Method.adaptive`)."""
     if not methods:
         raise UserError(f"{arg('methods')} is empty: choose from {', '.join(method_names())}")
     out: dict[str, list[int]] = {}
     for entry in methods:
-        name, sep, own = entry.partition(":")
-        name = name.strip()
-        if name not in method_names():
-            raise UserError(f"unknown method {name!r}: choose from {', '.join(method_names())}")
-        if sep and get_method(name).budget == "none":
-            raise UserError(f"{arg('methods', entry)}: {name} takes no budgets (vanilla's step counts: {arg('vanilla_steps')})")
-        mine = [int(b) for b in own.split("/")] if sep and all(b.strip().isdigit() for b in own.split("/")) else None
-        if sep and mine is None:
-            raise UserError(f"{arg('methods', repr(entry))}: expected NAME or NAME:B1/B2, e.g. shortcut:3/4/6")
-        out[name] = [] if get_method(name).budget == "none" else list(dict.fromkeys(mine if sep else budgets))
+        name, mine, _ = split_entry(entry)
+        m = get_method(name)
+        default = [] if m.adaptive else budgets
+        out[name] = [] if m.budget == "none" else list(dict.fromkeys([*out.get(name, []), *(mine or default)]))
+    return out
+
+
+def method_knobs(methods: list[str]) -> dict[str, list[dict]]:
+    """Method entries -> {method: the knob values its entries ask for ([{}]: the recipe's alone)}."""
+    out: dict[str, list[dict]] = {}
+    for entry in methods:
+        name, _, variants = split_entry(entry)
+        out[name] = out.get(name, []) + [v for v in variants if v not in out.get(name, [])]
     return out
 
 
@@ -110,28 +164,49 @@ def configurations(steps: int, budgets: list[int], methods: list[str], schedule:
     method name -> its recipe section), uniform where they have none of their own.
     """
     plan = check_plan(steps, budgets, methods, schedule, vanilla_steps)
-    every = sorted({b for bs in plan.values() for b in bs}) or sorted(set(budgets))
+    variants = method_knobs(methods)
+    adaptive = [m for m in method_names() if m in plan and get_method(m).adaptive]
+    every = sorted({b for m, bs in plan.items() if m not in adaptive for b in bs}) or sorted(set(budgets))
     out = [Configuration("vanilla", steps, steps, reference=True)]
     out += [Configuration("vanilla", n, n) for n in sorted(set(vanilla_steps or every) - {steps})]
+
+    def own_knobs(method: str, over: dict, what: str):
+        try:
+            return with_knobs((knobs or {}).get(method) or get_method(method).default_knobs(), over)
+        except ValueError as err:
+            raise UserError(f"{what}: {err}") from None
+
     for B in every:
-        for method in (m for m in method_names() if B in plan.get(m, ())):
+        for method in (m for m in method_names() if B in plan.get(m, ()) and m not in adaptive):
             m = get_method(method)
-            if not m.searched:
+            for over in variants[method]:
+                mine = over or None
+                if not m.searched:
+                    try:
+                        full = m.full_steps(steps, B, own_knobs(method, over, method), rounding)
+                    except ValueError as err:
+                        raise UserError(f"{arg('budgets', B)}: {err}") from None
+                    out.append(Configuration(method, steps, B, full, None if m.own_placement else "uniform", knobs=mine))
+                    continue
+                found = (searched or {}).get(B)
+                modes = {"both": ("uniform", "searched"), "auto": ("searched" if found else "uniform",)}.get(schedule, (schedule,))
+                for mode in modes:
+                    if mode == "uniform":
+                        full = m.full_steps(steps, B, None, rounding)
+                    elif found is None:
+                        raise UserError(f"no searched schedule for N={steps}, B={B}: run migmcut schedule search")
+                    else:
+                        full = list(found)
+                    out.append(Configuration(method, steps, B, full, mode, knobs=mine))
+    for method in adaptive:  # per-sample full steps: a budget is a cap (none by default)
+        m = get_method(method)
+        for cap in plan[method] or [None]:
+            for over in variants[method]:
                 try:
-                    full = m.full_steps(steps, B, (knobs or {}).get(method, m.default_knobs()), rounding)
+                    m.full_steps(steps, cap, own_knobs(method, over, method), rounding)
                 except ValueError as err:
-                    raise UserError(f"{arg('budgets', B)}: {err}") from None
-                out.append(Configuration(method, steps, B, full, None if m.own_placement else "uniform"))
-                continue
-            found = (searched or {}).get(B)
-            modes = {"both": ("uniform", "searched"), "auto": ("searched" if found else "uniform",)}.get(schedule, (schedule,))
-            for mode in modes:
-                if mode == "uniform":
-                    out.append(Configuration(method, steps, B, m.full_steps(steps, B, None, rounding), "uniform"))
-                elif found is None:
-                    raise UserError(f"no searched schedule for N={steps}, B={B}: run migmcut schedule search")
-                else:
-                    out.append(Configuration(method, steps, B, list(found), "searched"))
+                    raise UserError(f"{arg('methods', method)}: {err}") from None
+                out.append(Configuration(method, steps, cap, knobs=over or None, adaptive=True))
     return out
 
 

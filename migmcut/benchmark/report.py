@@ -44,6 +44,29 @@ def _round(x, n=6):
     return None if x is None else round(float(x), n)
 
 
+SPREAD = ("base_calls", "steps", "shortcut_calls")  # per-sample figures a row reports the spread of
+
+
+def per_sample_summary(per_sample: dict[str, list[int]], forwards: list[int]) -> dict:
+    """Mean, std, min and max over the samples of each per-sample figure (`generation.per_sample_figures`),
+    and `base_forwards_per_batch`: the base forwards each sampled batch ran (`SampleResult.counts`),
+    on average: an adaptive method runs the rows that need the base as one sub-batch per step, so
+    this is what its subsetting costs in calls (a fixed method: its budget)."""
+    out = {name: {"mean": float(np.mean(v)), "std": float(np.std(v)), "min": int(np.min(v)), "max": int(np.max(v))}
+           for name, v in per_sample.items() if name in SPREAD and len(v)}
+    out["base_forwards_per_batch"] = float(np.mean(forwards)) if forwards else None
+    return out
+
+
+def spread_columns(per_sample: dict) -> dict:
+    """A row's per-sample columns: base_calls_mean ... steps_max, shortcut_calls_mean, base_forwards_per_batch."""
+    out = {f"{name}_{stat}": _round(fig[stat], 4) for name, fig in per_sample.items() if name in SPREAD
+           for stat in ("mean", "std", "min", "max") if name != "shortcut_calls" or stat == "mean"}
+    if per_sample:
+        out["base_forwards_per_batch"] = _round(per_sample.get("base_forwards_per_batch"), 4)
+    return out
+
+
 def bench_result(plan: Plan, configs: list[Configuration], sampled: dict[str, dict], seconds: dict[str, float],
                  timing: dict, metrics: list, bootstrapped: bool) -> BenchResult:
     """Every configuration's row, from what `run_bench` measured: `sampled` (label -> quality, scores,
@@ -52,6 +75,8 @@ def bench_result(plan: Plan, configs: list[Configuration], sampled: dict[str, di
     n = len(plan.conditions)
     vanilla = {c.steps: sampled[c.label]["scores"] for c in configs if c.method == "vanilla"}
     cost = {c.steps: seconds[c.label] for c in configs if c.method == "vanilla"}
+    # the vanilla family: fixed-step vanilla and adaptive vanilla (`Method.vanilla_family`), by label
+    family = [c for c in configs if c.method != "vanilla" and get_method(c.method).vanilla_family]
     ref = configs[0]
     ref_s = seconds[ref.label]
     # what a perfect shortcut would reach: vanilla-N's quality at the row's cost
@@ -61,12 +86,15 @@ def bench_result(plan: Plan, configs: list[Configuration], sampled: dict[str, di
         got = sampled[cfg.label]
         sc: front.Scores = got["scores"]
         s = seconds[cfg.label]
-        calls = got["counts"].get("full", 0)
+        per_sample = got.get("per_sample") or {}
+        # an adaptive row: base calls per sample, on average (its batch count is the base forwards it ran)
+        calls = per_sample["base_calls"]["mean"] if cfg.adaptive and "base_calls" in per_sample else got["counts"].get("full", 0)
+        steps = per_sample["steps"]["mean"] if cfg.adaptive and "steps" in per_sample else cfg.steps
         row = {
             "method": cfg.method,
             "steps": cfg.steps,
             "budget": cfg.budget,
-            "base_calls": calls,
+            "base_calls": _round(calls, 4) if cfg.adaptive else calls,
             "shortcut_calls": got["counts"].get("shortcut", 0),
             "partial_calls": partial_calls(got["counts"]),
             "schedule": cfg.schedule,
@@ -83,17 +111,28 @@ def bench_result(plan: Plan, configs: list[Configuration], sampled: dict[str, di
             # the row's cost in vanilla-N steps, and what each of its other steps cost (measured, in one run)
             equivalents = s / (ref_s / ref.steps)
             row["base_call_equivalents"] = _round(equivalents, 3)
-            row["step_cost"] = _round((equivalents - calls) / (cfg.steps - calls), 4) if cfg.steps > calls else None
+            row["step_cost"] = _round((equivalents - calls) / (steps - calls), 4) if steps > calls else None
             row["as_good_vanilla"] = good = front.as_good(sc, vanilla, higher, plan.level)
             v = front.cheapest(good, cost)
             # a row better than every vanilla run is judged against the most steps run (a lower bound)
             row["front_vanilla"] = f"vanilla-{v if v is not None else max(vanilla)}"
             row["front_speedup"] = _round(cost[v if v is not None else max(vanilla)] / s, 4)
             row["front_beyond"] = v is None
+            # against fixed-step vanilla alone; front_* is against the vanilla family (adaptive vanilla too)
+            row["front_vanilla_fixed"], row["front_speedup_fixed"] = row["front_vanilla"], row["front_speedup"]
+            if family and not get_method(cfg.method).vanilla_family:
+                rivals = {**{f"vanilla-{n}": vanilla[n] for n in vanilla}, **{c.label: sampled[c.label]["scores"] for c in family}}
+                rival_cost = {**{f"vanilla-{n}": cost[n] for n in cost}, **{c.label: seconds[c.label] for c in family}}
+                best = front.front_vanilla(sc, rivals, rival_cost, higher, plan.level)
+                if best is not None:
+                    row["front_vanilla"], row["front_speedup"] = best, _round(rival_cost[best] / s, 4)
             if ceiling_of is not None:
                 row["ceiling_vanilla"], row["ceiling"] = f"vanilla-{ceiling_of}", _round(cost[ceiling_of] / s, 4)
         if cfg.method == "shortcut" and timing:
             row["bound"] = _round(bound(cfg.steps, cfg.budget, timing["c"]), 4)
+        if cfg.knobs:
+            row["knobs"] = dict(cfg.knobs)
+        row.update(spread_columns(per_sample))
         rows.append(row)
     primary = metrics[0].primary if metrics else None
     higher_is_better = metrics[0].higher_is_better if metrics else True
@@ -120,17 +159,24 @@ CSV_COLUMNS = ["label", "method", "schedule", "steps", "budget", "base_calls", "
                "base_call_equivalents", "step_cost", "seconds_per_image", "speedup", "front_vanilla", "front_speedup", "ceiling", "bound"]
 
 
+# after the metrics' columns: the vanilla-family front (adaptive vanilla rows) and the per-sample spread
+LATER_COLUMNS = ["front_vanilla_fixed", "front_speedup_fixed", "base_calls_mean", "base_calls_std", "base_calls_min",
+                 "base_calls_max", "steps_mean", "steps_std", "steps_min", "steps_max", "shortcut_calls_mean",
+                 "base_forwards_per_batch"]
+
+
 def csv_text(rows: list[dict]) -> str:
     metrics = list(dict.fromkeys(k for r in rows for k in r["quality"]))
     compared = list(dict.fromkeys(k for r in rows for k in r.get("interval", {})))
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(CSV_COLUMNS + metrics + [f"{m}_{end}" for m in compared for end in ("lo", "hi")])
+    w.writerow(CSV_COLUMNS + metrics + [f"{m}_{end}" for m in compared for end in ("lo", "hi")] + LATER_COLUMNS)
     blank = lambda v: "" if v is None else v  # noqa: E731
     for r in rows:
         iv = r.get("interval", {})
         w.writerow([blank(r.get(c)) for c in CSV_COLUMNS] + [blank(r["quality"].get(m)) for m in metrics]
-                   + [blank(iv[m][j]) if m in iv else "" for m in compared for j in (0, 1)])
+                   + [blank(iv[m][j]) if m in iv else "" for m in compared for j in (0, 1)]
+                   + [blank(r.get(c)) for c in LATER_COLUMNS])
     return buf.getvalue()
 
 

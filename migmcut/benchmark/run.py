@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from migmcut import front
-from migmcut.benchmark.plan import Configuration, Plan
-from migmcut.benchmark.report import BenchResult, bench_result
+from migmcut.benchmark.plan import Configuration, Plan, with_knobs
+from migmcut.benchmark.report import BenchResult, bench_result, per_sample_summary
 from migmcut.benchmark.state import BenchState
 from migmcut.errors import UserError
+from migmcut.generation import per_sample_figures
 from migmcut.methods import get_method
 from migmcut.metrics import measure_resampled
 from migmcut.methods.shortcut import BudgetPolicy
@@ -28,24 +29,30 @@ from migmcut.sampler import StepState
 
 
 def run_for(base, plan: Plan, cfg: Configuration, shortcut) -> Run:
-    """The configuration's run: its method at its full steps (`shortcut` already on the base's device)."""
+    """The configuration's run: its method at its full steps, or for an adaptive method at its cap
+    (`shortcut` already on the base's device), with the entry's own knob values."""
+    m = get_method(cfg.method)
+    knobs = with_knobs(plan.knobs.get(cfg.method) or m.default_knobs(), cfg.knobs)
     return resolve_run(base, sampler_for(plan, cfg), cfg.method, full_steps=cfg.full_steps,
-                       shortcut=shortcut if get_method(cfg.method).needs_shortcut else None,
-                       knobs=plan.knobs.get(cfg.method))
+                       budget=cfg.budget if cfg.adaptive else None,
+                       shortcut=shortcut if m.needs_shortcut else None, knobs=knobs)
 
 
 def sampler_for(plan: Plan, cfg: Configuration) -> SamplerConfig:
     return dataclasses.replace(plan.sampler, steps=cfg.steps)
 
 
-def generate_images(base, plan: Plan, cfg: Configuration, shortcut, on_batch=None) -> tuple[np.ndarray, dict]:
-    images, counts = [], {}
+def generate_images(base, plan: Plan, cfg: Configuration, shortcut, on_batch=None) -> tuple[np.ndarray, dict, dict]:
+    """The configuration's images, one batch's call counts (`SampleResult.counts`) and the per-sample
+    figures (`report.per_sample_summary`)."""
+    images, results = [], []
     for _, result in run_for(base, plan, cfg, shortcut).batches(plan.conditions, plan.seeds, plan.batch_size):
         images.append(base.decode(result.tokens))
-        counts = result.counts
+        results.append(result)
         if on_batch:
             on_batch(len(result.tokens))
-    return np.concatenate(images), counts
+    forwards = [r.counts.get("full", 0) for r in results]
+    return np.concatenate(images), results[-1].counts, per_sample_summary(per_sample_figures(results), forwards)
 
 
 def time_configurations(base, plan: Plan, shortcut, on_run=None, done: dict[str, list[float]] | None = None,
@@ -149,7 +156,7 @@ def run_bench(base, plan: Plan, metrics: list, *, shortcut=None, reference: dict
             return
         step(f"sampling {cfg.label}", done, n * len(configs))
         if cfg.reference and reference is not None:
-            images, counts, source = reference["images"], {"full": cfg.steps}, "store"
+            images, counts, per_sample, source = reference["images"], {"full": cfg.steps}, {}, "store"
         else:
             made = [done]
 
@@ -157,12 +164,12 @@ def run_bench(base, plan: Plan, metrics: list, *, shortcut=None, reference: dict
                 made[0] += k
                 step(f"sampling {cfg.label}", made[0], n * len(configs))
 
-            images, counts = generate_images(base, plan, cfg, shortcut, on_batch=advance)
+            images, counts, per_sample = generate_images(base, plan, cfg, shortcut, on_batch=advance)
             source = "sampled"
         quality, resamplers = measure_resampled(metrics, images, plan.conditions)
         point = {m: quality[m] for m in higher if quality.get(m) is not None}
         sampled[cfg.label] = {"quality": quality, "scores": front.scores(point, resamplers, indices),
-                              "counts": counts, "source": source}
+                              "counts": counts, "per_sample": per_sample, "source": source}
         if state is not None:
             state.save_sampled(cfg.label, sampled[cfg.label])
 

@@ -98,14 +98,14 @@ class BenchState:
                 return None
             draws = {m: np.asarray(d, dtype=np.float64) for m, d in got["draws"].items()}
             return {"quality": got["quality"], "scores": front.Scores(got["point"], draws), "counts": got["counts"],
-                    "source": got["source"]}
+                    "per_sample": got.get("per_sample", {}), "source": got["source"]}
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def save_sampled(self, label: str, entry: dict) -> None:
         sc = entry["scores"]
         data = {"label": label, "quality": entry["quality"], "point": sc.point, "draws": sc.draws,
-                "counts": entry["counts"], "source": entry["source"]}
+                "counts": entry["counts"], "per_sample": entry.get("per_sample", {}), "source": entry["source"]}
         atomic_write_bytes(self.dir / f"{self._slug(label)}.json", json.dumps(_plain(data)).encode())
 
     def _load_timing(self) -> dict:

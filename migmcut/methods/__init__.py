@@ -28,6 +28,9 @@ BUILTIN = {
     "recap": "migmcut.methods.recap:METHOD",
     "mlcache": "migmcut.methods.mlcache:METHOD",
     "hybrid": "migmcut.methods.hybrid:METHOD",
+    "adaptive": "migmcut.methods.adaptive:METHOD",
+    "adaptive-shortcut": "migmcut.methods.adaptive_shortcut:METHOD",
+    "adaptive-combined": "migmcut.methods.adaptive_combined:METHOD",
 }
 
 
@@ -43,6 +46,10 @@ class Method:
     budget: str = "required"  # required | optional (the method has a placement of its own) | none (every step)
     searched: bool = False  # full steps may come from a schedule searched for its shortcut (schedules.json)
     own_placement: bool = False  # its full steps follow a rule of its own, not the uniform budget placement
+    # decides per sample (adaptive compute): `full_steps` are the steps every sample runs the base, a
+    # budget is a cap on base calls per sample, and samples may finish in fewer steps than N
+    adaptive: bool = False
+    vanilla_family: bool = False  # neither shortcut nor cache (adaptive vanilla): on the bench's vanilla front
     colour: str = "tab:gray"  # bench plots
 
     def full_steps(self, steps: int, budget: int | None, knobs, rounding: str) -> list[int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from migmcut.methods import Method
-from migmcut.policies import Policy, Proposal, branch_count, branch_rows, rows_of
+from migmcut.policies import Policy, Proposal, branch_count, branch_rows, padded_positions, rows_of
 from migmcut.shortcut import ShortcutInputs
 
 
@@ -55,13 +55,25 @@ class BudgetPolicy(Policy):
         if self.inputs is None:  # a policy samples one batch: its conditions stay the same
             self.inputs = ShortcutInputs(base, base.device, self.features.dtype)
             self.conditioned = self.inputs.condition(state.cond)
-        B = state.tokens.shape[0]
-        # every trajectory of a batch fixes the same number of tokens per step
+        return {**new_token_inputs(base, self.inputs, state, branches), **self.conditioned}
+
+
+def new_token_inputs(base, inputs: ShortcutInputs, state, branches: int) -> dict:
+    """The shortcut's inputs for the tokens fixed at step t - 1 (`ShortcutInputs.tokens`), per CFG branch.
+    Where rows fixed different numbers (adaptive tokens), the shorter ones are padded (new_mask False)
+    and each row carries its own mask ratio."""
+    B = state.tokens.shape[0]
+    fixed = state.new_tokens.sum(1)
+    if (fixed == fixed[0]).all():  # every trajectory of the batch fixed the same number of tokens
         pos = state.new_tokens.nonzero()[:, 1].view(B, -1).repeat(branches, 1)
-        ids = branch_rows(state).gather(1, pos)
         new_mask = torch.ones(pos.shape, dtype=torch.bool, device=pos.device)
         ratio = torch.full((pos.shape[0],), state.mask_ratio, device=pos.device)
-        return {**self.inputs.tokens(ids, pos, new_mask, ratio), **self.conditioned}
+    else:
+        pos, new_mask = padded_positions(state.new_tokens)
+        pos, new_mask = pos.clamp(max=base.num_tokens - 1).repeat(branches, 1), new_mask.repeat(branches, 1)
+        ratio = (state.tokens == base.mask_id).float().mean(1).repeat(branches)
+    ids = branch_rows(state).gather(1, pos).where(new_mask, 0)  # a pad reads code 0 (never attended to)
+    return inputs.tokens(ids, pos, new_mask, ratio)
 
 
 class Shortcut(Method):

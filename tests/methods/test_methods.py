@@ -93,7 +93,7 @@ def test_a_plugged_in_method_is_refused_like_a_built_in(strided, debug_base):
 
 
 def test_an_unknown_method_lists_the_registered_ones(strided, debug_base):
-    with pytest.raises(UserError, match="choose one of vanilla, cache, shortcut, recap, mlcache, hybrid, strided"):
+    with pytest.raises(UserError, match="choose one of vanilla, cache, shortcut, recap, mlcache, hybrid, adaptive, adaptive-shortcut, adaptive-combined, strided"):
         migmcut.generate("debug", ["a large red circle"], method="nope", base=debug_base)
     methods.unregister("strided")
     with pytest.raises(RecipeError, match="unknown key 'strided'"):
