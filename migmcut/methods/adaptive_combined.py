@@ -25,7 +25,7 @@ class AdaptiveCombined(AdaptiveShortcut):
     name = "adaptive-combined"
     summary = "adaptive tokens and adaptive full steps with the shortcut"
     knobs = AdaptiveCombinedConfig
-    colour = "tab:brown"
+    colour = "tab:pink"
 
     def policy(self, full_steps, *, shortcut, counts, knobs):
         knobs = knobs or self.default_knobs()
