@@ -1,6 +1,6 @@
 """Choose the adaptive methods' knobs on the selection set (never the bench set): one bench of the knob
 sweeps on `--prompts selection-set`, then per method the cheapest configuration at least as good as
-the target vanilla run (paired bootstrap, as the bench front judges), or the best one where none is.
+vanilla-N, the bench's reference (paired bootstrap on every metric), or the best one where none is.
 
     python benchmarks/select_adaptive.py --recipe tiny-shapes --num-samples 96 --out runs/select31
     python benchmarks/select_adaptive.py --recipe debug --shortcut CKPT --num-samples 8 --metrics prompt_accuracy --out /tmp/s
@@ -37,13 +37,14 @@ def entry_of(row: dict) -> str:
     return row["method"] + cap + "".join(f"@{k}={v}" for k, v in (row.get("knobs") or {}).items())
 
 
-def choose(rows: list[dict], target: str, cost: str, quality) -> dict[str, dict]:
-    """Per adaptive method: its cheapest row at least as good as vanilla `target` (by `cost`: seconds
-    per image, or base calls per sample), else its row of the best `quality(row)` (higher is better)."""
+def choose(rows: list[dict], cost: str, quality) -> dict[str, dict]:
+    """Per adaptive method: its cheapest row at least as good as vanilla-N, the bench's reference
+    (`matches_reference`: paired bootstrap on every metric; by `cost`: seconds per image, or base
+    calls per sample), else its row of the best `quality(row)` (higher is better)."""
     chosen = {}
     for method in dict.fromkeys(r["method"] for r in rows if get_method(r["method"]).adaptive):
         mine = [r for r in rows if r["method"] == method]
-        good = [r for r in mine if target in [f"vanilla-{n}" for n in r.get("as_good_vanilla", [])]]
+        good = [r for r in mine if r["matches_reference"]]
         by_cost = (lambda r: r["seconds_per_image"]) if cost == "seconds" else (lambda r: r["base_calls"])
         pick = min(good, key=by_cost) if good else max(mine, key=quality)
         chosen[method] = {"entry": entry_of(pick), "label": pick["label"], "reached_target": bool(good), "row": pick}
@@ -56,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shortcut", default=None, help="checkpoint (default: the recipe's)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--methods", default=None, help="comma-separated entries to sweep (default: SWEEPS)")
-    ap.add_argument("--target", type=int, default=None, help="vanilla step count whose quality a choice must match (default: N)")
     ap.add_argument("--cost", choices=("seconds", "base_calls"), default="seconds")
     ap.add_argument("--num-samples", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=None)
@@ -76,9 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"no shortcut checkpoint: skipping {', '.join(dropped)}", file=sys.stderr)
             entries = [e for e in entries if e not in dropped]
         steps = args.steps or recipe.bench.steps or recipe.sampler.steps
-        target = args.target or steps
         run = migmcut.bench(recipe, shortcut=shortcut, steps=steps, methods=["vanilla", *entries],
-                            vanilla_steps=None if target == steps else [target], prompts="selection-set", num_samples=args.num_samples,
+                            prompts="selection-set", num_samples=args.num_samples,
                             batch_size=args.batch_size, repeats=args.repeats,
                             metrics=args.metrics.split(",") if args.metrics else None, seed=args.seed,
                             out=args.out, overwrite=args.overwrite,
@@ -87,20 +86,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     primary, sign = run.result.primary, 1.0 if run.result.higher_is_better else -1.0
-    chosen = choose(run.result.rows, f"vanilla-{target}", args.cost,
+    target = f"vanilla-{steps}"
+    chosen = choose(run.result.rows, args.cost,
                     lambda r: sign * (r["quality"].get(primary) or 0.0))
     figures = ("seconds_per_image", "base_calls_mean", "steps_mean", "front_vanilla_fixed", "front_speedup_fixed")
     for method, c in chosen.items():
         r = c["row"]
         quality = ", ".join(f"{m}={r['quality'].get(m)}" for m in run.result.higher)
-        print(f"{method}: {c['entry']}  ({'as good as' if c['reached_target'] else 'best quality, below'} vanilla-{target}; "
+        print(f"{method}: {c['entry']}  ({'as good as' if c['reached_target'] else 'best quality, below'} {target}; "
               f"{quality}; " + ", ".join(f"{k}={r.get(k)}" for k in figures) + ")")
     picked = ",".join(c["entry"] for c in chosen.values())
     for seed in (0, 1):
         print(f"migmcut bench --recipe {args.recipe} --steps {steps} --methods vanilla,cache:4,shortcut:3/4/6,{picked} "
               f"--seed {seed} --out runs/b31-n{steps}-s{seed}")
     out = Path(args.out) / "selection.json"
-    out.write_text(json.dumps({"prompts": "selection-set", "num_samples": args.num_samples, "target": f"vanilla-{target}",
+    out.write_text(json.dumps({"prompts": "selection-set", "num_samples": args.num_samples, "target": target,
                                "cost": args.cost, "chosen": chosen, "rows": run.result.rows}, indent=2) + "\n")
     print(f"wrote {out}", file=sys.stderr)
     return 0

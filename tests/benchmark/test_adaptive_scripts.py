@@ -73,3 +73,18 @@ def test_auc_counts_ties_as_half():
     signals = script("adaptive_signals")
     assert signals.auc(torch.tensor([0.1, 0.4, 0.35, 0.8]).numpy(), torch.tensor([False, False, True, True]).numpy()) == 0.75
     assert signals.auc(torch.tensor([1.0, 1.0]).numpy(), torch.tensor([True, False]).numpy()) == 0.5
+
+
+def test_select_adaptive_chooses_only_rows_as_good_as_the_reference():
+    """A row worse than vanilla-N lists vanilla-N among the vanilla runs as good as it; only
+    `matches_reference` says the row is as good as vanilla-N."""
+    def row(method, base, acc, matches):
+        return {"method": method, "label": f"{method} {base}", "budget": None, "knobs": {"threshold": base},
+                "base_calls": base, "seconds_per_image": base, "quality": {"prompt_accuracy": acc},
+                "matches_reference": matches, "as_good_vanilla": [16]}
+
+    rows = [row("adaptive-shortcut", 3, 0.6, False), row("adaptive-shortcut", 5, 0.9, True),
+            row("adaptive-shortcut", 7, 0.95, True), row("adaptive", 10, 0.8, False), row("adaptive", 12, 0.85, False)]
+    chosen = script("select_adaptive").choose(rows, "base_calls", lambda r: r["quality"]["prompt_accuracy"])
+    assert chosen["adaptive-shortcut"]["entry"] == "adaptive-shortcut@threshold=5" and chosen["adaptive-shortcut"]["reached_target"]
+    assert chosen["adaptive"]["entry"] == "adaptive@threshold=12" and not chosen["adaptive"]["reached_target"]
