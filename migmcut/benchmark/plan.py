@@ -32,7 +32,11 @@ class Configuration:
     schedule: str | None = None  # uniform | searched (the shortcut's placements: cache, shortcut, hybrid)
     reference: bool = False  # vanilla at N: the speedup reference
     knobs: dict | None = None  # the entry's own knob values (NAME@KNOB=V), over the recipe's section
-    adaptive: bool = False  # an adaptive method: `budget` is a cap (None: none), its full steps differ per sample
+
+    @property
+    def adaptive(self) -> bool:
+        """An adaptive method (`Method.adaptive`): `budget` is a cap (None: none), full steps differ per sample."""
+        return get_method(self.method).adaptive
 
     @property
     def label(self) -> str:
@@ -206,7 +210,7 @@ def configurations(steps: int, budgets: list[int], methods: list[str], schedule:
                     m.full_steps(steps, cap, own_knobs(method, over, method), rounding)
                 except ValueError as err:
                     raise UserError(f"{arg('methods', method)}: {err}") from None
-                out.append(Configuration(method, steps, cap, knobs=over or None, adaptive=True))
+                out.append(Configuration(method, steps, cap, knobs=over or None))
     return out
 
 

@@ -6,7 +6,6 @@ import json
 from types import SimpleNamespace
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import migmcut
@@ -15,18 +14,6 @@ from migmcut.benchmark import Configuration, Plan, bench_result, configurations
 from migmcut.cli.main import app
 from migmcut.errors import UserError
 from migmcut.recipe import load_recipe
-from migmcut.shortcut import Shortcut, ShortcutConfig
-
-
-@pytest.fixture(scope="module")
-def checkpoint(debug_base, tmp_path_factory):
-    torch.manual_seed(0)
-    net = Shortcut(ShortcutConfig(feature_dim=debug_base.feature_dim, heads=2)).eval()
-    for p in net.out_proj.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    path = tmp_path_factory.mktemp("adaptive-bench") / "ck"
-    net.save(path, {"base_fingerprint": debug_base.fingerprint})
-    return path
 
 
 def test_entries_sweep_knobs_and_adaptive_budgets_are_caps():
@@ -60,7 +47,7 @@ def test_bad_entries_are_refused(entry, message):
 def test_the_front_takes_adaptive_vanilla_and_keeps_the_fixed_figure():
     metric = SimpleNamespace(primary="acc", higher_is_better=True)
     configs = [Configuration("vanilla", 16, 16, reference=True), Configuration("vanilla", 8, 8),
-               Configuration("adaptive", 16, None, knobs={"threshold": 0.9}, adaptive=True),
+               Configuration("adaptive", 16, None, knobs={"threshold": 0.9}),
                Configuration("shortcut", 16, 4, [0, 4, 8, 12], "uniform")]
     quality = {"vanilla-16": 0.9, "vanilla-8": 0.7, "adaptive-16 (threshold=0.9)": 0.9, "shortcut-16/4": 0.8}
     seconds = {"vanilla-16": 1.6, "vanilla-8": 0.8, "adaptive-16 (threshold=0.9)": 1.0, "shortcut-16/4": 0.5}

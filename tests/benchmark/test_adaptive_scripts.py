@@ -4,10 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
 import torch
 
-from migmcut.shortcut import Shortcut, ShortcutConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,17 +15,6 @@ def script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="module")
-def checkpoint(debug_base, tmp_path_factory):
-    torch.manual_seed(0)
-    net = Shortcut(ShortcutConfig(feature_dim=debug_base.feature_dim, heads=2)).eval()
-    for p in net.out_proj.parameters():
-        torch.nn.init.normal_(p, std=0.05)
-    path = tmp_path_factory.mktemp("scripts") / "ck"
-    net.save(path, {"base_fingerprint": debug_base.fingerprint})
-    return path
 
 
 def test_select_adaptive_chooses_a_knob_per_method_on_the_selection_set(checkpoint, tmp_path, capsys):

@@ -72,7 +72,7 @@ def test_a_method_defined_in_a_test_runs_in_bench_and_the_cli(strided, debug_bas
                         batch_size=4, repeats=1, out=tmp_path / "bench", base=debug_base, metrics=["prompt_accuracy"])
     row = next(r for r in run.result.rows if r["method"] == "strided")
     assert row["full_steps"] == [0, 2, 4, 6] and row["base_calls"] == 4 and row["quality"]["prompt_accuracy"] is not None
-    assert (tmp_path / "bench" / "pareto.png").stat().st_size > 0  # plotted in the method's colour
+    assert (tmp_path / "bench" / "pareto.png").stat().st_size > 0  # its row plotted beside the built-ins
 
     result = CliRunner().invoke(app, ["generate", "--recipe", "debug", "--prompt", "a large red circle", "--method",
                                       "strided", "--set", "strided.stride=4", "--out", str(tmp_path / "img"), "--json"])
